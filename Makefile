@@ -1,0 +1,60 @@
+# SPDX-License-Identifier: GPL-2.0
+#
+# dm-migrate: the two commands of the README, and the steps they are made of.
+#
+#   make check   userspace tests, kernel + module build, kselftests in a QEMU VM (the test command)
+#   make demo    build everything and show the target at work in a QEMU VM (the main job)
+#
+# KDIR=/path/to/tree builds the module against your own Rust-enabled kernel tree instead of the
+# test kernel; `make module KDIR=...` needs nothing else.
+
+SHELL := /bin/bash
+LLVM ?= -19
+export RUSTUP_TOOLCHAIN := 1.95.0
+export PATH := $(HOME)/.cargo/bin:$(PATH)
+export LIBCLANG_PATH := /usr/lib/llvm$(LLVM)/lib
+
+ifeq ($(origin KDIR),undefined)
+KDIR = $(shell scripts/kernel.sh --path)
+KERNEL_DEP := kernel
+else
+KERNEL_DEP :=
+endif
+
+.PHONY: all setup kernel module vm-module test-userspace lint check demo clean
+
+all: module
+
+setup:
+	@scripts/setup-host.sh
+
+kernel: setup
+	@scripts/kernel.sh >/dev/null
+
+module: $(KERNEL_DEP)
+	@echo "Building dm-migrate.ko against $(KDIR)"
+	@$(MAKE) -C $(KDIR) LLVM=$(LLVM) M=$(CURDIR) modules
+
+# Installs the module into the test kernel's module tree, which the VM's modprobe uses, so that
+# the device-mapper core can autoload it for a "migrate" table like any in-tree target.
+vm-module: module
+	@$(MAKE) -s -C $(KDIR) LLVM=$(LLVM) M=$(CURDIR) INSTALL_MOD_PATH=$(dir $(KDIR))modroot \
+		INSTALL_MOD_DIR=extra modules_install
+
+test-userspace: setup
+	cargo test --workspace
+
+lint: setup
+	cargo fmt --all --check
+	cargo clippy --workspace --all-targets -- -D warnings
+
+check: test-userspace vm-module
+	scripts/vm-test.sh $(KDIR)
+
+demo: vm-module
+	scripts/vm.sh $(KDIR) selftests/demo.sh
+
+clean:
+	@if [ -d "$(KDIR)" ]; then $(MAKE) -C $(KDIR) LLVM=$(LLVM) M=$(CURDIR) clean; fi
+	rm -f rust/bindings_generated.rs rust/.bindings_generated.rs.cmd
+	cargo clean

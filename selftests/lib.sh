@@ -1,0 +1,141 @@
+# SPDX-License-Identifier: GPL-2.0
+# shellcheck shell=bash
+#
+# Common helpers of the dm-migrate selftests. Each test sources this file, sets up what it needs
+# with the helpers below (everything they create is removed on exit, pass or fail), and ends with
+# `pass`, `fail MESSAGE` or `skip REASON`. Diagnostics go to stdout prefixed with "# " (TAP).
+
+set -u
+
+KSFT_PASS=0
+KSFT_FAIL=1
+KSFT_SKIP=4
+
+SELFTEST_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+REPO_ROOT=${REPO_ROOT:-$(cd "$SELFTEST_DIR/.." && pwd)}
+MODULE=${MODULE:-$REPO_ROOT/dm-migrate.ko}
+GOLDEN=$SELFTEST_DIR/golden
+# Every dm device a test creates has this prefix, so cleanup finds them all.
+DEV_PREFIX=ksft-migrate
+TEST_TMP=$(mktemp -d /tmp/ksft-migrate.XXXXXX)
+# Tools that write state files (fio) need a writable working directory; the tree may be read-only.
+cd "$TEST_TMP" || exit 1
+
+_loops=()
+
+diag() { printf '# %s\n' "$*"; }
+pass() { exit $KSFT_PASS; }
+fail() { diag "FAIL: $*"; exit $KSFT_FAIL; }
+skip() { diag "SKIP: $*"; exit $KSFT_SKIP; }
+
+cleanup() {
+	local dev
+	for dev in $(dmsetup ls 2>/dev/null | awk -v p="$DEV_PREFIX" 'index($1, p) == 1 { print $1 }'); do
+		dmsetup resume "$dev" >/dev/null 2>&1
+		dmsetup remove --retry "$dev" >/dev/null 2>&1 || diag "cleanup: cannot remove $dev"
+	done
+	for dev in "${_loops[@]}"; do
+		losetup -d "$dev" 2>/dev/null
+	done
+	rm -rf "$TEST_TMP"
+}
+trap cleanup EXIT
+
+[ "$(id -u)" -eq 0 ] || skip "must run as root"
+command -v dmsetup >/dev/null || skip "dmsetup is not installed"
+
+# kmodprobe MODULE: loads a module of the running kernel (the VM keeps them outside /lib/modules).
+kmodprobe() {
+	if [ -n "${KMOD_ROOT:-}" ]; then
+		modprobe -d "$KMOD_ROOT" "$@"
+	else
+		modprobe "$@"
+	fi
+}
+
+# load_migrate: makes sure dm-migrate is loaded, from $MODULE.
+load_migrate() {
+	grep -q '^dm_migrate ' /proc/modules && return 0
+	[ -f "$MODULE" ] || fail "module $MODULE not built"
+	insmod "$MODULE" || fail "insmod $MODULE failed"
+}
+
+# make_loop VAR SIZE_MIB [losetup options...]: creates an image file of SIZE_MIB filled with
+# random bytes (so a write to the wrong device or sector shows), attaches it to a loop device
+# with direct I/O and stores the device path in VAR.
+make_loop() {
+	local var=$1 size=$2 image dev
+	shift 2
+	image=$(mktemp "$TEST_TMP/image.XXXXXX")
+	head -c "$((size << 20))" /dev/urandom >"$image"
+	dev=$(losetup -f --show "$@" "$image") || fail "losetup $image failed"
+	_loops+=("$dev")
+	printf -v "$var" '%s' "$dev"
+}
+
+# snapshot DEV FILE: copies a whole device to a file, to compare with later.
+snapshot() { dd if="$1" of="$2" bs=1M iflag=direct status=none || fail "cannot read $1"; }
+
+# sectors DEV: the size of a block device in 512-byte sectors.
+sectors() { blockdev --getsz "$1"; }
+
+# devnum DEV: the major:minor of a block device, as device-mapper prints it.
+devnum() { printf '%d:%d' "$((0x$(stat -c %t "$1")))" "$((0x$(stat -c %T "$1")))"; }
+
+# dm_create NAME TABLE: creates a dm device from a one-line table.
+dm_create() {
+	dmsetup create "$DEV_PREFIX-$1" --table "$2"
+}
+
+# dm_path NAME: the block device of a dm device made by dm_create.
+dm_path() { echo "/dev/mapper/$DEV_PREFIX-$1"; }
+
+# dm_sysfs NAME: the sysfs folder of a dm device made by dm_create.
+dm_sysfs() {
+	echo "/sys/block/$(dmsetup info -c --noheadings -o blkdevname "$DEV_PREFIX-$1")"
+}
+
+# expect_reject TABLE MESSAGE: the table must be refused and the kernel must say why.
+expect_reject() {
+	local table=$1 message=$2 name out
+	name=reject-$RANDOM
+	dmesg -C
+	if out=$(dmsetup create "$DEV_PREFIX-$name" --table "$table" 2>&1); then
+		fail "table accepted: '$table'"
+	fi
+	dmsetup ls | grep -q "^$DEV_PREFIX-$name" && fail "rejected table left a device behind: '$table'"
+	if ! dmesg | grep -qF "migrate: $message"; then
+		diag "dmsetup said: $out"
+		diag "kernel said: $(dmesg | tail -3)"
+		fail "no '$message' in the kernel log for '$table'"
+	fi
+	diag "rejected as expected: '$table' -> $message"
+}
+
+# golden FILE ACTUAL: compares text with a golden file after replacing @ORIGIN@, @DEST@, @LEN@
+# and @REGIONS@ with the values the test set in ORIGIN_NUM, DEST_NUM, LEN and REGIONS.
+golden() {
+	local expected
+	expected=$(sed -e "s/@ORIGIN@/${ORIGIN_NUM:-}/g" -e "s/@DEST@/${DEST_NUM:-}/g" \
+		-e "s/@LEN@/${LEN:-}/g" -e "s/@REGIONS@/${REGIONS:-}/g" "$GOLDEN/$1")
+	if [ "$expected" != "$2" ]; then
+		diag "expected: $expected"
+		diag "actual:   $2"
+		fail "output differs from golden file $1"
+	fi
+}
+
+# same_bytes A B [BYTES]: byte-for-byte comparison of two files or devices. The page cache of a
+# block device is dropped first: I/O through a dm device bypasses the cache of the devices below,
+# so a cached read of the origin could return bytes the target has since overwritten.
+same_bytes() {
+	local f
+	for f in "$1" "$2"; do
+		[ -b "$f" ] && blockdev --flushbufs "$f"
+	done
+	if [ $# -ge 3 ]; then
+		cmp -n "$3" "$1" "$2" >/dev/null || fail "$1 and $2 differ: $(cmp -n "$3" "$1" "$2" 2>&1)"
+	else
+		cmp "$1" "$2" >/dev/null || fail "$1 and $2 differ: $(cmp "$1" "$2" 2>&1)"
+	fi
+}

@@ -1,0 +1,13 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! The migration engine's decisions, free of any kernel dependency.
+//!
+//! This module is compiled twice: into `dm-migrate.ko`, and by the userspace crate in this folder
+//! (`lib.rs`), whose `cargo test` checks it. It uses neither `kernel` nor `alloc`: the kernel side
+//! opens devices, allocates memory and hands plain values in; the engine says what to do.
+
+pub mod status;
+pub mod table;
+
+/// The number of bytes in a sector, the unit of every device-mapper length.
+pub const SECTOR_SIZE: u64 = 512;

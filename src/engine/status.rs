@@ -1,0 +1,228 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! The text of `dmsetup status` and `dmsetup table` for a `migrate` target.
+//!
+//! INFO (`dmsetup status`), positional, documented in `Documentation/dm-migrate.rst`:
+//!
+//! ```text
+//! <state> <copied_regions>/<total_regions> <pending_regions> <inflight_regions> \
+//!     <copied_bytes> <rate_kibps> <errors>
+//! ```
+//!
+//! TABLE (`dmsetup table`) re-emits the constructor arguments, devices as `major:minor`:
+//!
+//! ```text
+//! <origin_dev> <dest_dev> [<#opt_args> <opt_arg>...]
+//! ```
+
+use super::table::Options;
+use core::fmt;
+
+/// Where a migration stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum State {
+    /// All I/O goes to the origin and nothing is copied yet.
+    Passthrough,
+}
+
+impl State {
+    /// The word for the status line.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Passthrough => "passthrough",
+        }
+    }
+}
+
+/// The counters behind the INFO status line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Progress {
+    /// Where the migration stands.
+    pub state: State,
+    /// Regions in the target.
+    pub total_regions: u64,
+    /// Regions whose contents are on the destination.
+    pub copied_regions: u64,
+    /// Regions still to copy, including those written again since their copy.
+    pub pending_regions: u64,
+    /// Regions being copied right now.
+    pub inflight_regions: u64,
+    /// Bytes copied so far, counting regions copied again.
+    pub copied_bytes: u64,
+    /// The copy rate over the last measurement interval, in KiB/s.
+    pub rate_kibps: u64,
+    /// I/O errors the copier has seen.
+    pub errors: u64,
+}
+
+impl Progress {
+    /// The progress of a target that has not started to copy.
+    pub fn idle(total_regions: u64) -> Self {
+        Self {
+            state: State::Passthrough,
+            total_regions,
+            copied_regions: 0,
+            pending_regions: total_regions,
+            inflight_regions: 0,
+            copied_bytes: 0,
+            rate_kibps: 0,
+            errors: 0,
+        }
+    }
+
+    /// Writes the INFO status line.
+    pub fn write_info(&self, w: &mut impl fmt::Write) -> fmt::Result {
+        write!(
+            w,
+            "{} {}/{} {} {} {} {} {}",
+            self.state.as_str(),
+            self.copied_regions,
+            self.total_regions,
+            self.pending_regions,
+            self.inflight_regions,
+            self.copied_bytes,
+            self.rate_kibps,
+            self.errors
+        )
+    }
+}
+
+/// Writes the TABLE status line: the devices by name (`major:minor`) and the options as loaded.
+pub fn write_table(
+    w: &mut impl fmt::Write,
+    origin: &str,
+    destination: &str,
+    options: &Options,
+) -> fmt::Result {
+    write!(w, "{origin} {destination}")?;
+    options.write(w)
+}
+
+/// A writer into a fixed byte buffer that always leaves it NUL-terminated.
+///
+/// Device-mapper hands `status` a buffer of `maxlen` bytes; text that does not fit is cut, and
+/// the write reports an error so the caller can tell, the way `DMEMIT` stops at `maxlen`.
+pub struct SliceWriter<'a> {
+    buf: &'a mut [u8],
+    len: usize,
+}
+
+impl<'a> SliceWriter<'a> {
+    /// Starts writing at the beginning of `buf`, which becomes an empty string.
+    pub fn new(buf: &'a mut [u8]) -> Self {
+        if let Some(first) = buf.first_mut() {
+            *first = 0;
+        }
+        Self { buf, len: 0 }
+    }
+
+    /// The text written so far, without the terminating NUL.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.buf[..self.len]
+    }
+}
+
+impl fmt::Write for SliceWriter<'_> {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        // One byte is always kept for the terminating NUL.
+        let room = self.buf.len().saturating_sub(self.len + 1);
+        let n = s.len().min(room);
+        self.buf[self.len..self.len + n].copy_from_slice(&s.as_bytes()[..n]);
+        self.len += n;
+        if let Some(end) = self.buf.get_mut(self.len) {
+            *end = 0;
+        }
+        if n < s.len() {
+            Err(fmt::Error)
+        } else {
+            Ok(())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::table::TableArgs;
+    use core::fmt::Write;
+    use proptest::prelude::*;
+
+    fn text(f: impl FnOnce(&mut SliceWriter<'_>) -> fmt::Result, buf: &mut [u8]) -> &str {
+        let mut w = SliceWriter::new(buf);
+        f(&mut w).unwrap();
+        let len = w.as_bytes().len();
+        core::str::from_utf8(&buf[..len]).unwrap()
+    }
+
+    #[test]
+    fn idle_info_line() {
+        let mut buf = [0u8; 128];
+        let line = text(|w| Progress::idle(4096).write_info(w), &mut buf);
+        assert_eq!(line, "passthrough 0/4096 4096 0 0 0 0");
+    }
+
+    #[test]
+    fn table_line_without_and_with_options() {
+        let mut buf = [0u8; 128];
+        assert_eq!(
+            text(
+                |w| write_table(w, "7:0", "7:1", &Options::default()),
+                &mut buf
+            ),
+            "7:0 7:1"
+        );
+        let opts = Options {
+            region_size: Some(256),
+        };
+        assert_eq!(
+            text(|w| write_table(w, "7:0", "7:1", &opts), &mut buf),
+            "7:0 7:1 2 region_size 256"
+        );
+    }
+
+    #[test]
+    fn slice_writer_truncates_and_terminates() {
+        let mut buf = [0xffu8; 6];
+        let mut w = SliceWriter::new(&mut buf);
+        assert!(w.write_str("abc").is_ok());
+        assert!(w.write_str("defgh").is_err());
+        assert_eq!(w.as_bytes(), b"abcde");
+        assert_eq!(buf, *b"abcde\0");
+        let mut empty: [u8; 0] = [];
+        assert!(SliceWriter::new(&mut empty).write_str("x").is_err());
+    }
+
+    proptest! {
+        /// The TABLE line parses back to the same options: parse, format, parse is stable.
+        #[test]
+        fn table_line_round_trips(shift in 0u32..=21, given in any::<bool>()) {
+            let options = Options { region_size: given.then(|| 1u64 << shift) };
+            let mut buf = [0u8; 128];
+            let line = text(|w| write_table(w, "7:0", "7:1", &options), &mut buf);
+            let mut words = [""; 8];
+            let mut n = 0;
+            for word in line.split(' ') {
+                words[n] = word;
+                n += 1;
+            }
+            let parsed = TableArgs::parse(&words[..n]).unwrap();
+            prop_assert_eq!(parsed.origin, "7:0");
+            prop_assert_eq!(parsed.destination, "7:1");
+            prop_assert_eq!(parsed.options, options);
+        }
+
+        /// Whatever is written and however small the buffer, the writer never overruns it and
+        /// keeps a prefix of the text, NUL-terminated.
+        #[test]
+        fn slice_writer_keeps_a_terminated_prefix(s in "[ -~]{0,64}", size in 1usize..48) {
+            let mut buf = [0xffu8; 48];
+            let mut w = SliceWriter::new(&mut buf[..size]);
+            let fits = w.write_str(&s).is_ok();
+            let len = w.as_bytes().len();
+            prop_assert_eq!(fits, s.len() < size);
+            prop_assert_eq!(&buf[..len], &s.as_bytes()[..len]);
+            prop_assert_eq!(buf[len], 0);
+            prop_assert!(buf[size..].iter().all(|&b| b == 0xff));
+        }
+    }
+}

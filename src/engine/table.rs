@@ -1,0 +1,445 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! Parsing and validation of the `migrate` table line.
+//!
+//! The grammar, also in `Documentation/dm-migrate.rst`:
+//!
+//! ```text
+//! <start> <len> migrate <origin_dev> <dest_dev> [<#opt_args> <opt_arg>...]
+//!
+//! opt_arg:
+//!   region_size <sectors>   Unit of copying and dirty tracking: a power of two from 1 to
+//!                           2097152 sectors and a multiple of both logical block sizes.
+//!                           Default 128 (64 KiB).
+//! ```
+//!
+//! `#opt_args` counts words, so `2 region_size 256` sets one option. Keywords are
+//! case-insensitive; numbers are plain decimal with nothing before or after them.
+
+use core::ffi::CStr;
+use core::fmt;
+
+/// The default region size in sectors (64 KiB).
+pub const DEFAULT_REGION_SECTORS: u64 = 128;
+/// The smallest region size in sectors: one sector. The logical block sizes of the two devices
+/// usually set a higher floor, which [`Geometry::validate`] checks.
+pub const MIN_REGION_SECTORS: u64 = 1;
+/// The largest region size in sectors (1 GiB), as dm-clone.
+pub const MAX_REGION_SECTORS: u64 = 1 << 21;
+
+/// Why a table line was refused.
+///
+/// Each variant has a static message for `ti->error`, which the device-mapper core prints to the
+/// kernel log when the table load fails.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TableError {
+    /// Fewer than the two device arguments.
+    ArgumentCount,
+    /// `#opt_args` is not a number.
+    OptionalCountInvalid,
+    /// `#opt_args` does not match the number of words after it.
+    OptionalCountMismatch,
+    /// An optional argument keyword nobody knows.
+    UnknownOption,
+    /// An optional argument given twice.
+    DuplicateOption,
+    /// An optional argument keyword without its value.
+    MissingValue,
+    /// The region size is not a plain decimal number.
+    RegionSizeInvalid,
+    /// The region size is not a power of two.
+    RegionSizeNotPowerOfTwo,
+    /// The region size is below [`MIN_REGION_SECTORS`] or above [`MAX_REGION_SECTORS`].
+    RegionSizeOutOfRange,
+    /// The region size is not a multiple of a device's logical block size.
+    RegionSizeNotBlockMultiple,
+    /// The origin device could not be opened.
+    OriginOpen,
+    /// The destination device could not be opened.
+    DestinationOpen,
+    /// Origin and destination are one device.
+    SameDevice,
+    /// The origin is shorter than the target.
+    OriginTooSmall,
+    /// The destination is shorter than the target.
+    DestinationTooSmall,
+    /// The destination's logical block size is larger than the origin's.
+    DestinationBlockSizeLarger,
+    /// Memory for the target could not be allocated.
+    OutOfMemory,
+}
+
+impl TableError {
+    /// The message for `ti->error`: static, capitalised, without a period.
+    pub fn message(self) -> &'static CStr {
+        match self {
+            Self::ArgumentCount => c"Invalid argument count",
+            Self::OptionalCountInvalid => c"Invalid number of optional arguments",
+            Self::OptionalCountMismatch => {
+                c"Number of optional arguments does not match the words given"
+            }
+            Self::UnknownOption => c"Unknown optional argument",
+            Self::DuplicateOption => c"Duplicate optional argument",
+            Self::MissingValue => c"Missing value for optional argument",
+            Self::RegionSizeInvalid => c"Invalid region size",
+            Self::RegionSizeNotPowerOfTwo => c"Region size is not a power of two",
+            Self::RegionSizeOutOfRange => c"Region size out of range (1 to 2097152 sectors)",
+            Self::RegionSizeNotBlockMultiple => {
+                c"Region size is not a multiple of the logical block size"
+            }
+            Self::OriginOpen => c"Error opening origin device",
+            Self::DestinationOpen => c"Error opening destination device",
+            Self::SameDevice => c"Origin and destination are the same device",
+            Self::OriginTooSmall => c"Origin device too small",
+            Self::DestinationTooSmall => c"Destination device too small",
+            Self::DestinationBlockSizeLarger => {
+                c"Destination logical block size larger than the origin's"
+            }
+            Self::OutOfMemory => c"Cannot allocate migrate context",
+        }
+    }
+
+    /// Whether the error is a lack of memory (`-ENOMEM`) rather than bad input (`-EINVAL`).
+    pub fn is_out_of_memory(self) -> bool {
+        self == Self::OutOfMemory
+    }
+}
+
+impl fmt::Display for TableError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // The messages are ASCII literals, so the conversion cannot fail.
+        f.write_str(self.message().to_str().unwrap_or("Invalid table"))
+    }
+}
+
+/// The optional arguments, each `None` when the table line did not give it.
+///
+/// They are kept as given, not with defaults filled in, so that the TABLE status line re-emits
+/// exactly what the user loaded.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Options {
+    /// `region_size <sectors>`.
+    pub region_size: Option<u64>,
+}
+
+impl Options {
+    /// The region size in sectors, the default when none was given.
+    pub fn region_sectors(&self) -> u64 {
+        self.region_size.unwrap_or(DEFAULT_REGION_SECTORS)
+    }
+
+    /// The number of words these options take on a table line, the `#opt_args` value.
+    pub fn word_count(&self) -> usize {
+        if self.region_size.is_some() {
+            2
+        } else {
+            0
+        }
+    }
+
+    /// Writes ` <#opt_args> <opt_arg>...`, or nothing when no option was given.
+    pub fn write(&self, w: &mut impl fmt::Write) -> fmt::Result {
+        let count = self.word_count();
+        if count == 0 {
+            return Ok(());
+        }
+        write!(w, " {count}")?;
+        if let Some(sectors) = self.region_size {
+            write!(w, " region_size {sectors}")?;
+        }
+        Ok(())
+    }
+}
+
+/// A table line's arguments, parsed but not yet checked against the devices.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TableArgs<'a> {
+    /// The origin device as given (a path or `major:minor`).
+    pub origin: &'a str,
+    /// The destination device as given.
+    pub destination: &'a str,
+    /// The optional arguments.
+    pub options: Options,
+}
+
+/// Parses a plain decimal number: digits only, no sign, no spaces, no overflow.
+pub fn parse_u64(word: &str) -> Option<u64> {
+    if word.is_empty() || !word.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    word.bytes().try_fold(0u64, |acc, digit| {
+        acc.checked_mul(10)?.checked_add(u64::from(digit - b'0'))
+    })
+}
+
+fn parse_region_size(word: &str) -> Result<u64, TableError> {
+    let sectors = parse_u64(word).ok_or(TableError::RegionSizeInvalid)?;
+    if !sectors.is_power_of_two() {
+        return Err(TableError::RegionSizeNotPowerOfTwo);
+    }
+    if !(MIN_REGION_SECTORS..=MAX_REGION_SECTORS).contains(&sectors) {
+        return Err(TableError::RegionSizeOutOfRange);
+    }
+    Ok(sectors)
+}
+
+impl<'a> TableArgs<'a> {
+    /// Parses the words after the target name.
+    pub fn parse(args: &[&'a str]) -> Result<Self, TableError> {
+        let [origin, destination, rest @ ..] = args else {
+            return Err(TableError::ArgumentCount);
+        };
+        let mut options = Options::default();
+        if let [count, words @ ..] = rest {
+            let count = parse_u64(count).ok_or(TableError::OptionalCountInvalid)?;
+            if usize::try_from(count).ok() != Some(words.len()) {
+                return Err(TableError::OptionalCountMismatch);
+            }
+            let mut words = words.iter();
+            while let Some(keyword) = words.next() {
+                if keyword.eq_ignore_ascii_case("region_size") {
+                    let value = words.next().ok_or(TableError::MissingValue)?;
+                    if options.region_size.is_some() {
+                        return Err(TableError::DuplicateOption);
+                    }
+                    options.region_size = Some(parse_region_size(value)?);
+                } else {
+                    return Err(TableError::UnknownOption);
+                }
+            }
+        }
+        Ok(Self {
+            origin,
+            destination,
+            options,
+        })
+    }
+}
+
+/// What the target needs to know of a block device to accept it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DeviceGeometry {
+    /// The device's size in sectors.
+    pub sectors: u64,
+    /// The device's logical block size in bytes.
+    pub logical_block_size: u32,
+}
+
+/// The checked shape of a migration: how the target is cut into regions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Geometry {
+    /// The target's length in sectors.
+    pub target_sectors: u64,
+    /// The region size in sectors, a power of two.
+    pub region_sectors: u64,
+    /// The number of regions; the last one may be partial.
+    pub nr_regions: u64,
+}
+
+impl Geometry {
+    /// Checks the parsed options against the two devices and the target's length.
+    ///
+    /// `same_device` says whether both arguments opened the same block device, which only the
+    /// kernel can tell (two paths may name one device).
+    pub fn validate(
+        options: &Options,
+        target_sectors: u64,
+        origin: DeviceGeometry,
+        destination: DeviceGeometry,
+        same_device: bool,
+    ) -> Result<Self, TableError> {
+        if same_device {
+            return Err(TableError::SameDevice);
+        }
+        if origin.sectors < target_sectors {
+            return Err(TableError::OriginTooSmall);
+        }
+        if destination.sectors < target_sectors {
+            return Err(TableError::DestinationTooSmall);
+        }
+        if destination.logical_block_size > origin.logical_block_size {
+            return Err(TableError::DestinationBlockSizeLarger);
+        }
+        let region_sectors = options.region_sectors();
+        let region_bytes = region_sectors * super::SECTOR_SIZE;
+        for block in [origin.logical_block_size, destination.logical_block_size] {
+            if block == 0 || !region_bytes.is_multiple_of(u64::from(block)) {
+                return Err(TableError::RegionSizeNotBlockMultiple);
+            }
+        }
+        Ok(Self {
+            target_sectors,
+            region_sectors,
+            nr_regions: target_sectors.div_ceil(region_sectors),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DISK: DeviceGeometry = DeviceGeometry {
+        sectors: 2048,
+        logical_block_size: 512,
+    };
+
+    fn parse(line: &str) -> Result<TableArgs<'_>, TableError> {
+        let mut words = [""; 16];
+        let mut n = 0;
+        for w in line.split_ascii_whitespace() {
+            words[n] = w;
+            n += 1;
+        }
+        TableArgs::parse(&words[..n])
+    }
+
+    #[test]
+    fn parses_the_two_devices() {
+        let args = parse("/dev/loop0 7:1").unwrap();
+        assert_eq!(args.origin, "/dev/loop0");
+        assert_eq!(args.destination, "7:1");
+        assert_eq!(args.options, Options::default());
+        assert_eq!(args.options.region_sectors(), DEFAULT_REGION_SECTORS);
+    }
+
+    #[test]
+    fn parses_region_size_in_any_case() {
+        let args = parse("a b 2 REGION_size 256").unwrap();
+        assert_eq!(args.options.region_size, Some(256));
+    }
+
+    #[test]
+    fn zero_optional_arguments_are_accepted() {
+        assert_eq!(parse("a b 0").unwrap().options, Options::default());
+    }
+
+    #[test]
+    fn rejects_bad_lines_with_specific_errors() {
+        use TableError::*;
+        let cases = [
+            ("", ArgumentCount),
+            ("a", ArgumentCount),
+            ("a b x", OptionalCountInvalid),
+            ("a b 2x region_size 8", OptionalCountInvalid),
+            ("a b -1", OptionalCountInvalid),
+            ("a b 1 region_size 8", OptionalCountMismatch),
+            ("a b 3 region_size 8", OptionalCountMismatch),
+            (
+                "a b 99999999999999999999999 region_size 8",
+                OptionalCountInvalid,
+            ),
+            ("a b 1 region_size", MissingValue),
+            ("a b 2 bogus 8", UnknownOption),
+            ("a b 4 region_size 8 region_size 16", DuplicateOption),
+            ("a b 2 region_size 128x", RegionSizeInvalid),
+            ("a b 2 region_size +128", RegionSizeInvalid),
+            ("a b 2 region_size 0x80", RegionSizeInvalid),
+            (
+                "a b 2 region_size 99999999999999999999999",
+                RegionSizeInvalid,
+            ),
+            ("a b 2 region_size 100", RegionSizeNotPowerOfTwo),
+            ("a b 2 region_size 0", RegionSizeNotPowerOfTwo),
+            ("a b 2 region_size 4194304", RegionSizeOutOfRange),
+        ];
+        for (line, expected) in cases {
+            assert_eq!(parse(line), Err(expected), "line {line:?}");
+        }
+    }
+
+    #[test]
+    fn numbers_are_strict() {
+        assert_eq!(parse_u64("0"), Some(0));
+        assert_eq!(parse_u64("18446744073709551615"), Some(u64::MAX));
+        assert_eq!(parse_u64("18446744073709551616"), None);
+        for bad in ["", " 1", "1 ", "+1", "-1", "1e3", "0x10", "١"] {
+            assert_eq!(parse_u64(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn validation_checks_devices_in_order() {
+        use TableError::*;
+        let opts = Options::default();
+        let small = DeviceGeometry {
+            sectors: 1024,
+            ..DISK
+        };
+        let big_block = DeviceGeometry {
+            logical_block_size: 4096,
+            ..DISK
+        };
+        assert_eq!(
+            Geometry::validate(&opts, 2048, DISK, DISK, true),
+            Err(SameDevice)
+        );
+        assert_eq!(
+            Geometry::validate(&opts, 2048, small, DISK, false),
+            Err(OriginTooSmall)
+        );
+        assert_eq!(
+            Geometry::validate(&opts, 2048, DISK, small, false),
+            Err(DestinationTooSmall)
+        );
+        assert_eq!(
+            Geometry::validate(&opts, 2048, DISK, big_block, false),
+            Err(DestinationBlockSizeLarger)
+        );
+        let tiny_regions = Options {
+            region_size: Some(4),
+        };
+        assert_eq!(
+            Geometry::validate(&tiny_regions, 2048, big_block, DISK, false),
+            Err(RegionSizeNotBlockMultiple)
+        );
+    }
+
+    #[test]
+    fn geometry_counts_a_partial_last_region() {
+        let opts = Options {
+            region_size: Some(8),
+        };
+        let geometry = Geometry::validate(&opts, 20, DISK, DISK, false).unwrap();
+        assert_eq!(geometry.region_sectors, 8);
+        assert_eq!(geometry.nr_regions, 3);
+        // A larger destination and a smaller destination block size are fine.
+        let dest = DeviceGeometry {
+            sectors: 1 << 20,
+            logical_block_size: 512,
+        };
+        let origin = DeviceGeometry {
+            logical_block_size: 4096,
+            ..DISK
+        };
+        assert!(Geometry::validate(&opts, 2048, origin, dest, false).is_ok());
+    }
+
+    #[test]
+    fn every_message_is_a_capitalised_sentence_without_period() {
+        use TableError::*;
+        for e in [
+            ArgumentCount,
+            OptionalCountInvalid,
+            OptionalCountMismatch,
+            UnknownOption,
+            DuplicateOption,
+            MissingValue,
+            RegionSizeInvalid,
+            RegionSizeNotPowerOfTwo,
+            RegionSizeOutOfRange,
+            RegionSizeNotBlockMultiple,
+            OriginOpen,
+            DestinationOpen,
+            SameDevice,
+            OriginTooSmall,
+            DestinationTooSmall,
+            DestinationBlockSizeLarger,
+            OutOfMemory,
+        ] {
+            let m = e.message().to_str().unwrap();
+            assert!(m.starts_with(|c: char| c.is_ascii_uppercase()), "{m}");
+            assert!(!m.ends_with('.'), "{m}");
+        }
+    }
+}
