@@ -8,7 +8,8 @@
 # The tree lives outside the repository under $CACHE_ROOT, in a folder named after a hash of
 # everything that changes the result: the kernel package version, the config fragment, rustc,
 # clang and bindgen. A changed key builds a new tree; a matching one is reused, and a build that
-# was cut short is resumed (make is incremental). Set KEEP_KERNELS=0 to drop stale trees.
+# was cut short is resumed (make is incremental). Trees of other keys are deleted after a
+# successful build (about 2 GB each) unless KEEP_KERNELS=1.
 set -euo pipefail
 . "$(dirname "$0")/common.sh"
 
@@ -21,7 +22,8 @@ cache_key() {
 		rustc --version 2>/dev/null || echo none
 		clang$LLVM_SUFFIX --version 2>/dev/null | head -1 || echo none
 		bindgen --version 2>/dev/null || echo none
-		echo "localversion=-dm-migrate"
+		# The recipe itself: a change to how the tree is built builds it again.
+		sha256sum <"$REPO_ROOT/scripts/kernel.sh"
 	} | sha256sum | cut -c1-16
 }
 
@@ -57,7 +59,6 @@ kmake() { make -C "$tree" LLVM=$LLVM_SUFFIX "$@"; }
 log "configuring: tinyconfig + $(basename "$fragment")"
 kmake -s tinyconfig >/dev/null
 (cd "$tree" && ./scripts/kconfig/merge_config.sh -m .config "$fragment" >/dev/null)
-echo 'CONFIG_LOCALVERSION="-dm-migrate"' >>"$tree/.config"
 kmake -s olddefconfig >/dev/null
 
 # A symbol whose dependencies are not met is dropped silently by olddefconfig: check each one.
@@ -81,7 +82,7 @@ rm -rf "$top/modroot"
 kmake -s INSTALL_MOD_PATH="$top/modroot" modules_install >/dev/null
 touch "$top/.complete"
 
-if [ "${KEEP_KERNELS:-1}" = 0 ]; then
+if [ "${KEEP_KERNELS:-0}" = 0 ]; then
 	for old in "$CACHE_ROOT"/kernel-*; do
 		[ "$old" = "$top" ] || rm -rf "$old"
 	done
