@@ -1,63 +1,379 @@
 // SPDX-License-Identifier: GPL-2.0
 
-//! Bios handed to a target's `map`.
+//! Bios handed to a target's `map`, and the target's own bios.
 
 use super::bindings;
 use super::device::Device;
-use core::marker::PhantomData;
 use core::ptr::NonNull;
+use core::sync::atomic::{AtomicPtr, AtomicU32, AtomicU8, Ordering};
+use kernel::prelude::*;
+use kernel::sync::Arc;
 
-/// A bio the device-mapper core passed to `map`, borrowed for the duration of the call.
+/// What a bio does (`bio_op`), as far as routing cares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BioKind {
+    /// A read.
+    Read,
+    /// A write, discard, write-zeroes or secure erase: anything that changes data.
+    Write,
+    /// An empty flush.
+    Flush,
+}
+
+/// A block layer status (`blk_status_t`): zero is success.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Status(pub u8);
+
+impl Status {
+    /// Success (`BLK_STS_OK`).
+    pub const OK: Status = Status(0);
+    /// An I/O error (`BLK_STS_IOERR`).
+    pub const IOERR: Status = Status(10);
+
+    /// Whether this is success.
+    pub fn is_ok(self) -> bool {
+        self.0 == 0
+    }
+}
+
+/// A bio the device-mapper core handed to the target's `map`.
+///
+/// A `Bio` is either given back to the core from `map` (in [`super::target::MapResult`]), which
+/// then submits or fails it, or kept by the target, which must then end it with [`Bio::endio`] or
+/// send it on with [`Bio::submit`], from any context and at any later time before the target is
+/// destroyed. Dropping a kept bio ends it with an I/O error, so no bio is ever lost.
 ///
 /// # Invariants
 ///
-/// `ptr` points to a valid `struct bio` that the target may change until `map` returns (the
-/// device-mapper core hands over a clone that only this target sees).
-pub struct Bio<'a> {
+/// `ptr` points to a bio that belongs to the holder of this value: nothing else submits or ends
+/// it while the `Bio` exists. Its per-bio data is a [`BioData`].
+pub struct Bio {
     ptr: NonNull<bindings::bio>,
-    _map_call: PhantomData<&'a mut bindings::bio>,
 }
 
-impl Bio<'_> {
-    /// Wraps the bio of a `map` call.
+// SAFETY: A bio may be submitted or ended from any thread; the holder is the only user.
+unsafe impl Send for Bio {}
+
+/// The per-bio data the binding layer keeps for every bio of a target (`per_io_data_size`).
+///
+/// All fields are atomics of plain integers, for which every bit pattern is valid, so the
+/// uninitialised memory the core hands over is safe to read; `map` sets them before use.
+#[repr(C)]
+pub struct BioData {
+    /// Clones still in flight for a mirrored bio.
+    remaining: AtomicU32,
+    /// The origin clone's status.
+    origin_status: AtomicU8,
+    /// The destination clone's status.
+    dest_status: AtomicU8,
+    /// A value the target attaches to the bio in `map` and reads back in `end_io`.
+    tag: AtomicU8,
+    /// For a mirrored bio, the `Arc<T: MirrorDone>` from [`Bio::mirror`], as a raw pointer.
+    context: AtomicPtr<core::ffi::c_void>,
+}
+
+impl Bio {
+    /// Wraps a bio of a `map` call.
     ///
     /// # Safety
     ///
-    /// `ptr` must be the bio of a `map` callback that has not returned yet.
+    /// `ptr` must be the bio of a `map` callback of a target whose per-bio data size is
+    /// `size_of::<BioData>()`, handed over to this value.
     pub(super) unsafe fn from_raw(ptr: NonNull<bindings::bio>) -> Self {
-        // INVARIANT: The caller guarantees that the bio is ours until `map` returns.
-        Self {
-            ptr,
-            _map_call: PhantomData,
+        // INVARIANT: The caller hands the bio over.
+        Self { ptr }
+    }
+
+    /// Gives the bio back, for the core to submit or end.
+    pub(super) fn into_raw(self) -> *mut bindings::bio {
+        let ptr = self.ptr.as_ptr();
+        core::mem::forget(self);
+        ptr
+    }
+
+    fn raw(&self) -> *mut bindings::bio {
+        self.ptr.as_ptr()
+    }
+
+    /// The per-bio data.
+    pub(super) fn data(&self) -> &BioData {
+        // SAFETY: The core allocates `per_io_data_size` bytes, set to `size_of::<BioData>()`, for
+        // every bio of the target; the memory lives as long as the bio, and `BioData` holds only
+        // atomics, valid for any bit pattern.
+        unsafe {
+            &*bindings::dm_per_bio_data(self.raw(), core::mem::size_of::<BioData>())
+                .cast::<BioData>()
         }
     }
 
     /// The first sector, `bio->bi_iter.bi_sector`.
     pub fn sector(&self) -> u64 {
         // SAFETY: `ptr` is a valid bio by the type invariant.
-        unsafe { bindings::migrate_bio_sector(self.ptr.as_ptr()) }
+        unsafe { bindings::migrate_bio_sector(self.raw()) }
     }
 
     /// The length in sectors; zero for an empty flush.
     pub fn sectors(&self) -> u32 {
         // SAFETY: `ptr` is a valid bio by the type invariant.
-        unsafe { bindings::migrate_bio_sectors(self.ptr.as_ptr()) }
+        unsafe { bindings::migrate_bio_sectors(self.raw()) }
     }
 
-    /// Points the bio at `device`, starting at `sector` of it.
-    pub fn remap(&mut self, device: &Device, sector: u64) {
-        // SAFETY: `ptr` is a valid bio we may change (type invariant), and `device.bdev()` is an
-        // open block device for as long as `device` lives, which covers the bio's I/O because a
-        // target's devices are put only after all of its I/O has completed.
-        unsafe {
-            bindings::migrate_bio_set_dev(self.ptr.as_ptr(), device.bdev());
-            bindings::migrate_bio_set_sector(self.ptr.as_ptr(), sector);
+    /// What the bio does.
+    pub fn kind(&self) -> BioKind {
+        // SAFETY: `ptr` is a valid bio by the type invariant.
+        match unsafe { bindings::migrate_bio_kind(self.raw()) } {
+            bindings::migrate_bio_kind_MIGRATE_BIO_WRITE => BioKind::Write,
+            bindings::migrate_bio_kind_MIGRATE_BIO_FLUSH => BioKind::Flush,
+            _ => BioKind::Read,
         }
     }
 
-    /// Points the bio at `device` without moving it; for empty flushes, which carry no sector.
-    pub fn set_device(&mut self, device: &Device) {
-        // SAFETY: As in `remap`.
-        unsafe { bindings::migrate_bio_set_dev(self.ptr.as_ptr(), device.bdev()) };
+    /// The value attached with [`Bio::set_tag`].
+    pub fn tag(&self) -> u8 {
+        self.data().tag.load(Ordering::Relaxed)
+    }
+
+    /// Attaches a value to the bio, read back in `end_io`.
+    pub fn set_tag(&self, tag: u8) {
+        self.data().tag.store(tag, Ordering::Relaxed);
+    }
+
+    /// Points the bio at `device`, starting at `sector` of it; an empty flush keeps its sector.
+    pub fn remap(&mut self, device: &Device, sector: u64) {
+        let empty = self.sectors() == 0;
+        // SAFETY: `ptr` is a bio we may change (type invariant); `device` stays open until the
+        // target is destroyed, which the core does only once all of its I/O has completed.
+        unsafe {
+            bindings::migrate_bio_set_dev(self.raw(), device.bdev());
+            if !empty {
+                bindings::migrate_bio_set_sector(self.raw(), sector);
+            }
+        }
+    }
+
+    /// Submits a kept bio, after [`Bio::remap`]; it completes through the target's `end_io`.
+    pub fn submit(self) {
+        // SAFETY: The bio is ours to submit (type invariant) and is handed to the block layer.
+        unsafe { bindings::migrate_submit_bio_noacct(self.into_raw()) };
+    }
+
+    /// Ends a kept bio with `status`.
+    pub fn endio(self, status: Status) {
+        let bio = self.into_raw();
+        // SAFETY: The bio is ours to end (type invariant); it is not used after this.
+        unsafe {
+            bindings::migrate_bio_set_status(bio, status.0);
+            bindings::bio_endio(bio);
+        }
+    }
+
+    /// Sends the bio to both devices at once, each at its own sector, and ends it when both
+    /// clones have completed, with the origin's status: a destination error is never seen by the
+    /// bio's issuer. Before it ends, `context.mirror_done` learns both statuses.
+    ///
+    /// The clones come from `bios`, whose mempool makes this wait rather than fail.
+    pub fn mirror<T: MirrorDone>(
+        self,
+        origin: (&Device, u64),
+        dest: (&Device, u64),
+        bios: &BioSet,
+        context: Arc<T>,
+    ) {
+        let data = self.data();
+        data.remaining.store(2, Ordering::Relaxed);
+        data.origin_status.store(0, Ordering::Relaxed);
+        data.dest_status.store(0, Ordering::Relaxed);
+        data.context
+            .store(Arc::into_raw(context).cast_mut().cast(), Ordering::Relaxed);
+        let empty = self.sectors() == 0;
+        let parent = self.into_raw();
+        let clones: [(&Device, u64, unsafe extern "C" fn(*mut bindings::bio)); 2] = [
+            (origin.0, origin.1, origin_endio::<T>),
+            (dest.0, dest.1, dest_endio::<T>),
+        ];
+        for (device, sector, end_io) in clones {
+            // SAFETY: `parent` is a valid bio we own until both clones complete; a clone shares
+            // its pages, which the parent keeps until it ends in `clone_done`. The device stays
+            // open until the target is destroyed, after all of its I/O. The stores above happen
+            // before the submissions, which order them before the completions.
+            unsafe {
+                let clone = bindings::migrate_clone_bio(
+                    parent,
+                    device.bdev(),
+                    if empty { 0 } else { sector },
+                    bios.raw(),
+                    Some(end_io),
+                    parent.cast(),
+                );
+                bindings::migrate_submit_bio_noacct(clone);
+            }
+        }
+    }
+}
+
+impl Drop for Bio {
+    fn drop(&mut self) {
+        pr_warn!("device-mapper: migrate: bio dropped without completion; failing it\n");
+        // SAFETY: The bio is ours to end (type invariant) and `self` is not used again.
+        unsafe {
+            bindings::migrate_bio_set_status(self.raw(), Status::IOERR.0);
+            bindings::bio_endio(self.raw());
+        }
+    }
+}
+
+/// What learns how a mirrored bio went, just before it ends.
+pub trait MirrorDone: Send + Sync + 'static {
+    /// Called once per mirrored bio, in the completion's context (possibly interrupt context:
+    /// no sleeping, no sleeping locks), with the bio's tag and both statuses.
+    fn mirror_done(&self, tag: u8, origin: Status, dest: Status);
+}
+
+/// Called by the block layer when the origin clone of a mirrored bio completes.
+///
+/// # Safety
+///
+/// `clone` is a clone made by [`Bio::mirror`] for a context of type `T`.
+unsafe extern "C" fn origin_endio<T: MirrorDone>(clone: *mut bindings::bio) {
+    // SAFETY: Forwarded from the caller.
+    unsafe { clone_done::<T>(clone, false) };
+}
+
+/// Called by the block layer when the destination clone of a mirrored bio completes.
+///
+/// # Safety
+///
+/// As for [`origin_endio`].
+unsafe extern "C" fn dest_endio<T: MirrorDone>(clone: *mut bindings::bio) {
+    // SAFETY: Forwarded from the caller.
+    unsafe { clone_done::<T>(clone, true) };
+}
+
+/// Records a clone's status and ends the parent after the last clone.
+///
+/// # Safety
+///
+/// `clone` is a clone made by [`Bio::mirror`] for a context of type `T`, completing once.
+unsafe fn clone_done<T: MirrorDone>(clone: *mut bindings::bio, is_dest: bool) {
+    // SAFETY: The clone is valid until put; its `bi_private` is the parent, which lives until
+    // its last clone completes, at the earliest now. Its per-bio data is a `BioData`.
+    let (parent, status) = unsafe {
+        let parent = bindings::migrate_bio_private(clone).cast::<bindings::bio>();
+        let status = bindings::migrate_bio_status(clone);
+        bindings::migrate_bio_put(clone);
+        (parent, status)
+    };
+    // SAFETY: As above.
+    let data = unsafe {
+        &*bindings::dm_per_bio_data(parent, core::mem::size_of::<BioData>()).cast::<BioData>()
+    };
+    if is_dest {
+        data.dest_status.store(status, Ordering::Relaxed);
+    } else {
+        data.origin_status.store(status, Ordering::Relaxed);
+    }
+    // The decrement orders the status store before the last clone's loads below.
+    if data.remaining.fetch_sub(1, Ordering::AcqRel) != 1 {
+        return;
+    }
+    let origin = Status(data.origin_status.load(Ordering::Relaxed));
+    let dest = Status(data.dest_status.load(Ordering::Relaxed));
+    // SAFETY: `mirror` stored an `Arc<T>` from `Arc::into_raw`; this last completion takes it
+    // back once.
+    let context = unsafe { Arc::from_raw(data.context.load(Ordering::Relaxed).cast::<T>()) };
+    context.mirror_done(data.tag.load(Ordering::Relaxed), origin, dest);
+    // Drop the reference before the bio ends: once it has, the target may be destroyed, and
+    // the last reference must not be dropped here, in a completion context.
+    drop(context);
+    // SAFETY: Every clone has completed; the parent is ours to end, once.
+    unsafe {
+        bindings::migrate_bio_set_status(parent, origin.0);
+        bindings::bio_endio(parent);
+    }
+}
+
+/// A pool of bios for clones and copy I/O (`struct bio_set`).
+///
+/// # Invariants
+///
+/// `ptr` is a bio set from `migrate_bioset_create`, destroyed on drop.
+pub struct BioSet {
+    ptr: NonNull<bindings::bio_set>,
+}
+
+// SAFETY: A bio set is used through its mempool, which is thread-safe.
+unsafe impl Send for BioSet {}
+// SAFETY: As for `Send`.
+unsafe impl Sync for BioSet {}
+
+impl BioSet {
+    /// Creates a bio set whose mempool keeps `pool_size` bios in reserve.
+    pub fn new(pool_size: u32) -> Result<Self> {
+        // SAFETY: No preconditions.
+        let ptr = unsafe { bindings::migrate_bioset_create(pool_size) };
+        // INVARIANT: Created just above.
+        Ok(Self {
+            ptr: NonNull::new(ptr).ok_or(ENOMEM)?,
+        })
+    }
+
+    pub(super) fn raw(&self) -> *mut bindings::bio_set {
+        self.ptr.as_ptr()
+    }
+}
+
+impl Drop for BioSet {
+    fn drop(&mut self) {
+        // SAFETY: Created by `migrate_bioset_create` (type invariant); every bio allocated from
+        // it has been freed, because the target's I/O has completed before it is destroyed.
+        unsafe { bindings::migrate_bioset_destroy(self.ptr.as_ptr()) };
+    }
+}
+
+/// A FIFO of bios the target holds back (`struct bio_list`, linked through the bios).
+///
+/// # Invariants
+///
+/// `ptr` comes from `migrate_bio_list_create` and is freed on drop; every bio on it is a bio
+/// handed to the target (as a [`Bio`]) and owned by the list.
+pub struct BioList {
+    ptr: NonNull<bindings::bio_list>,
+}
+
+// SAFETY: The list and the bios on it may move between threads; access needs `&mut self`.
+unsafe impl Send for BioList {}
+
+impl BioList {
+    /// Allocates an empty list.
+    pub fn new() -> Result<Self> {
+        // SAFETY: No preconditions.
+        let ptr = unsafe { bindings::migrate_bio_list_create() };
+        // INVARIANT: Created just above, empty.
+        Ok(Self {
+            ptr: NonNull::new(ptr).ok_or(ENOMEM)?,
+        })
+    }
+
+    /// Appends a bio; no allocation.
+    pub fn push(&mut self, bio: Bio) {
+        // SAFETY: The list is valid; the bio is handed over to it (type invariant).
+        unsafe { bindings::migrate_bio_list_add(self.ptr.as_ptr(), bio.into_raw()) };
+    }
+
+    /// Takes the oldest bio.
+    pub fn pop(&mut self) -> Option<Bio> {
+        // SAFETY: The list is valid.
+        let bio = NonNull::new(unsafe { bindings::migrate_bio_list_pop(self.ptr.as_ptr()) })?;
+        // SAFETY: Every bio on the list was handed to the target and is now handed back.
+        Some(unsafe { Bio::from_raw(bio) })
+    }
+}
+
+impl Drop for BioList {
+    fn drop(&mut self) {
+        // Bios left behind are ended (with an error, by `Bio`'s drop) rather than lost.
+        while self.pop().is_some() {}
+        // SAFETY: Created by `migrate_bio_list_create` and now empty.
+        unsafe { bindings::migrate_bio_list_destroy(self.ptr.as_ptr()) };
     }
 }

@@ -4,6 +4,12 @@
  */
 #include <linux/bio.h>
 #include <linux/blkdev.h>
+#include <linux/completion.h>
+#include <linux/delay.h>
+#include <linux/device-mapper.h>
+#include <linux/kthread.h>
+#include <linux/slab.h>
+#include <linux/timekeeping.h>
 
 #include "glue.h"
 
@@ -27,6 +33,42 @@ void migrate_bio_set_sector(struct bio *bio, sector_t sector)
 	bio->bi_iter.bi_sector = sector;
 }
 
+unsigned int migrate_bio_kind(const struct bio *bio)
+{
+	switch (bio_op(bio)) {
+	case REQ_OP_READ:
+		return MIGRATE_BIO_READ;
+	case REQ_OP_WRITE:
+		/* dm splits a pre-flush off into its own empty bio. */
+		return bio_sectors(bio) ? MIGRATE_BIO_WRITE : MIGRATE_BIO_FLUSH;
+	case REQ_OP_FLUSH:
+		return MIGRATE_BIO_FLUSH;
+	default:
+		/* Discard, write-zeroes, secure erase: they change data like a write. */
+		return op_is_write(bio_op(bio)) ? MIGRATE_BIO_WRITE : MIGRATE_BIO_READ;
+	}
+}
+
+u8 migrate_bio_status(const struct bio *bio)
+{
+	return bio->bi_status;
+}
+
+void migrate_bio_set_status(struct bio *bio, u8 status)
+{
+	bio->bi_status = status;
+}
+
+void *migrate_bio_private(const struct bio *bio)
+{
+	return bio->bi_private;
+}
+
+void migrate_submit_bio_noacct(struct bio *bio)
+{
+	submit_bio_noacct(bio);
+}
+
 sector_t migrate_bdev_nr_sectors(struct block_device *bdev)
 {
 	return bdev_nr_sectors(bdev);
@@ -40,4 +82,189 @@ unsigned int migrate_bdev_logical_block_size(struct block_device *bdev)
 dev_t migrate_bdev_dev(struct block_device *bdev)
 {
 	return bdev->bd_dev;
+}
+
+struct bio *migrate_clone_bio(struct bio *src, struct block_device *bdev, sector_t sector,
+			      struct bio_set *bs, void (*end_io)(struct bio *), void *private)
+{
+	/* GFP_NOIO from a bio_set's mempool waits rather than fails. */
+	struct bio *clone = bio_alloc_clone(bdev, src, GFP_NOIO, bs);
+
+	clone->bi_iter.bi_sector = sector;
+	clone->bi_end_io = end_io;
+	clone->bi_private = private;
+	return clone;
+}
+
+void migrate_bio_put(struct bio *bio)
+{
+	bio_put(bio);
+}
+
+struct bio_set *migrate_bioset_create(unsigned int pool_size)
+{
+	struct bio_set *bs = kzalloc(sizeof(*bs), GFP_KERNEL);
+
+	if (bs && bioset_init(bs, pool_size, 0, BIOSET_NEED_BVECS)) {
+		kfree(bs);
+		bs = NULL;
+	}
+	return bs;
+}
+
+void migrate_bioset_destroy(struct bio_set *bs)
+{
+	if (bs) {
+		bioset_exit(bs);
+		kfree(bs);
+	}
+}
+
+struct bio_list *migrate_bio_list_create(void)
+{
+	struct bio_list *list = kmalloc(sizeof(*list), GFP_KERNEL);
+
+	if (list)
+		bio_list_init(list);
+	return list;
+}
+
+void migrate_bio_list_destroy(struct bio_list *list)
+{
+	kfree(list);
+}
+
+void migrate_bio_list_add(struct bio_list *list, struct bio *bio)
+{
+	bio_list_add(list, bio);
+}
+
+struct bio *migrate_bio_list_pop(struct bio_list *list)
+{
+	return bio_list_pop(list);
+}
+
+struct migrate_io_batch {
+	atomic_t pending;
+	blk_status_t status;
+	struct completion done;
+};
+
+struct migrate_io_batch *migrate_io_batch_create(void)
+{
+	return kzalloc(sizeof(struct migrate_io_batch), GFP_KERNEL);
+}
+
+void migrate_io_batch_destroy(struct migrate_io_batch *batch)
+{
+	kfree(batch);
+}
+
+void migrate_io_batch_start(struct migrate_io_batch *batch)
+{
+	/* One reference is the waiter's, dropped in migrate_io_batch_wait(). */
+	atomic_set(&batch->pending, 1);
+	batch->status = BLK_STS_OK;
+	init_completion(&batch->done);
+}
+
+static void migrate_io_batch_endio(struct bio *bio)
+{
+	struct migrate_io_batch *batch = bio->bi_private;
+
+	if (bio->bi_status)
+		WRITE_ONCE(batch->status, bio->bi_status);
+	bio_put(bio);
+	if (atomic_dec_and_test(&batch->pending))
+		complete(&batch->done);
+}
+
+int migrate_io_batch_add(struct migrate_io_batch *batch, struct block_device *bdev,
+			 sector_t sector, struct page **pages, unsigned int bytes, bool write,
+			 struct bio_set *bs)
+{
+	unsigned int nr_pages = DIV_ROUND_UP(bytes, PAGE_SIZE);
+	struct bio *bio;
+	unsigned int i;
+
+	bio = bio_alloc_bioset(bdev, nr_pages, write ? REQ_OP_WRITE : REQ_OP_READ, GFP_NOIO, bs);
+	if (!bio)
+		return -ENOMEM;
+	bio->bi_iter.bi_sector = sector;
+	for (i = 0; i < nr_pages; i++) {
+		unsigned int len = min_t(unsigned int, bytes - i * PAGE_SIZE, PAGE_SIZE);
+
+		if (bio_add_page(bio, pages[i], len, 0) != len) {
+			bio_put(bio);
+			return -EIO;
+		}
+	}
+	bio->bi_private = batch;
+	bio->bi_end_io = migrate_io_batch_endio;
+	atomic_inc(&batch->pending);
+	submit_bio(bio);
+	return 0;
+}
+
+u8 migrate_io_batch_wait(struct migrate_io_batch *batch)
+{
+	if (!atomic_dec_and_test(&batch->pending))
+		wait_for_completion_io(&batch->done);
+	return READ_ONCE(batch->status);
+}
+
+int migrate_flush(struct block_device *bdev)
+{
+	return blkdev_issue_flush(bdev);
+}
+
+struct task_struct *migrate_kthread_run(int (*fn)(void *), void *data, const char *name)
+{
+	struct task_struct *task = kthread_run(fn, data, "dm-migrate/%s", name);
+
+	return IS_ERR(task) ? NULL : task;
+}
+
+int migrate_kthread_stop(struct task_struct *task)
+{
+	return kthread_stop(task);
+}
+
+bool migrate_kthread_should_stop(void)
+{
+	return kthread_should_stop();
+}
+
+void migrate_kthread_sleep_ms(unsigned int ms)
+{
+	/* Set the state first, so a wake-up between the check and the sleep is not lost. */
+	set_current_state(TASK_INTERRUPTIBLE);
+	if (!kthread_should_stop())
+		schedule_timeout(msecs_to_jiffies(ms));
+	__set_current_state(TASK_RUNNING);
+}
+
+void migrate_kthread_wake(struct task_struct *task)
+{
+	wake_up_process(task);
+}
+
+u64 migrate_now_ns(void)
+{
+	return ktime_get_ns();
+}
+
+void migrate_uevent(struct dm_target *ti, const char *state)
+{
+	struct mapped_device *md = dm_table_get_md(ti->table);
+	char state_env[64];
+	char *envp[] = { state_env, NULL };
+
+	snprintf(state_env, sizeof(state_env), "DM_MIGRATE_STATE=%s", state);
+	kobject_uevent_env(&disk_to_dev(dm_disk(md))->kobj, KOBJ_CHANGE, envp);
+}
+
+void migrate_table_event(struct dm_target *ti)
+{
+	dm_table_event(ti->table);
 }

@@ -1,22 +1,79 @@
 /* SPDX-License-Identifier: GPL-2.0 */
 /*
- * C glue for dm-migrate: static inline functions and macros of the block layer that Rust cannot
- * call directly. Each one only forwards; the Rust side (rust/glue.rs) documents their use.
+ * C glue for dm-migrate: static inline functions and macros of the block layer, kthreads and
+ * completions that Rust cannot call directly. Each function only forwards or packs a few calls;
+ * the Rust side (rust/) documents their use.
  */
 #ifndef DM_MIGRATE_GLUE_H
 #define DM_MIGRATE_GLUE_H
 
 #include <linux/types.h>
+#include <linux/blk_types.h>
 
 struct bio;
+struct bio_set;
 struct block_device;
+struct dm_target;
+struct page;
+struct task_struct;
+
+/* What a bio does, for routing. */
+enum migrate_bio_kind {
+	MIGRATE_BIO_READ = 0,
+	MIGRATE_BIO_WRITE = 1,	/* write, discard, write-zeroes, secure erase */
+	MIGRATE_BIO_FLUSH = 2,	/* an empty flush */
+};
 
 void migrate_bio_set_dev(struct bio *bio, struct block_device *bdev);
 unsigned int migrate_bio_sectors(const struct bio *bio);
 sector_t migrate_bio_sector(const struct bio *bio);
 void migrate_bio_set_sector(struct bio *bio, sector_t sector);
+unsigned int migrate_bio_kind(const struct bio *bio);
+u8 migrate_bio_status(const struct bio *bio);
+void migrate_bio_set_status(struct bio *bio, u8 status);
+void *migrate_bio_private(const struct bio *bio);
+void migrate_submit_bio_noacct(struct bio *bio);
+
 sector_t migrate_bdev_nr_sectors(struct block_device *bdev);
 unsigned int migrate_bdev_logical_block_size(struct block_device *bdev);
 dev_t migrate_bdev_dev(struct block_device *bdev);
+
+/* A clone of @src on @bdev at @sector that calls @end_io(clone) with bi_private = @private. */
+struct bio *migrate_clone_bio(struct bio *src, struct block_device *bdev, sector_t sector,
+			      struct bio_set *bs, void (*end_io)(struct bio *), void *private);
+void migrate_bio_put(struct bio *bio);
+
+struct bio_set *migrate_bioset_create(unsigned int pool_size);
+void migrate_bioset_destroy(struct bio_set *bs);
+
+/* A FIFO of bios (struct bio_list) that the target holds back. */
+struct bio_list;
+struct bio_list *migrate_bio_list_create(void);
+void migrate_bio_list_destroy(struct bio_list *list);
+void migrate_bio_list_add(struct bio_list *list, struct bio *bio);
+struct bio *migrate_bio_list_pop(struct bio_list *list);
+
+/* Copy I/O: bios submitted together and waited for together. */
+struct migrate_io_batch;
+struct migrate_io_batch *migrate_io_batch_create(void);
+void migrate_io_batch_destroy(struct migrate_io_batch *batch);
+void migrate_io_batch_start(struct migrate_io_batch *batch);
+int migrate_io_batch_add(struct migrate_io_batch *batch, struct block_device *bdev,
+			 sector_t sector, struct page **pages, unsigned int bytes, bool write,
+			 struct bio_set *bs);
+u8 migrate_io_batch_wait(struct migrate_io_batch *batch);
+int migrate_flush(struct block_device *bdev);
+
+/* The copier thread. */
+struct task_struct *migrate_kthread_run(int (*fn)(void *), void *data, const char *name);
+int migrate_kthread_stop(struct task_struct *task);
+bool migrate_kthread_should_stop(void);
+void migrate_kthread_sleep_ms(unsigned int ms);
+void migrate_kthread_wake(struct task_struct *task);
+u64 migrate_now_ns(void);
+
+/* A KOBJ_CHANGE uevent on the mapped device with DM_MIGRATE_STATE=@state. */
+void migrate_uevent(struct dm_target *ti, const char *state);
+void migrate_table_event(struct dm_target *ti);
 
 #endif /* DM_MIGRATE_GLUE_H */

@@ -10,9 +10,14 @@
 //! - [`target::Target`], the trait a target type implements, and [`target::Registration`],
 //!   which registers it with the device-mapper core for the module's lifetime.
 //! - [`device::Device`], a block device the target holds open (`dm_get_device`).
-//! - [`bio::Bio`], a bio handed to `map`.
+//! - [`bio::Bio`], a bio handed to `map`, which the target gives back, ends, submits or mirrors
+//!   to two devices; [`bio::BioList`] to hold bios back; [`bio::BioSet`] for clones.
+//! - [`copy::IoBatch`] and [`copy::PageBuffer`], the copier's I/O.
+//! - [`kthread::KThread`], the copier thread.
 
 mod bindings;
 pub mod bio;
+pub mod copy;
 pub mod device;
+pub mod kthread;
 pub mod target;

@@ -5,7 +5,7 @@
 //! C header: [`include/linux/device-mapper.h`](srctree/include/linux/device-mapper.h)
 
 use super::bindings;
-use super::bio::Bio;
+use super::bio::{Bio, BioData, Status};
 use super::device::Device;
 use crate::engine::status::SliceWriter;
 use core::ffi::CStr;
@@ -21,25 +21,60 @@ use kernel::ThisModule;
 pub const MAX_ARGS: usize = 32;
 
 /// What `map` did with a bio (`DM_MAPIO_*`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+///
+/// A bio given back to the core travels in the variant; a bio the target kept is not here, so
+/// the type system keeps the two apart.
 pub enum MapResult {
     /// The bio was remapped; the core submits it (`DM_MAPIO_REMAPPED`).
-    Remapped,
-    /// The target took the bio and will complete it (`DM_MAPIO_SUBMITTED`).
+    Remapped(Bio),
+    /// The target kept the bio and will end or submit it (`DM_MAPIO_SUBMITTED`).
     Submitted,
     /// The bio fails with an I/O error (`DM_MAPIO_KILL`).
-    Kill,
+    Kill(Bio),
 }
 
 impl MapResult {
-    fn to_raw(self) -> c_int {
+    fn into_raw(self) -> c_int {
         let raw = match self {
-            Self::Remapped => bindings::DM_MAPIO_REMAPPED,
+            Self::Remapped(bio) => {
+                bio.into_raw();
+                bindings::DM_MAPIO_REMAPPED
+            }
             Self::Submitted => bindings::DM_MAPIO_SUBMITTED,
-            Self::Kill => bindings::DM_MAPIO_KILL,
+            Self::Kill(bio) => {
+                bio.into_raw();
+                bindings::DM_MAPIO_KILL
+            }
         };
         // The `DM_MAPIO_*` values are small constants.
         raw as c_int
+    }
+}
+
+/// A handle on a constructed target for raising events, valid while the target exists.
+///
+/// # Invariants
+///
+/// `ti` is a target that lives at least as long as this handle: the handle is owned by the
+/// target object, which the destructor drops before the core frees `ti`.
+pub struct TargetHandle {
+    ti: NonNull<bindings::dm_target>,
+}
+
+// SAFETY: Raising an event is allowed from any process context.
+unsafe impl Send for TargetHandle {}
+// SAFETY: As for `Send`.
+unsafe impl Sync for TargetHandle {}
+
+impl TargetHandle {
+    /// Wakes `dmsetup wait` (`dm_table_event`) and sends a `KOBJ_CHANGE` uevent on the mapped
+    /// device with `DM_MIGRATE_STATE=<state>`. May sleep.
+    pub fn raise_event(&self, state: &CStr) {
+        // SAFETY: `ti` is alive (type invariant) and its table is set; `state` is a C string.
+        unsafe {
+            bindings::migrate_uevent(self.ti.as_ptr(), state.as_ptr().cast());
+            bindings::migrate_table_event(self.ti.as_ptr());
+        }
     }
 }
 
@@ -107,6 +142,12 @@ impl TargetContext<'_> {
         Ok(unsafe { Device::from_raw(self.ti, dev) })
     }
 
+    /// A handle for raising events later; keep it inside the target object only.
+    pub fn handle(&self) -> TargetHandle {
+        // INVARIANT: The constructor stores the handle in the target, dropped before `ti`.
+        TargetHandle { ti: self.ti }
+    }
+
     /// Sets how many copies of each flush, discard and write-zeroes bio the target receives.
     pub fn set_num_bios(&mut self, flush: u32, discard: u32, write_zeroes: u32) {
         // SAFETY: `ti` is valid during the constructor (type invariant), which is where the core
@@ -155,10 +196,31 @@ impl DeviceVisitor<'_> {
 #[vtable]
 pub trait Target: Sized + Send + Sync {
     /// Builds a target from the words of its table line after the target name.
-    fn new(ti: &mut TargetContext<'_>, args: &[&str]) -> Result<KBox<Self>, CtrError>;
+    fn new(ti: &mut TargetContext<'_>, args: &[&str]) -> Result<Pin<KBox<Self>>, CtrError>;
 
     /// Maps a bio; called in any context, possibly concurrently, and must not sleep or allocate.
-    fn map(&self, bio: &mut Bio<'_>) -> MapResult;
+    fn map(&self, bio: Bio) -> MapResult;
+
+    /// Called when any bio of the target ends, whether `map` remapped it or the target ended
+    /// it itself, in the completion's context (possibly interrupt context), with its status.
+    fn end_io(&self, _bio: &Bio, _status: Status) {
+        kernel::build_error!(kernel::error::VTABLE_DEFAULT_ERROR)
+    }
+
+    /// Called before the device suspends, while I/O may still arrive.
+    fn presuspend(&self) {
+        kernel::build_error!(kernel::error::VTABLE_DEFAULT_ERROR)
+    }
+
+    /// Called once the device is suspended and all its I/O has completed.
+    fn postsuspend(&self) {
+        kernel::build_error!(kernel::error::VTABLE_DEFAULT_ERROR)
+    }
+
+    /// Called when the device resumes.
+    fn resume(&self) {
+        kernel::build_error!(kernel::error::VTABLE_DEFAULT_ERROR)
+    }
 
     /// Writes the status text of the given kind.
     fn status(&self, kind: StatusType, out: &mut SliceWriter<'_>);
@@ -200,7 +262,8 @@ unsafe fn collect_args<'a>(
 ///
 /// `ti` must be a target of type `T` whose constructor succeeded and whose destructor has not run.
 unsafe fn target_of<'a, T: Target>(ti: *mut bindings::dm_target) -> &'a T {
-    // SAFETY: The constructor stored a `KBox<T>` in `private` that lives until the destructor.
+    // SAFETY: The constructor stored a pinned `KBox<T>` in `private` that lives until the
+    // destructor; a shared reference does not move it.
     unsafe { &*(*ti).private.cast::<T>() }
 }
 
@@ -240,8 +303,13 @@ impl<T: Target> Callbacks<T> {
         match result {
             Ok(target) => {
                 // SAFETY: `ti` is valid; `private` belongs to the target and is read back by the
-                // other callbacks and freed by `dtr`.
-                unsafe { (*ti).private = KBox::into_raw(target).cast() };
+                // other callbacks and freed by `dtr`. Every bio carries a `BioData`.
+                unsafe {
+                    // The box is never moved out of: `target_of` only borrows it and `dtr` drops
+                    // it in place.
+                    (*ti).private = KBox::into_raw(Pin::into_inner_unchecked(target)).cast();
+                    (*ti).per_io_data_size = core::mem::size_of::<BioData>() as c_uint;
+                }
                 0
             }
             Err(e) => {
@@ -269,11 +337,64 @@ impl<T: Target> Callbacks<T> {
     /// Called with a constructed target and a bio that is the target's until the call returns.
     unsafe extern "C" fn map(ti: *mut bindings::dm_target, bio: *mut bindings::bio) -> c_int {
         let Some(bio) = NonNull::new(bio) else {
-            return MapResult::Kill.to_raw();
+            return bindings::DM_MAPIO_KILL as c_int;
         };
-        // SAFETY: The target is constructed, and the bio is the target's during this call.
-        let (target, mut bio) = unsafe { (target_of::<T>(ti), Bio::from_raw(bio)) };
-        target.map(&mut bio).to_raw()
+        // SAFETY: The target is constructed; the bio is handed to the target by this call, and
+        // its per-bio data is a `BioData` (set in `ctr`).
+        let (target, bio) = unsafe { (target_of::<T>(ti), Bio::from_raw(bio)) };
+        target.map(bio).into_raw()
+    }
+
+    /// Called by the device-mapper core when a bio of the target ends (`clone_endio`).
+    ///
+    /// # Safety
+    ///
+    /// Called with a constructed target, a bio it remapped and a valid status pointer.
+    unsafe extern "C" fn end_io(
+        ti: *mut bindings::dm_target,
+        bio: *mut bindings::bio,
+        error: *mut bindings::blk_status_t,
+    ) -> c_int {
+        let (Some(bio), false) = (NonNull::new(bio), error.is_null()) else {
+            return bindings::DM_ENDIO_DONE as c_int;
+        };
+        // SAFETY: The bio belongs to the core, so it is wrapped only for the call and never
+        // dropped (`ManuallyDrop`); the status pointer is valid for the call.
+        unsafe {
+            let bio = core::mem::ManuallyDrop::new(Bio::from_raw(bio));
+            target_of::<T>(ti).end_io(&bio, Status(*error));
+        }
+        bindings::DM_ENDIO_DONE as c_int
+    }
+
+    /// Called by the device-mapper core before suspending.
+    ///
+    /// # Safety
+    ///
+    /// Called with a constructed target, in process context.
+    unsafe extern "C" fn presuspend(ti: *mut bindings::dm_target) {
+        // SAFETY: The target is constructed.
+        unsafe { target_of::<T>(ti) }.presuspend();
+    }
+
+    /// Called by the device-mapper core once suspended.
+    ///
+    /// # Safety
+    ///
+    /// Called with a constructed target, in process context.
+    unsafe extern "C" fn postsuspend(ti: *mut bindings::dm_target) {
+        // SAFETY: The target is constructed.
+        unsafe { target_of::<T>(ti) }.postsuspend();
+    }
+
+    /// Called by the device-mapper core on resume.
+    ///
+    /// # Safety
+    ///
+    /// Called with a constructed target, in process context.
+    unsafe extern "C" fn resume(ti: *mut bindings::dm_target) {
+        // SAFETY: The target is constructed.
+        unsafe { target_of::<T>(ti) }.resume();
     }
 
     /// Called by the device-mapper core for `dmsetup status` and `dmsetup table`.
@@ -401,6 +522,26 @@ impl<T: Target> Registration<T> {
                 None
             },
             iterate_devices: Some(Callbacks::<T>::iterate_devices),
+            end_io: if T::HAS_END_IO {
+                Some(Callbacks::<T>::end_io)
+            } else {
+                None
+            },
+            presuspend: if T::HAS_PRESUSPEND {
+                Some(Callbacks::<T>::presuspend)
+            } else {
+                None
+            },
+            postsuspend: if T::HAS_POSTSUSPEND {
+                Some(Callbacks::<T>::postsuspend)
+            } else {
+                None
+            },
+            resume: if T::HAS_RESUME {
+                Some(Callbacks::<T>::resume)
+            } else {
+                None
+            },
             ..Default::default()
         };
         let target_type = KBox::new(Opaque::new(target_type), GFP_KERNEL)?;

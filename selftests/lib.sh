@@ -112,12 +112,13 @@ expect_reject() {
 	diag "rejected as expected: '$table' -> $message"
 }
 
-# golden FILE ACTUAL: compares text with a golden file after replacing @ORIGIN@, @DEST@, @LEN@
-# and @REGIONS@ with the values the test set in ORIGIN_NUM, DEST_NUM, LEN and REGIONS.
+# golden FILE ACTUAL: compares text with a golden file after replacing @ORIGIN@, @DEST@, @LEN@,
+# @REGIONS@ and @BYTES@ with the values the test set in ORIGIN_NUM, DEST_NUM, LEN, REGIONS, BYTES.
 golden() {
 	local expected
 	expected=$(sed -e "s/@ORIGIN@/${ORIGIN_NUM:-}/g" -e "s/@DEST@/${DEST_NUM:-}/g" \
-		-e "s/@LEN@/${LEN:-}/g" -e "s/@REGIONS@/${REGIONS:-}/g" "$GOLDEN/$1")
+		-e "s/@LEN@/${LEN:-}/g" -e "s/@REGIONS@/${REGIONS:-}/g" -e "s/@BYTES@/${BYTES:-}/g" \
+		"$GOLDEN/$1")
 	if [ "$expected" != "$2" ]; then
 		diag "expected: $expected"
 		diag "actual:   $2"
@@ -138,4 +139,57 @@ same_bytes() {
 	else
 		cmp "$1" "$2" >/dev/null || fail "$1 and $2 differ: $(cmp "$1" "$2" 2>&1)"
 	fi
+}
+
+# migrate_state NAME: the state word of a migrate device's status line.
+migrate_state() { dmsetup status "$DEV_PREFIX-$1" | awk '$3 == "migrate" { print $4 }'; }
+
+# migrate_field NAME N: the Nth INFO field (1 = state) of a migrate device's status line.
+migrate_field() {
+	dmsetup status "$DEV_PREFIX-$1" | awk -v n="$2" '$3 == "migrate" { print $(n + 3) }'
+}
+
+# wait_state NAME STATE [SECONDS]: waits until the migration reaches STATE (default 120 s).
+wait_state() {
+	local name=$1 want=$2 limit=${3:-120} start=$SECONDS state
+	while :; do
+		state=$(migrate_state "$name")
+		[ "$state" = "$want" ] && return 0
+		if [ $((SECONDS - start)) -ge "$limit" ]; then
+			diag "status: $(dmsetup status "$DEV_PREFIX-$name")"
+			fail "$name did not reach '$want' within ${limit}s (state '$state')"
+		fi
+		case $state in
+		failed | cancelled | switched) [ "$state" != "$want" ] && {
+			diag "status: $(dmsetup status "$DEV_PREFIX-$name")"
+			fail "$name ended in '$state', not '$want'"
+		} ;;
+		esac
+		sleep 0.2
+	done
+}
+
+# fio_verify_write TARGET SIZE_MIB LOG [fio options...]: 4 jobs of random writes of 4 KiB to
+# 1 MiB over TARGET, each verified with crc32c after it is written.
+fio_job=(--ioengine=libaio --direct=1 --iodepth=8 --numjobs=4 --bsrange=4k-1m
+	--verify=crc32c --verify_fatal=1 --randrepeat=0 --group_reporting --rw=randwrite)
+fio_verify_write() {
+	local target=$1 size=$2 log=$3
+	shift 3
+	fio --name=migrate "${fio_job[@]}" --size=$((size / 4))M --offset_increment=$((size / 4))M \
+		--filename="$target" --output="$log" "$@" || {
+		sed 's/^/# /' "$log"
+		fail "fio write+verify on $target failed"
+	}
+	grep -q 'err= 0' "$log" || fail "fio reported errors on $target"
+}
+
+# fio_verify_only TARGET SIZE_MIB LOG: re-reads what fio_verify_write wrote and checks it.
+fio_verify_only() {
+	local target=$1 size=$2 log=$3
+	fio --name=migrate "${fio_job[@]}" --size=$((size / 4))M --offset_increment=$((size / 4))M \
+		--filename="$target" --output="$log" --verify_only || {
+		sed 's/^/# /' "$log"
+		fail "$target does not verify"
+	}
 }

@@ -1,11 +1,12 @@
 #!/bin/bash
 # SPDX-License-Identifier: GPL-2.0
-# Writes before a suspend, I/O queued while suspended and writes after resume all reach the origin.
+# Writes before a suspend, I/O queued while suspended and writes after resume all survive a
+# suspend in the middle of a (rate-limited) copy, and the destination holds them after the switch.
 . "$(dirname "$0")/lib.sh"
 load_migrate
 make_loop origin 8
 make_loop dest 8
-dm_create sr "0 $(sectors "$origin") migrate $origin $dest" || fail "create failed"
+dm_create sr "0 $(sectors "$origin") migrate $origin $dest 2 rate 2048" || fail "create failed"
 dev=$(dm_path sr)
 head -c $((8 << 20)) /dev/urandom >"$TEST_TMP/data"
 dd if="$TEST_TMP/data" of="$dev" bs=1M count=4 oflag=direct status=none || fail "write failed"
@@ -19,4 +20,8 @@ kill -0 $writer 2>/dev/null || fail "write completed while the device was suspen
 dmsetup resume "$DEV_PREFIX-sr" || fail "resume failed"
 wait $writer || fail "write queued during suspend failed"
 same_bytes "$origin" "$TEST_TMP/data"
+[ "$(migrate_state sr)" = copying ] || fail "copy not in progress after resume: $(migrate_state sr)"
+dmsetup message "$DEV_PREFIX-sr" 0 rate 0 || fail "rate failed"
+wait_state sr switched
+same_bytes "$dest" "$TEST_TMP/data"
 pass

@@ -2,9 +2,12 @@
 
 //! dm-migrate: a device-mapper target that moves a live disk from one block device to another.
 //!
-//! This is the foundation: the target validates its table line, opens both devices and passes all
-//! I/O through to the origin. The destination is opened and checked but never written.
-//! See `Documentation/dm-migrate.rst` for the interface.
+//! A kernel thread copies the origin to the destination region by region. Reads go to the
+//! origin; writes go to the origin, and also to the destination once their region is copied;
+//! a write to a region being copied waits for that copy. When everything is copied the target
+//! flushes the destination, switches all I/O to it and raises an event. The decisions live in
+//! `engine` (plain Rust, tested in userspace); this file wires them to bios, devices and the
+//! copier thread through the safe binding layer in `dm`. See `Documentation/dm-migrate.rst`.
 
 // Both are `pub` so that the kernel's `unreachable_pub` lint accepts the `pub` items they share
 // with their userspace build and with later users in this crate.
@@ -12,14 +15,22 @@
 pub mod dm;
 pub mod engine;
 
-use dm::bio::Bio;
+use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use dm::bio::{Bio, BioKind, BioList, BioSet, MirrorDone, Status};
+use dm::copy::{flush, IoBatch, PageBuffer};
 use dm::device::Device;
+use dm::kthread::{self, KThread, ThreadMain};
 use dm::target::{
     CtrError, DeviceVisitor, MapResult, Registration, StatusType, Target, TargetContext,
+    TargetHandle,
 };
-use engine::status::{write_table, Progress, SliceWriter};
+use engine::message::{Message, MessageError};
+use engine::status::{write_table, FailReason, SliceWriter, State};
 use engine::table::{DeviceGeometry, Geometry, Options, TableArgs, TableError};
+use engine::tracker::{bitmap_words, AfterBatch, Batch, CopyResult, IoKind, Route, Tracker};
 use kernel::prelude::*;
+use kernel::sync::{Arc, Mutex, SpinLock};
+use kernel::{new_mutex, new_spinlock};
 
 module! {
     type: MigrateModule,
@@ -30,7 +41,16 @@ module! {
 }
 
 /// The target's version, reported by `dmsetup targets`.
-const VERSION: [u32; 3] = [0, 1, 0];
+const VERSION: [u32; 3] = [0, 2, 0];
+
+/// The size of one copy I/O: contiguous regions are batched up to this (512 KiB).
+const BATCH_BYTES: u64 = 512 * 1024;
+
+/// How long the copier sleeps when it has nothing to do, in milliseconds.
+const IDLE_MS: u32 = 50;
+
+/// Bit 1 of a bio's tag: the bio is a write counted in the epoch given by bit 0.
+const TAG_COUNTED: u8 = 2;
 
 struct MigrateModule {
     _registration: Registration<Migrate>,
@@ -44,14 +64,49 @@ impl kernel::Module for MigrateModule {
     }
 }
 
-/// One `migrate` target: a range of a mapped device backed by an origin and a destination.
-struct Migrate {
+/// What the lock protects: the region tracker and the bios waiting for a copy to land.
+struct Shared {
+    tracker: Tracker<KVVec<u64>>,
+    deferred: BioList,
+    /// The epoch new writes are counted in (0 or 1).
+    epoch: u8,
+}
+
+/// The migration, shared by the target's callbacks, bio completions and the copier thread.
+#[pin_data]
+struct Engine {
     origin: Device,
     destination: Device,
-    /// The target's first sector in the mapped device, subtracted to get the origin sector.
+    /// The target's first sector in the mapped device.
     begin: u64,
     geometry: Geometry,
     options: Options,
+    bios: BioSet,
+    handle: TargetHandle,
+    #[pin]
+    shared: SpinLock<Shared>,
+    /// Writes routed to the origin and not yet completed there, per epoch. The copier flips the
+    /// epoch after taking a batch and waits for the old one to drain before reading the batch,
+    /// so it never reads a region under a write that was routed before the region was taken.
+    writes_in_flight: [AtomicU64; 2],
+    /// Set by a failed destination write of a mirrored bio (in completion context), acted on by
+    /// `map` and the copier, which may take the lock.
+    dest_failed: AtomicBool,
+    /// Errors of mirrored destination writes.
+    mirror_errors: AtomicU64,
+    rate_kibps: AtomicU64,
+    depth: AtomicU32,
+    /// The measured copy rate, KiB/s.
+    measured_kibps: AtomicU64,
+}
+
+/// One `migrate` target.
+#[pin_data]
+struct Migrate {
+    engine: Arc<Engine>,
+    /// The copier, running between resume and suspend.
+    #[pin]
+    copier: Mutex<Option<KThread>>,
 }
 
 impl From<TableError> for CtrError {
@@ -70,20 +125,352 @@ fn geometry_of(device: &Device) -> DeviceGeometry {
     }
 }
 
+impl Engine {
+    /// Routes a bio by the tracker's decision; shared by `map` and the re-dispatch of deferred
+    /// bios. Never sleeps under the lock.
+    fn dispatch(self: &Arc<Self>, mut bio: Bio) -> MapResult {
+        let sectors = u64::from(bio.sectors());
+        let kind = match bio.kind() {
+            BioKind::Read => IoKind::Read,
+            BioKind::Write => IoKind::Write,
+            BioKind::Flush => IoKind::Flush,
+        };
+        let sector = if sectors == 0 {
+            0
+        } else {
+            // The core only sends bios inside the target; one outside would be a core bug, and
+            // failing it beats writing somewhere else.
+            match bio.sector().checked_sub(self.begin) {
+                Some(s) if s.saturating_add(sectors) <= self.geometry.target_sectors => s,
+                _ => return MapResult::Kill(bio),
+            }
+        };
+        let mut shared = self.shared.lock();
+        if self.dest_failed.load(Ordering::Relaxed) {
+            shared.tracker.fail(FailReason::DestinationWrite);
+        }
+        let route = shared.tracker.route(kind, sector, sectors);
+        let counted = kind == IoKind::Write && matches!(route, Route::Origin | Route::Both);
+        let tag = if counted {
+            let epoch = shared.epoch;
+            self.writes_in_flight[usize::from(epoch)].fetch_add(1, Ordering::Relaxed);
+            TAG_COUNTED | epoch
+        } else {
+            0
+        };
+        bio.set_tag(tag);
+        match route {
+            Route::Defer => {
+                shared.deferred.push(bio);
+                MapResult::Submitted
+            }
+            Route::Origin => {
+                drop(shared);
+                bio.remap(&self.origin, sector);
+                MapResult::Remapped(bio)
+            }
+            Route::Destination => {
+                drop(shared);
+                bio.remap(&self.destination, sector);
+                MapResult::Remapped(bio)
+            }
+            Route::Both => {
+                drop(shared);
+                bio.mirror(
+                    (&self.origin, sector),
+                    (&self.destination, sector),
+                    &self.bios,
+                    self.clone(),
+                );
+                MapResult::Submitted
+            }
+        }
+    }
+
+    /// Ends the accounting of a bio routed by `dispatch`; called from `end_io` for every bio
+    /// the target ends, remapped, mirrored or re-dispatched.
+    fn write_done(&self, tag: u8) {
+        if tag & TAG_COUNTED != 0 {
+            self.writes_in_flight[usize::from(tag & 1)].fetch_sub(1, Ordering::Release);
+        }
+    }
+
+    /// Sends deferred bios on, now that the batch they waited for has landed. Each is popped
+    /// under the lock and routed again outside it; only the copier takes batches, so none is
+    /// deferred again by this.
+    fn release_deferred(self: &Arc<Self>) {
+        loop {
+            let Some(bio) = self.shared.lock().deferred.pop() else {
+                return;
+            };
+            self.send_on(bio);
+        }
+    }
+
+    /// Routes a bio the target holds, and submits it itself.
+    fn send_on(self: &Arc<Self>, bio: Bio) {
+        match self.dispatch(bio) {
+            MapResult::Remapped(bio) => bio.submit(),
+            MapResult::Kill(bio) => bio.endio(Status::IOERR),
+            MapResult::Submitted => {}
+        }
+    }
+
+    /// Acts on a destination failure seen by a mirrored write. Returns whether it failed now.
+    fn check_failure(&self) -> bool {
+        if !self.dest_failed.load(Ordering::Relaxed) {
+            return false;
+        }
+        let mut shared = self.shared.lock();
+        let was_active = shared.tracker.is_active();
+        shared.tracker.fail(FailReason::DestinationWrite);
+        was_active
+    }
+
+    /// Waits until every write counted in `epoch` has completed.
+    fn drain_epoch(&self, epoch: u8) {
+        while self.writes_in_flight[usize::from(epoch)].load(Ordering::Acquire) != 0 {
+            kthread::sleep_ms(1);
+        }
+    }
+
+    /// Copies a set of batches: reads them all from the origin, then writes them all to the
+    /// destination.
+    fn copy_batches(
+        &self,
+        batches: &[Option<Batch>],
+        buffers: &[PageBuffer],
+        io: &mut IoBatch,
+    ) -> CopyResult {
+        let bytes_of = |b: &Batch| ((b.sectors.end - b.sectors.start) * 512) as usize;
+        for write in [false, true] {
+            let device = if write {
+                &self.destination
+            } else {
+                &self.origin
+            };
+            let mut submitted = true;
+            for (batch, buf) in batches.iter().zip(buffers) {
+                if let Some(batch) = batch {
+                    if io
+                        .add(
+                            device,
+                            batch.sectors.start,
+                            buf,
+                            bytes_of(batch),
+                            write,
+                            &self.bios,
+                        )
+                        .is_err()
+                    {
+                        submitted = false;
+                    }
+                }
+            }
+            if !io.wait().is_ok() || !submitted {
+                return if write {
+                    CopyResult::WriteError
+                } else {
+                    CopyResult::ReadError
+                };
+            }
+        }
+        CopyResult::Done
+    }
+
+    /// Flushes the destination and switches all I/O to it.
+    fn switch(&self) {
+        if flush(&self.destination).is_err() {
+            self.shared
+                .lock()
+                .tracker
+                .fail(FailReason::DestinationFlush);
+            pr_err!("device-mapper: migrate: Destination flush failed; staying on the origin\n");
+            self.handle.raise_event(c"failed");
+            return;
+        }
+        if self.shared.lock().tracker.switch() {
+            pr_info!("device-mapper: migrate: Switched to the destination\n");
+            self.handle.raise_event(c"switched");
+        }
+    }
+}
+
+impl MirrorDone for Engine {
+    /// Records a failed destination write. The write's epoch accounting is left to `end_io`,
+    /// which the core calls for every bio of the target, mirrored ones included, when it ends.
+    fn mirror_done(&self, _tag: u8, _origin: Status, dest: Status) {
+        if !dest.is_ok() {
+            self.mirror_errors.fetch_add(1, Ordering::Relaxed);
+            self.dest_failed.store(true, Ordering::Relaxed);
+        }
+    }
+}
+
+/// The copier's loop, run by [`CopierThread`].
+struct CopierThread {
+    engine: Arc<Engine>,
+}
+
+impl ThreadMain for CopierThread {
+    fn thread_main(&self) {
+        let engine = &self.engine;
+        let region_bytes = engine.geometry.region_sectors * 512;
+        let max_regions = (BATCH_BYTES / region_bytes).max(1);
+        let batch_bytes = (max_regions * region_bytes) as usize;
+        let mut buffers = KVec::new();
+        let mut io = match IoBatch::new() {
+            Ok(io) => io,
+            Err(_) => return self.wait_for_stop("Cannot allocate copy I/O"),
+        };
+        let mut window_start = kthread::now_ns();
+        let mut window_bytes: u64 = 0;
+        while !kthread::should_stop() {
+            if engine.check_failure() {
+                pr_err!(
+                    "device-mapper: migrate: Destination write failed; staying on the origin\n"
+                );
+                engine.handle.raise_event(c"failed");
+            }
+            let should_switch = engine.shared.lock().tracker.should_switch();
+            if should_switch {
+                engine.switch();
+                continue;
+            }
+            let depth = engine.depth.load(Ordering::Relaxed) as usize;
+            while buffers.len() < depth {
+                match PageBuffer::new(batch_bytes) {
+                    Ok(buf) => {
+                        if buffers.push(buf, GFP_KERNEL).is_err() {
+                            break;
+                        }
+                    }
+                    Err(_) => break,
+                }
+            }
+            let depth = depth.min(buffers.len()).max(1);
+            if buffers.is_empty() {
+                return self.wait_for_stop("Cannot allocate copy buffers");
+            }
+            let mut batches: [Option<Batch>; engine::tracker::MAX_DEPTH] = Default::default();
+            let old_epoch = {
+                let mut shared = engine.shared.lock();
+                for slot in batches.iter_mut().take(depth) {
+                    *slot = shared.tracker.next_batch(max_regions);
+                }
+                let old = shared.epoch;
+                shared.epoch ^= 1;
+                old
+            };
+            if batches.iter().all(Option::is_none) {
+                kthread::sleep_ms(IDLE_MS);
+                continue;
+            }
+            engine.drain_epoch(old_epoch);
+            let result = engine.copy_batches(&batches[..depth], &buffers[..depth], &mut io);
+            let mut failed = false;
+            {
+                let mut shared = engine.shared.lock();
+                for batch in batches.iter().flatten() {
+                    if shared.tracker.batch_done(batch, result) == AfterBatch::Failed {
+                        failed = true;
+                    }
+                    if result == CopyResult::Done {
+                        window_bytes += (batch.sectors.end - batch.sectors.start) * 512;
+                    }
+                }
+            }
+            engine.release_deferred();
+            if failed {
+                pr_err!("device-mapper: migrate: Copy failed; staying on the origin\n");
+                engine.handle.raise_event(c"failed");
+            }
+            // Measure the rate over windows of about a second, and hold to the limit.
+            let now = kthread::now_ns();
+            let elapsed = now.saturating_sub(window_start).max(1);
+            let rate = engine.rate_kibps.load(Ordering::Relaxed);
+            if rate > 0 {
+                let due_ns = window_bytes.saturating_mul(1_000_000_000) / (rate * 1024);
+                if due_ns > elapsed {
+                    kthread::sleep_ms(((due_ns - elapsed) / 1_000_000).max(1).min(1000) as u32);
+                }
+            }
+            let now = kthread::now_ns();
+            let elapsed = now.saturating_sub(window_start).max(1);
+            if elapsed >= 1_000_000_000 {
+                engine.measured_kibps.store(
+                    window_bytes.saturating_mul(1_000_000_000) / elapsed / 1024,
+                    Ordering::Relaxed,
+                );
+                window_start = now;
+                window_bytes = 0;
+            }
+        }
+    }
+}
+
+impl CopierThread {
+    /// Fails the migration and idles until stopped; the thread must not exit on its own.
+    fn wait_for_stop(&self, why: &str) {
+        pr_err!("device-mapper: migrate: {}\n", why);
+        self.engine
+            .shared
+            .lock()
+            .tracker
+            .fail(FailReason::OriginRead);
+        self.engine.handle.raise_event(c"failed");
+        while !kthread::should_stop() {
+            kthread::sleep_ms(1000);
+        }
+    }
+}
+
+impl Migrate {
+    fn start_copier(&self) {
+        let mut copier = self.copier.lock();
+        if copier.is_some() {
+            return;
+        }
+        let thread = Arc::new(
+            CopierThread {
+                engine: self.engine.clone(),
+            },
+            GFP_KERNEL,
+        )
+        .map_err(|_| ENOMEM)
+        .and_then(|t| KThread::run(c"copier", t));
+        match thread {
+            Ok(thread) => *copier = Some(thread),
+            Err(_) => pr_err!("device-mapper: migrate: Cannot start the copier thread\n"),
+        }
+    }
+
+    fn stop_copier(&self) {
+        // Dropping the thread stops it and waits: its last round ends, deferred bios included.
+        drop(self.copier.lock().take());
+    }
+
+    fn wake_copier(&self) {
+        if let Some(thread) = self.copier.lock().as_ref() {
+            thread.wake();
+        }
+    }
+}
+
 /// Construct a migrate target:
 ///
 /// ```text
 /// <origin_dev> <dest_dev> [<#opt_args> <opt_arg>...]
 ///
-/// opt_arg: region_size <sectors>
+/// opt_arg: region_size <sectors> | copy_depth <n> | rate <KiB/s> | no_switch
 /// ```
 ///
 /// The words are parsed by the engine (`engine::table`), which owns the grammar and every error
-/// message; this only opens the devices and hands their geometry in. A device opened before a
-/// later check fails is released by its `Drop`.
+/// message; this only opens the devices and hands their geometry in. Anything built before a
+/// later step fails is released by its `Drop`.
 #[vtable]
 impl Target for Migrate {
-    fn new(ti: &mut TargetContext<'_>, args: &[&str]) -> Result<KBox<Self>, CtrError> {
+    fn new(ti: &mut TargetContext<'_>, args: &[&str]) -> Result<Pin<KBox<Self>>, CtrError> {
         let table = TableArgs::parse(args)?;
         let origin = ti
             .get_device(table.origin)
@@ -98,51 +485,101 @@ impl Target for Migrate {
             geometry_of(&destination),
             origin.devt() == destination.devt(),
         )?;
-
-        // Flushes, discards and write-zeroes pass through to the origin like any other bio.
-        ti.set_num_bios(1, 1, 1);
-        let target = Migrate {
-            origin,
-            destination,
-            begin: ti.begin(),
-            geometry,
-            options: table.options,
+        let oom = |_| CtrError::from(TableError::OutOfMemory);
+        // One bit per region, from kvmalloc: no large contiguous allocation for large devices.
+        let words = usize::try_from(bitmap_words(geometry.nr_regions))
+            .map_err(|_| TableError::OutOfMemory)?;
+        let bitmap =
+            KVVec::from_elem(0u64, words, GFP_KERNEL).map_err(|_| TableError::OutOfMemory)?;
+        let tracker = Tracker::new(
+            bitmap,
+            geometry.target_sectors,
+            geometry.region_sectors,
+            table.options.no_switch,
+        )
+        .ok_or(TableError::OutOfMemory)?;
+        let shared = Shared {
+            tracker,
+            deferred: BioList::new().map_err(oom)?,
+            epoch: 0,
         };
-        KBox::new(target, GFP_KERNEL).map_err(|_| TableError::OutOfMemory.into())
+        let bios = BioSet::new(64).map_err(oom)?;
+        // Flushes, discards and write-zeroes come one per bio, like any other bio.
+        ti.set_num_bios(1, 1, 1);
+        let engine = Arc::pin_init(
+            pin_init!(Engine {
+                origin,
+                destination,
+                begin: ti.begin(),
+                geometry,
+                options: table.options,
+                bios,
+                handle: ti.handle(),
+                shared <- new_spinlock!(shared, "migrate:shared"),
+                writes_in_flight: [AtomicU64::new(0), AtomicU64::new(0)],
+                dest_failed: AtomicBool::new(false),
+                mirror_errors: AtomicU64::new(0),
+                rate_kibps: AtomicU64::new(table.options.rate.unwrap_or(0)),
+                depth: AtomicU32::new(table.options.depth()),
+                measured_kibps: AtomicU64::new(0),
+            }),
+            GFP_KERNEL,
+        )
+        .map_err(|_| TableError::OutOfMemory)?;
+        KBox::pin_init(
+            pin_init!(Migrate {
+                engine,
+                copier <- new_mutex!(None, "migrate:copier"),
+            }),
+            GFP_KERNEL,
+        )
+        .map_err(|_| TableError::OutOfMemory.into())
     }
 
-    fn map(&self, bio: &mut Bio<'_>) -> MapResult {
-        if bio.sectors() == 0 {
-            // An empty flush has no sector to translate.
-            bio.set_device(&self.origin);
-            return MapResult::Remapped;
-        }
-        // The core only sends bios inside the target; a bio outside would be a core bug, and
-        // failing it beats writing somewhere else.
-        match bio.sector().checked_sub(self.begin) {
-            Some(sector) if sector < self.geometry.target_sectors => {
-                bio.remap(&self.origin, sector);
-                MapResult::Remapped
-            }
-            _ => MapResult::Kill,
-        }
+    fn map(&self, bio: Bio) -> MapResult {
+        self.engine.dispatch(bio)
+    }
+
+    fn end_io(&self, bio: &Bio, _status: Status) {
+        self.engine.write_done(bio.tag());
+    }
+
+    fn presuspend(&self) {
+        self.stop_copier();
+    }
+
+    fn resume(&self) {
+        self.start_copier();
     }
 
     /// Status, in `Documentation/dm-migrate.rst`:
     ///
     /// ```text
-    /// INFO:  <state> <copied>/<total regions> <pending> <inflight> <copied_bytes> <rate_kibps> <errors>
+    /// INFO:  <state> <copied>/<total> <pending> <inflight> <copied_bytes> <rate_kibps> <errors>
+    ///        <fail_reason>
     /// TABLE: <origin_dev> <dest_dev> [<#opt_args> <opt_arg>...]
     /// ```
     fn status(&self, kind: StatusType, out: &mut SliceWriter<'_>) {
+        let engine = &self.engine;
         // A status that does not fit is cut short, as `DMEMIT` does; there is nothing to report.
         let _ = match kind {
-            StatusType::Info => Progress::idle(self.geometry.nr_regions).write_info(out),
+            StatusType::Info => {
+                let mut progress = engine
+                    .shared
+                    .lock()
+                    .tracker
+                    .progress(engine.measured_kibps.load(Ordering::Relaxed));
+                progress.errors += engine.mirror_errors.load(Ordering::Relaxed);
+                if !matches!(progress.state, State::Copying) {
+                    progress.rate_kibps = 0;
+                }
+                progress.write_info(out)
+            }
             StatusType::Table => write_table(
                 out,
-                self.origin.name(),
-                self.destination.name(),
-                &self.options,
+                engine.origin.name(),
+                engine.destination.name(),
+                &engine.options,
             ),
             StatusType::Ima => core::fmt::Write::write_fmt(
                 out,
@@ -151,26 +588,53 @@ impl Target for Migrate {
                     VERSION[0],
                     VERSION[1],
                     VERSION[2],
-                    self.origin.name(),
-                    self.destination.name()
+                    engine.origin.name(),
+                    engine.destination.name()
                 ),
             ),
         };
     }
 
     fn iterate_devices(&self, visitor: &mut DeviceVisitor<'_>) -> i32 {
-        let len = self.geometry.target_sectors;
-        match visitor.visit(&self.origin, 0, len) {
-            0 => visitor.visit(&self.destination, 0, len),
+        let engine = &self.engine;
+        let len = engine.geometry.target_sectors;
+        match visitor.visit(&engine.origin, 0, len) {
+            0 => visitor.visit(&engine.destination, 0, len),
             stop => stop,
         }
     }
 
+    /// Messages: `pause`, `resume`, `cancel`, `rate <KiB/s>`, `depth <n>` (`engine::message`).
     fn message(&self, args: &[&str], _out: &mut SliceWriter<'_>) -> Result {
-        pr_err!(
-            "device-mapper: migrate: Unsupported message \"{}\"\n",
-            args.first().copied().unwrap_or("")
-        );
-        Err(EINVAL)
+        let report = |e: MessageError| {
+            pr_err!(
+                "device-mapper: migrate: {} \"{}\"\n",
+                e.message().to_str().unwrap_or("Bad message"),
+                args.first().copied().unwrap_or("")
+            );
+            EINVAL
+        };
+        let message = Message::parse(args).map_err(report)?;
+        let engine = &self.engine;
+        match message {
+            Message::Pause => engine.shared.lock().tracker.set_paused(true),
+            Message::Resume => {
+                engine.shared.lock().tracker.set_paused(false);
+                self.wake_copier();
+            }
+            Message::Cancel => {
+                if !engine.shared.lock().tracker.cancel() {
+                    return Err(report(MessageError::AlreadySwitched));
+                }
+                engine.release_deferred();
+                engine.handle.raise_event(c"cancelled");
+            }
+            Message::Rate(kibps) => {
+                engine.rate_kibps.store(kibps, Ordering::Relaxed);
+                self.wake_copier();
+            }
+            Message::Depth(depth) => engine.depth.store(depth, Ordering::Relaxed),
+        }
+        Ok(())
     }
 }

@@ -6,8 +6,10 @@
 //! (`lib.rs`), whose `cargo test` checks it. It uses neither `kernel` nor `alloc`: the kernel side
 //! opens devices, allocates memory and hands plain values in; the engine says what to do.
 
+pub mod message;
 pub mod status;
 pub mod table;
+pub mod tracker;
 
 /// The number of bytes in a sector, the unit of every device-mapper length.
 pub const SECTOR_SIZE: u64 = 512;

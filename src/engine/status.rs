@@ -6,8 +6,11 @@
 //!
 //! ```text
 //! <state> <copied_regions>/<total_regions> <pending_regions> <inflight_regions> \
-//!     <copied_bytes> <rate_kibps> <errors>
+//!     <copied_bytes> <rate_kibps> <errors> <fail_reason>
 //! ```
+//!
+//! `state` is one of `copying`, `paused`, `synced`, `switched`, `failed`, `cancelled`;
+//! `fail_reason` is `-` unless the state is `failed`.
 //!
 //! TABLE (`dmsetup table`) re-emits the constructor arguments, devices as `major:minor`:
 //!
@@ -18,18 +21,53 @@
 use super::table::Options;
 use core::fmt;
 
+/// Why a migration failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailReason {
+    /// Reading the origin failed more often than the retries allow.
+    OriginRead,
+    /// Writing the destination failed, from the copier or a mirrored write.
+    DestinationWrite,
+    /// Flushing the destination failed.
+    DestinationFlush,
+}
+
+impl FailReason {
+    /// The word for the status line.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::OriginRead => "origin_read_error",
+            Self::DestinationWrite => "destination_write_error",
+            Self::DestinationFlush => "destination_flush_error",
+        }
+    }
+}
+
 /// Where a migration stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum State {
-    /// All I/O goes to the origin and nothing is copied yet.
-    Passthrough,
+    /// Regions are being copied; writes to copied regions are mirrored.
+    Copying,
+    /// Everything is copied and writes are mirrored; waiting to switch (or for userspace, with
+    /// `no_switch`).
+    Synced,
+    /// All I/O goes to the destination.
+    Switched,
+    /// The migration failed; all I/O goes to the origin.
+    Failed(FailReason),
+    /// The migration was cancelled; all I/O goes to the origin.
+    Cancelled,
 }
 
 impl State {
     /// The word for the status line.
     pub fn as_str(self) -> &'static str {
         match self {
-            Self::Passthrough => "passthrough",
+            Self::Copying => "copying",
+            Self::Synced => "synced",
+            Self::Switched => "switched",
+            Self::Failed(_) => "failed",
+            Self::Cancelled => "cancelled",
         }
     }
 }
@@ -39,6 +77,8 @@ impl State {
 pub struct Progress {
     /// Where the migration stands.
     pub state: State,
+    /// Whether the copier is paused by a `pause` message.
+    pub paused: bool,
     /// Regions in the target.
     pub total_regions: u64,
     /// Regions whose contents are on the destination.
@@ -56,33 +96,33 @@ pub struct Progress {
 }
 
 impl Progress {
-    /// The progress of a target that has not started to copy.
-    pub fn idle(total_regions: u64) -> Self {
-        Self {
-            state: State::Passthrough,
-            total_regions,
-            copied_regions: 0,
-            pending_regions: total_regions,
-            inflight_regions: 0,
-            copied_bytes: 0,
-            rate_kibps: 0,
-            errors: 0,
+    /// The state word: the state, or `paused` for a paused copy.
+    pub fn state_word(&self) -> &'static str {
+        if self.paused && self.state == State::Copying {
+            "paused"
+        } else {
+            self.state.as_str()
         }
     }
 
     /// Writes the INFO status line.
     pub fn write_info(&self, w: &mut impl fmt::Write) -> fmt::Result {
+        let reason = match self.state {
+            State::Failed(reason) => reason.as_str(),
+            _ => "-",
+        };
         write!(
             w,
-            "{} {}/{} {} {} {} {} {}",
-            self.state.as_str(),
+            "{} {}/{} {} {} {} {} {} {}",
+            self.state_word(),
             self.copied_regions,
             self.total_regions,
             self.pending_regions,
             self.inflight_regions,
             self.copied_bytes,
             self.rate_kibps,
-            self.errors
+            self.errors,
+            reason
         )
     }
 }
@@ -155,10 +195,27 @@ mod tests {
     }
 
     #[test]
-    fn idle_info_line() {
+    fn info_lines() {
         let mut buf = [0u8; 128];
-        let line = text(|w| Progress::idle(4096).write_info(w), &mut buf);
-        assert_eq!(line, "passthrough 0/4096 4096 0 0 0 0");
+        let mut p = Progress {
+            state: State::Copying,
+            paused: false,
+            total_regions: 4096,
+            copied_regions: 1000,
+            pending_regions: 3096,
+            inflight_regions: 32,
+            copied_bytes: 1000 * 65536,
+            rate_kibps: 20480,
+            errors: 0,
+        };
+        let line = text(|w| p.write_info(w), &mut buf);
+        assert_eq!(line, "copying 1000/4096 3096 32 65536000 20480 0 -");
+        p.paused = true;
+        assert!(text(|w| p.write_info(w), &mut buf).starts_with("paused "));
+        p.state = State::Failed(FailReason::DestinationWrite);
+        let line = text(|w| p.write_info(w), &mut buf);
+        assert!(line.starts_with("failed "), "{line}");
+        assert!(line.ends_with(" destination_write_error"), "{line}");
     }
 
     #[test]
@@ -173,6 +230,7 @@ mod tests {
         );
         let opts = Options {
             region_size: Some(256),
+            ..Default::default()
         };
         assert_eq!(
             text(|w| write_table(w, "7:0", "7:1", &opts), &mut buf),
@@ -195,11 +253,21 @@ mod tests {
     proptest! {
         /// The TABLE line parses back to the same options: parse, format, parse is stable.
         #[test]
-        fn table_line_round_trips(shift in 0u32..=21, given in any::<bool>()) {
-            let options = Options { region_size: given.then(|| 1u64 << shift) };
-            let mut buf = [0u8; 128];
+        fn table_line_round_trips(
+            region in proptest::option::of(0u32..=21),
+            depth in proptest::option::of(1u32..=16),
+            rate in proptest::option::of(any::<u64>()),
+            no_switch in any::<bool>(),
+        ) {
+            let options = Options {
+                region_size: region.map(|shift| 1u64 << shift),
+                copy_depth: depth,
+                rate,
+                no_switch,
+            };
+            let mut buf = [0u8; 256];
             let line = text(|w| write_table(w, "7:0", "7:1", &options), &mut buf);
-            let mut words = [""; 8];
+            let mut words = [""; 16];
             let mut n = 0;
             for word in line.split(' ') {
                 words[n] = word;

@@ -11,6 +11,9 @@
 //!   region_size <sectors>   Unit of copying and dirty tracking: a power of two from 1 to
 //!                           2097152 sectors and a multiple of both logical block sizes.
 //!                           Default 128 (64 KiB).
+//!   copy_depth <n>          Copy batches in flight at once, 1 to 16. Default 4.
+//!   rate <KiB/s>            Copy rate limit; 0 (the default) is unlimited.
+//!   no_switch               Stay mirrored and in sync instead of switching to the destination.
 //! ```
 //!
 //! `#opt_args` counts words, so `2 region_size 256` sets one option. Keywords are
@@ -26,6 +29,10 @@ pub const DEFAULT_REGION_SECTORS: u64 = 128;
 pub const MIN_REGION_SECTORS: u64 = 1;
 /// The largest region size in sectors (1 GiB), as dm-clone.
 pub const MAX_REGION_SECTORS: u64 = 1 << 21;
+/// The default number of copy batches in flight.
+pub const DEFAULT_COPY_DEPTH: u32 = 4;
+/// The most copy batches in flight.
+pub const MAX_COPY_DEPTH: u32 = super::tracker::MAX_DEPTH as u32;
 
 /// Why a table line was refused.
 ///
@@ -53,6 +60,10 @@ pub enum TableError {
     RegionSizeOutOfRange,
     /// The region size is not a multiple of a device's logical block size.
     RegionSizeNotBlockMultiple,
+    /// `copy_depth` is not a number from 1 to [`MAX_COPY_DEPTH`].
+    CopyDepthInvalid,
+    /// `rate` is not a plain decimal number.
+    RateInvalid,
     /// The origin device could not be opened.
     OriginOpen,
     /// The destination device could not be opened.
@@ -87,6 +98,8 @@ impl TableError {
             Self::RegionSizeNotBlockMultiple => {
                 c"Region size is not a multiple of the logical block size"
             }
+            Self::CopyDepthInvalid => c"Invalid copy depth (1 to 16)",
+            Self::RateInvalid => c"Invalid rate",
             Self::OriginOpen => c"Error opening origin device",
             Self::DestinationOpen => c"Error opening destination device",
             Self::SameDevice => c"Origin and destination are the same device",
@@ -112,7 +125,7 @@ impl fmt::Display for TableError {
     }
 }
 
-/// The optional arguments, each `None` when the table line did not give it.
+/// The optional arguments, each `None` (or `false`) when the table line did not give it.
 ///
 /// They are kept as given, not with defaults filled in, so that the TABLE status line re-emits
 /// exactly what the user loaded.
@@ -120,6 +133,12 @@ impl fmt::Display for TableError {
 pub struct Options {
     /// `region_size <sectors>`.
     pub region_size: Option<u64>,
+    /// `copy_depth <n>`.
+    pub copy_depth: Option<u32>,
+    /// `rate <KiB/s>`.
+    pub rate: Option<u64>,
+    /// `no_switch`.
+    pub no_switch: bool,
 }
 
 impl Options {
@@ -128,13 +147,17 @@ impl Options {
         self.region_size.unwrap_or(DEFAULT_REGION_SECTORS)
     }
 
+    /// The copy depth, the default when none was given.
+    pub fn depth(&self) -> u32 {
+        self.copy_depth.unwrap_or(DEFAULT_COPY_DEPTH)
+    }
+
     /// The number of words these options take on a table line, the `#opt_args` value.
     pub fn word_count(&self) -> usize {
-        if self.region_size.is_some() {
-            2
-        } else {
-            0
-        }
+        2 * (usize::from(self.region_size.is_some())
+            + usize::from(self.copy_depth.is_some())
+            + usize::from(self.rate.is_some()))
+            + usize::from(self.no_switch)
     }
 
     /// Writes ` <#opt_args> <opt_arg>...`, or nothing when no option was given.
@@ -147,8 +170,24 @@ impl Options {
         if let Some(sectors) = self.region_size {
             write!(w, " region_size {sectors}")?;
         }
+        if let Some(depth) = self.copy_depth {
+            write!(w, " copy_depth {depth}")?;
+        }
+        if let Some(rate) = self.rate {
+            write!(w, " rate {rate}")?;
+        }
+        if self.no_switch {
+            w.write_str(" no_switch")?;
+        }
         Ok(())
     }
+}
+
+/// Parses a copy depth: 1 to [`MAX_COPY_DEPTH`].
+pub fn parse_depth(word: &str) -> Option<u32> {
+    parse_u64(word)
+        .and_then(|d| u32::try_from(d).ok())
+        .filter(|d| (1..=MAX_COPY_DEPTH).contains(d))
 }
 
 /// A table line's arguments, parsed but not yet checked against the devices.
@@ -197,12 +236,31 @@ impl<'a> TableArgs<'a> {
             }
             let mut words = words.iter();
             while let Some(keyword) = words.next() {
+                let mut value = || words.next().ok_or(TableError::MissingValue);
                 if keyword.eq_ignore_ascii_case("region_size") {
-                    let value = words.next().ok_or(TableError::MissingValue)?;
+                    let value = value()?;
                     if options.region_size.is_some() {
                         return Err(TableError::DuplicateOption);
                     }
                     options.region_size = Some(parse_region_size(value)?);
+                } else if keyword.eq_ignore_ascii_case("copy_depth") {
+                    let value = value()?;
+                    if options.copy_depth.is_some() {
+                        return Err(TableError::DuplicateOption);
+                    }
+                    options.copy_depth =
+                        Some(parse_depth(value).ok_or(TableError::CopyDepthInvalid)?);
+                } else if keyword.eq_ignore_ascii_case("rate") {
+                    let value = value()?;
+                    if options.rate.is_some() {
+                        return Err(TableError::DuplicateOption);
+                    }
+                    options.rate = Some(parse_u64(value).ok_or(TableError::RateInvalid)?);
+                } else if keyword.eq_ignore_ascii_case("no_switch") {
+                    if options.no_switch {
+                        return Err(TableError::DuplicateOption);
+                    }
+                    options.no_switch = true;
                 } else {
                     return Err(TableError::UnknownOption);
                 }
@@ -310,6 +368,21 @@ mod tests {
     }
 
     #[test]
+    fn parses_every_option() {
+        let args = parse("a b 7 copy_depth 8 No_Switch rate 1024 region_size 16").unwrap();
+        assert_eq!(
+            args.options,
+            Options {
+                region_size: Some(16),
+                copy_depth: Some(8),
+                rate: Some(1024),
+                no_switch: true
+            }
+        );
+        assert_eq!(args.options.word_count(), 7);
+    }
+
+    #[test]
     fn zero_optional_arguments_are_accepted() {
         assert_eq!(parse("a b 0").unwrap().options, Options::default());
     }
@@ -342,6 +415,12 @@ mod tests {
             ("a b 2 region_size 100", RegionSizeNotPowerOfTwo),
             ("a b 2 region_size 0", RegionSizeNotPowerOfTwo),
             ("a b 2 region_size 4194304", RegionSizeOutOfRange),
+            ("a b 2 copy_depth 0", CopyDepthInvalid),
+            ("a b 2 copy_depth 17", CopyDepthInvalid),
+            ("a b 2 copy_depth 4x", CopyDepthInvalid),
+            ("a b 2 rate -1", RateInvalid),
+            ("a b 2 no_switch no_switch", DuplicateOption),
+            ("a b 1 rate", MissingValue),
         ];
         for (line, expected) in cases {
             assert_eq!(parse(line), Err(expected), "line {line:?}");
@@ -388,6 +467,7 @@ mod tests {
         );
         let tiny_regions = Options {
             region_size: Some(4),
+            ..Default::default()
         };
         assert_eq!(
             Geometry::validate(&tiny_regions, 2048, big_block, DISK, false),
@@ -399,6 +479,7 @@ mod tests {
     fn geometry_counts_a_partial_last_region() {
         let opts = Options {
             region_size: Some(8),
+            ..Default::default()
         };
         let geometry = Geometry::validate(&opts, 20, DISK, DISK, false).unwrap();
         assert_eq!(geometry.region_sectors, 8);

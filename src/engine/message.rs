@@ -1,0 +1,129 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! The `dmsetup message` verbs of a `migrate` target.
+//!
+//! ```text
+//! pause            stop copying; writes are still mirrored to copied regions
+//! resume           copy again after pause
+//! cancel           stop the migration for good; all I/O stays on the origin
+//! rate <KiB/s>     limit the copy rate; 0 is unlimited
+//! depth <n>        copy batches in flight, 1 to 16
+//! ```
+//!
+//! Verbs are case-insensitive; numbers are plain decimal.
+
+use super::table::{parse_depth, parse_u64};
+use core::ffi::CStr;
+
+/// A parsed message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Message {
+    /// `pause`.
+    Pause,
+    /// `resume`.
+    Resume,
+    /// `cancel`.
+    Cancel,
+    /// `rate <KiB/s>`.
+    Rate(u64),
+    /// `depth <n>`.
+    Depth(u32),
+}
+
+/// Why a message was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MessageError {
+    /// No verb, or a verb nobody knows.
+    UnknownVerb,
+    /// The verb takes another number of arguments.
+    ArgumentCount,
+    /// `rate` with something other than a plain number.
+    InvalidRate,
+    /// `depth` with something other than a number from 1 to 16.
+    InvalidDepth,
+    /// The migration has switched, so the verb can no longer act.
+    AlreadySwitched,
+}
+
+impl MessageError {
+    /// The message for the kernel log: capitalised, without a period.
+    pub fn message(self) -> &'static CStr {
+        match self {
+            Self::UnknownVerb => c"Unsupported message",
+            Self::ArgumentCount => c"Wrong number of message arguments",
+            Self::InvalidRate => c"Invalid rate",
+            Self::InvalidDepth => c"Invalid depth (1 to 16)",
+            Self::AlreadySwitched => c"Migration already switched",
+        }
+    }
+}
+
+impl Message {
+    /// Parses the words of a message.
+    pub fn parse(args: &[&str]) -> Result<Self, MessageError> {
+        let (verb, rest) = args.split_first().ok_or(MessageError::UnknownVerb)?;
+        let is = |name: &str| verb.eq_ignore_ascii_case(name);
+        let no_args = |m: Message| {
+            if rest.is_empty() {
+                Ok(m)
+            } else {
+                Err(MessageError::ArgumentCount)
+            }
+        };
+        let one_arg = || match rest {
+            [value] => Ok(*value),
+            _ => Err(MessageError::ArgumentCount),
+        };
+        if is("pause") {
+            no_args(Message::Pause)
+        } else if is("resume") {
+            no_args(Message::Resume)
+        } else if is("cancel") {
+            no_args(Message::Cancel)
+        } else if is("rate") {
+            parse_u64(one_arg()?)
+                .map(Message::Rate)
+                .ok_or(MessageError::InvalidRate)
+        } else if is("depth") {
+            parse_depth(one_arg()?)
+                .map(Message::Depth)
+                .ok_or(MessageError::InvalidDepth)
+        } else {
+            Err(MessageError::UnknownVerb)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_every_verb_in_any_case() {
+        assert_eq!(Message::parse(&["PAUSE"]), Ok(Message::Pause));
+        assert_eq!(Message::parse(&["resume"]), Ok(Message::Resume));
+        assert_eq!(Message::parse(&["Cancel"]), Ok(Message::Cancel));
+        assert_eq!(Message::parse(&["rate", "0"]), Ok(Message::Rate(0)));
+        assert_eq!(Message::parse(&["rate", "20480"]), Ok(Message::Rate(20480)));
+        assert_eq!(Message::parse(&["depth", "16"]), Ok(Message::Depth(16)));
+    }
+
+    #[test]
+    fn refuses_bad_messages() {
+        use MessageError::*;
+        let cases: [(&[&str], MessageError); 9] = [
+            (&[], UnknownVerb),
+            (&["frobnicate"], UnknownVerb),
+            (&["pause", "now"], ArgumentCount),
+            (&["rate"], ArgumentCount),
+            (&["rate", "1", "2"], ArgumentCount),
+            (&["rate", "10k"], InvalidRate),
+            (&["rate", "-1"], InvalidRate),
+            (&["depth", "0"], InvalidDepth),
+            (&["depth", "17"], InvalidDepth),
+        ];
+        for (args, expected) in cases {
+            assert_eq!(Message::parse(args), Err(expected), "{args:?}");
+        }
+    }
+}
