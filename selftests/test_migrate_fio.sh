@@ -8,10 +8,14 @@ region=${REGION_SECTORS:-128}
 load_migrate
 make_loop origin 256
 make_loop dest 256
-dm_create fio "0 $(sectors "$origin") migrate $origin $dest 2 region_size $region" || fail "create failed"
+# A 32 MiB/s limit keeps the copy going while fio writes (about 8 s for 256 MiB); it is lifted
+# once fio is done.
+dm_create fio "0 $(sectors "$origin") migrate $origin $dest 4 region_size $region rate 32768" ||
+	fail "create failed"
 dev=$(dm_path fio)
 fio_verify_write "$dev" 256 "$TEST_TMP/fio.log"
 diag "after the writes: $(dmsetup status "$DEV_PREFIX-fio")"
+dmsetup message "$DEV_PREFIX-fio" 0 rate 0 || fail "rate 0 failed"
 wait_state fio switched 300
 fio_verify_only "$dev" 256 "$TEST_TMP/verify.log"
 dmsetup remove "$DEV_PREFIX-fio" || fail "remove failed"

@@ -323,8 +323,8 @@ impl ThreadMain for CopierThread {
             Ok(io) => io,
             Err(_) => return self.wait_for_stop("Cannot allocate copy I/O"),
         };
-        let mut window_start = kthread::now_ns();
-        let mut window_bytes: u64 = 0;
+        let mut meter = RateMeter::new();
+        let mut throttle = Throttle::new();
         while !kthread::should_stop() {
             if engine.check_failure() {
                 pr_err!(
@@ -335,6 +335,15 @@ impl ThreadMain for CopierThread {
             let should_switch = engine.shared.lock().tracker.should_switch();
             if should_switch {
                 engine.switch();
+                continue;
+            }
+            let now = kthread::now_ns();
+            engine
+                .measured_kibps
+                .store(meter.kibps(now), Ordering::Relaxed);
+            if let Some(wait_ms) = throttle.wait_ms(engine.rate_kibps.load(Ordering::Relaxed), now)
+            {
+                kthread::sleep_ms(wait_ms);
                 continue;
             }
             let depth = engine.depth.load(Ordering::Relaxed) as usize;
@@ -348,10 +357,10 @@ impl ThreadMain for CopierThread {
                     Err(_) => break,
                 }
             }
-            let depth = depth.min(buffers.len()).max(1);
             if buffers.is_empty() {
                 return self.wait_for_stop("Cannot allocate copy buffers");
             }
+            let depth = depth.min(buffers.len()).max(1);
             let mut batches: [Option<Batch>; engine::tracker::MAX_DEPTH] = Default::default();
             let old_epoch = {
                 let mut shared = engine.shared.lock();
@@ -369,6 +378,7 @@ impl ThreadMain for CopierThread {
             engine.drain_epoch(old_epoch);
             let result = engine.copy_batches(&batches[..depth], &buffers[..depth], &mut io);
             let mut failed = false;
+            let mut copied = 0;
             {
                 let mut shared = engine.shared.lock();
                 for batch in batches.iter().flatten() {
@@ -376,36 +386,95 @@ impl ThreadMain for CopierThread {
                         failed = true;
                     }
                     if result == CopyResult::Done {
-                        window_bytes += (batch.sectors.end - batch.sectors.start) * 512;
+                        copied += (batch.sectors.end - batch.sectors.start) * 512;
                     }
                 }
             }
+            meter.add(copied);
+            throttle.add(copied);
             engine.release_deferred();
             if failed {
                 pr_err!("device-mapper: migrate: Copy failed; staying on the origin\n");
                 engine.handle.raise_event(c"failed");
             }
-            // Measure the rate over windows of about a second, and hold to the limit.
-            let now = kthread::now_ns();
-            let elapsed = now.saturating_sub(window_start).max(1);
-            let rate = engine.rate_kibps.load(Ordering::Relaxed);
-            if rate > 0 {
-                let due_ns = window_bytes.saturating_mul(1_000_000_000) / (rate * 1024);
-                if due_ns > elapsed {
-                    kthread::sleep_ms(((due_ns - elapsed) / 1_000_000).max(1).min(1000) as u32);
-                }
-            }
-            let now = kthread::now_ns();
-            let elapsed = now.saturating_sub(window_start).max(1);
-            if elapsed >= 1_000_000_000 {
-                engine.measured_kibps.store(
-                    window_bytes.saturating_mul(1_000_000_000) / elapsed / 1024,
-                    Ordering::Relaxed,
-                );
-                window_start = now;
-                window_bytes = 0;
-            }
         }
+    }
+}
+
+/// Measures the copy rate over windows of about a second.
+struct RateMeter {
+    start_ns: u64,
+    bytes: u64,
+    kibps: u64,
+}
+
+impl RateMeter {
+    fn new() -> Self {
+        Self {
+            start_ns: kthread::now_ns(),
+            bytes: 0,
+            kibps: 0,
+        }
+    }
+
+    fn add(&mut self, bytes: u64) {
+        self.bytes = self.bytes.saturating_add(bytes);
+    }
+
+    /// The rate of the last full window, starting a new window when this one is over.
+    fn kibps(&mut self, now_ns: u64) -> u64 {
+        let elapsed = now_ns.saturating_sub(self.start_ns);
+        if elapsed >= 1_000_000_000 {
+            // No 128-bit division in the kernel: KiB times nanoseconds fits in 64 bits for any
+            // rate below 18 PiB/s.
+            self.kibps = (self.bytes / 1024).saturating_mul(1_000_000_000) / elapsed;
+            self.start_ns = now_ns;
+            self.bytes = 0;
+        }
+        self.kibps
+    }
+}
+
+/// Holds the copy to `rate` KiB/s: bytes copied since the rate was set may not run ahead of
+/// the time since then.
+struct Throttle {
+    rate: u64,
+    start_ns: u64,
+    bytes: u64,
+}
+
+impl Throttle {
+    fn new() -> Self {
+        Self {
+            rate: 0,
+            start_ns: 0,
+            bytes: 0,
+        }
+    }
+
+    fn add(&mut self, bytes: u64) {
+        self.bytes = self.bytes.saturating_add(bytes);
+    }
+
+    /// How long to wait before the next round, or `None` to go on now. A new rate starts a new
+    /// account, so lifting a limit takes effect at once.
+    fn wait_ms(&mut self, rate_kibps: u64, now_ns: u64) -> Option<u32> {
+        if rate_kibps != self.rate {
+            *self = Self {
+                rate: rate_kibps,
+                start_ns: now_ns,
+                bytes: 0,
+            };
+        }
+        if rate_kibps == 0 {
+            return None;
+        }
+        let bytes_per_s = rate_kibps.saturating_mul(1024);
+        let elapsed_ms = now_ns.saturating_sub(self.start_ns) / 1_000_000;
+        let allowed = bytes_per_s.saturating_mul(elapsed_ms) / 1000;
+        let owed = self.bytes.checked_sub(allowed).filter(|&b| b > 0)?;
+        // Sleep in short steps so messages and suspend are seen soon.
+        Some((owed.saturating_mul(1000) / bytes_per_s).clamp(1, 100) as u32)
     }
 }
 
@@ -570,7 +639,7 @@ impl Target for Migrate {
                     .tracker
                     .progress(engine.measured_kibps.load(Ordering::Relaxed));
                 progress.errors += engine.mirror_errors.load(Ordering::Relaxed);
-                if !matches!(progress.state, State::Copying) {
+                if progress.paused || !matches!(progress.state, State::Copying) {
                     progress.rate_kibps = 0;
                 }
                 progress.write_info(out)

@@ -1,0 +1,24 @@
+#!/bin/bash
+# SPDX-License-Identifier: GPL-2.0
+# A destination that starts failing writes once the copy is done and writes are mirrored
+# (no_switch) fails the migration without an I/O error for the writer; the origin holds every
+# write.
+. "$(dirname "$0")/lib.sh"
+command -v fio >/dev/null || skip "fio is not installed"
+load_migrate
+kmodprobe dm-flakey || skip "dm-flakey is not available"
+make_loop origin 64
+make_loop disk 64
+len=$(sectors "$origin")
+dmsetup create "$DEV_PREFIX-flaky" --table "0 $len flakey $disk 0 3600 0" || fail "flakey failed"
+dm_create mig "0 $len migrate $origin $(dm_path flaky) 1 no_switch" || fail "create failed"
+wait_state mig synced 120
+# Now every destination write fails.
+dmsetup load "$DEV_PREFIX-flaky" --table "0 $len flakey $disk 0 0 1 1 error_writes" &&
+	dmsetup suspend "$DEV_PREFIX-flaky" && dmsetup resume "$DEV_PREFIX-flaky" || fail "flakey reload failed"
+fio_verify_write "$(dm_path mig)" 64 "$TEST_TMP/fio.log"
+wait_state mig failed 30
+[ "$(migrate_field mig 8)" = destination_write_error ] || fail "reason: $(dmsetup status "$DEV_PREFIX-mig")"
+dmsetup remove "$DEV_PREFIX-mig" || fail "remove failed"
+fio_verify_only "$origin" 64 "$TEST_TMP/verify-origin.log"
+pass
