@@ -7,7 +7,9 @@
 #include <linux/completion.h>
 #include <linux/delay.h>
 #include <linux/device-mapper.h>
+#include <linux/kobject.h>
 #include <linux/kthread.h>
+#include <linux/sysfs.h>
 #include <linux/slab.h>
 #include <linux/timekeeping.h>
 
@@ -267,4 +269,77 @@ void migrate_uevent(struct dm_target *ti, const char *state)
 void migrate_table_event(struct dm_target *ti)
 {
 	dm_table_event(ti->table);
+}
+
+#define MIGRATE_SYSFS_MAX_FILES 16
+
+struct migrate_sysfs {
+	struct kobject kobj;
+	struct kobj_attribute attrs[MIGRATE_SYSFS_MAX_FILES];
+	struct attribute *attr_ptrs[MIGRATE_SYSFS_MAX_FILES + 1];
+	struct attribute_group group;
+	long (*show)(void *owner, unsigned int file, char *buf);
+	void *owner;
+};
+
+static ssize_t migrate_sysfs_show(struct kobject *kobj, struct kobj_attribute *attr, char *buf)
+{
+	struct migrate_sysfs *sysfs = container_of(kobj, struct migrate_sysfs, kobj);
+
+	return sysfs->show(sysfs->owner, attr - sysfs->attrs, buf);
+}
+
+static void migrate_sysfs_release(struct kobject *kobj)
+{
+	kfree(container_of(kobj, struct migrate_sysfs, kobj));
+}
+
+static const struct kobj_type migrate_sysfs_ktype = {
+	.release = migrate_sysfs_release,
+	.sysfs_ops = &kobj_sysfs_ops,
+};
+
+struct migrate_sysfs *migrate_sysfs_create(struct dm_target *ti, const char *name,
+					   const char *const *files, unsigned int nr_files,
+					   long (*show)(void *owner, unsigned int file, char *buf),
+					   void *owner)
+{
+	struct mapped_device *md = dm_table_get_md(ti->table);
+	struct migrate_sysfs *sysfs;
+	unsigned int i;
+
+	if (nr_files > MIGRATE_SYSFS_MAX_FILES)
+		return NULL;
+	sysfs = kzalloc(sizeof(*sysfs), GFP_KERNEL);
+	if (!sysfs)
+		return NULL;
+	sysfs->show = show;
+	sysfs->owner = owner;
+	for (i = 0; i < nr_files; i++) {
+		sysfs_attr_init(&sysfs->attrs[i].attr);
+		sysfs->attrs[i].attr.name = files[i];
+		sysfs->attrs[i].attr.mode = 0444;
+		sysfs->attrs[i].show = migrate_sysfs_show;
+		sysfs->attr_ptrs[i] = &sysfs->attrs[i].attr;
+	}
+	sysfs->group.attrs = sysfs->attr_ptrs;
+	if (kobject_init_and_add(&sysfs->kobj, &migrate_sysfs_ktype,
+				 &disk_to_dev(dm_disk(md))->kobj, "%s", name)) {
+		kobject_put(&sysfs->kobj);
+		return NULL;
+	}
+	if (sysfs_create_group(&sysfs->kobj, &sysfs->group)) {
+		kobject_del(&sysfs->kobj);
+		kobject_put(&sysfs->kobj);
+		return NULL;
+	}
+	return sysfs;
+}
+
+void migrate_sysfs_destroy(struct migrate_sysfs *sysfs)
+{
+	/* Removing the files waits for readers in show() to leave. */
+	sysfs_remove_group(&sysfs->kobj, &sysfs->group);
+	kobject_del(&sysfs->kobj);
+	kobject_put(&sysfs->kobj);
 }

@@ -76,4 +76,16 @@ u64 migrate_now_ns(void);
 void migrate_uevent(struct dm_target *ti, const char *state);
 void migrate_table_event(struct dm_target *ti);
 
+/*
+ * A sysfs folder of read-only files under the mapped device (/sys/block/dm-N/<name>/), whose
+ * reads call @show(@owner, index of the file in @files, buf). Removed, with all readers
+ * drained, by migrate_sysfs_destroy().
+ */
+struct migrate_sysfs;
+struct migrate_sysfs *migrate_sysfs_create(struct dm_target *ti, const char *name,
+					   const char *const *files, unsigned int nr_files,
+					   long (*show)(void *owner, unsigned int file, char *buf),
+					   void *owner);
+void migrate_sysfs_destroy(struct migrate_sysfs *sysfs);
+
 #endif /* DM_MIGRATE_GLUE_H */

@@ -14,10 +14,12 @@
 //!   to two devices; [`bio::BioList`] to hold bios back; [`bio::BioSet`] for clones.
 //! - [`copy::IoBatch`] and [`copy::PageBuffer`], the copier's I/O.
 //! - [`kthread::KThread`], the copier thread.
+//! - [`sysfs::SysfsDir`], the progress counters in sysfs.
 
 mod bindings;
 pub mod bio;
 pub mod copy;
 pub mod device;
 pub mod kthread;
+pub mod sysfs;
 pub mod target;

@@ -67,6 +67,11 @@ unsafe impl Send for TargetHandle {}
 unsafe impl Sync for TargetHandle {}
 
 impl TargetHandle {
+    /// The raw target, for the binding layer.
+    pub(super) fn raw(&self) -> *mut bindings::dm_target {
+        self.ti.as_ptr()
+    }
+
     /// Wakes `dmsetup wait` (`dm_table_event`) and sends a `KOBJ_CHANGE` uevent on the mapped
     /// device with `DM_MIGRATE_STATE=<state>`. May sleep.
     pub fn raise_event(&self, state: &CStr) {

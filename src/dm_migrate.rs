@@ -15,17 +15,20 @@
 pub mod dm;
 pub mod engine;
 
+use core::ffi::CStr;
+use core::fmt::Write;
 use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use dm::bio::{Bio, BioKind, BioList, BioSet, MirrorDone, Status};
 use dm::copy::{flush, IoBatch, PageBuffer};
 use dm::device::Device;
 use dm::kthread::{self, KThread, ThreadMain};
+use dm::sysfs::{SysfsDir, SysfsShow};
 use dm::target::{
     CtrError, DeviceVisitor, MapResult, Registration, StatusType, Target, TargetContext,
     TargetHandle,
 };
 use engine::message::{Message, MessageError};
-use engine::status::{write_table, FailReason, SliceWriter, State};
+use engine::status::{write_table, FailReason, Progress, SliceWriter, State};
 use engine::table::{DeviceGeometry, Geometry, Options, TableArgs, TableError};
 use engine::tracker::{bitmap_words, AfterBatch, Batch, CopyResult, IoKind, Route, Tracker};
 use kernel::prelude::*;
@@ -107,6 +110,9 @@ struct Migrate {
     /// The copier, running between resume and suspend.
     #[pin]
     copier: Mutex<Option<KThread>>,
+    /// The progress counters in sysfs, present while the device is resumed.
+    #[pin]
+    sysfs: Mutex<Option<SysfsDir<Engine>>>,
 }
 
 impl From<TableError> for CtrError {
@@ -185,6 +191,20 @@ impl Engine {
                 MapResult::Submitted
             }
         }
+    }
+
+    /// The counters of the status line and sysfs.
+    fn progress(&self) -> Progress {
+        let mut progress = self
+            .shared
+            .lock()
+            .tracker
+            .progress(self.measured_kibps.load(Ordering::Relaxed));
+        progress.errors += self.mirror_errors.load(Ordering::Relaxed);
+        if progress.paused || !matches!(progress.state, State::Copying) {
+            progress.rate_kibps = 0;
+        }
+        progress
     }
 
     /// Ends the accounting of a bio routed by `dispatch`; called from `end_io` for every bio
@@ -293,6 +313,39 @@ impl Engine {
             pr_info!("device-mapper: migrate: Switched to the destination\n");
             self.handle.raise_event(c"switched");
         }
+    }
+}
+
+/// `/sys/block/dm-N/migrate/<file>`: one value per file, documented in
+/// `Documentation/dm-migrate.rst`.
+impl SysfsShow for Engine {
+    const FILES: &'static [&'static CStr] = &[
+        c"state",
+        c"total_bytes",
+        c"copied_bytes",
+        c"pending_regions",
+        c"inflight",
+        c"rate_kibps",
+        c"errors",
+    ];
+
+    fn show(&self, index: usize, out: &mut SliceWriter<'_>) {
+        let progress = self.progress();
+        let region_bytes = self.geometry.region_sectors * 512;
+        let total_bytes = self.geometry.target_sectors * 512;
+        let _ = match index {
+            0 => writeln!(out, "{}", progress.state_word()),
+            1 => writeln!(out, "{total_bytes}"),
+            2 => writeln!(
+                out,
+                "{}",
+                (progress.copied_regions * region_bytes).min(total_bytes)
+            ),
+            3 => writeln!(out, "{}", progress.pending_regions),
+            4 => writeln!(out, "{}", progress.inflight_regions),
+            5 => writeln!(out, "{}", progress.rate_kibps),
+            _ => writeln!(out, "{}", progress.errors),
+        };
     }
 }
 
@@ -599,6 +652,7 @@ impl Target for Migrate {
             pin_init!(Migrate {
                 engine,
                 copier <- new_mutex!(None, "migrate:copier"),
+                sysfs <- new_mutex!(None, "migrate:sysfs"),
             }),
             GFP_KERNEL,
         )
@@ -617,7 +671,21 @@ impl Target for Migrate {
         self.stop_copier();
     }
 
+    fn postsuspend(&self) {
+        // A table reload resumes the new target before the old one is destroyed: give the
+        // folder up here so the new target can create it.
+        drop(self.sysfs.lock().take());
+    }
+
     fn resume(&self) {
+        let mut sysfs = self.sysfs.lock();
+        if sysfs.is_none() {
+            match SysfsDir::new(&self.engine.handle, c"migrate", self.engine.clone()) {
+                Ok(dir) => *sysfs = Some(dir),
+                Err(_) => pr_warn!("device-mapper: migrate: Cannot create the sysfs counters\n"),
+            }
+        }
+        drop(sysfs);
         self.start_copier();
     }
 
@@ -632,35 +700,21 @@ impl Target for Migrate {
         let engine = &self.engine;
         // A status that does not fit is cut short, as `DMEMIT` does; there is nothing to report.
         let _ = match kind {
-            StatusType::Info => {
-                let mut progress = engine
-                    .shared
-                    .lock()
-                    .tracker
-                    .progress(engine.measured_kibps.load(Ordering::Relaxed));
-                progress.errors += engine.mirror_errors.load(Ordering::Relaxed);
-                if progress.paused || !matches!(progress.state, State::Copying) {
-                    progress.rate_kibps = 0;
-                }
-                progress.write_info(out)
-            }
+            StatusType::Info => engine.progress().write_info(out),
             StatusType::Table => write_table(
                 out,
                 engine.origin.name(),
                 engine.destination.name(),
                 &engine.options,
             ),
-            StatusType::Ima => core::fmt::Write::write_fmt(
-                out,
-                format_args!(
-                    "target_name=migrate,target_version={}.{}.{},origin={},destination={};",
-                    VERSION[0],
-                    VERSION[1],
-                    VERSION[2],
-                    engine.origin.name(),
-                    engine.destination.name()
-                ),
-            ),
+            StatusType::Ima => out.write_fmt(format_args!(
+                "target_name=migrate,target_version={}.{}.{},origin={},destination={};",
+                VERSION[0],
+                VERSION[1],
+                VERSION[2],
+                engine.origin.name(),
+                engine.destination.name()
+            )),
         };
     }
 
