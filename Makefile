@@ -21,7 +21,7 @@ else
 KERNEL_DEP :=
 endif
 
-.PHONY: all setup kernel module vm-module test-userspace lint check demo clean
+.PHONY: all setup kernel module vm-module test-userspace lint check demo copy-throughput clean
 
 all: module
 
@@ -53,6 +53,10 @@ check: test-userspace vm-module
 
 demo: vm-module
 	scripts/vm.sh $(KDIR) selftests/demo.sh
+
+# Idle copy throughput next to a dd O_DIRECT copy of the same ram disks, in one VM run.
+copy-throughput: vm-module
+	scripts/vm.sh $(KDIR) selftests/copy_throughput.sh
 
 clean:
 	@if [ -d "$(KDIR)" ]; then $(MAKE) -C $(KDIR) LLVM=$(LLVM) M=$(CURDIR) clean; fi
