@@ -521,32 +521,12 @@ impl<T: Target> Registration<T> {
             dtr: Some(Callbacks::<T>::dtr),
             map: Some(Callbacks::<T>::map),
             status: Some(Callbacks::<T>::status),
-            message: if T::HAS_MESSAGE {
-                Some(Callbacks::<T>::message)
-            } else {
-                None
-            },
+            message: T::HAS_MESSAGE.then_some(Callbacks::<T>::message as _),
             iterate_devices: Some(Callbacks::<T>::iterate_devices),
-            end_io: if T::HAS_END_IO {
-                Some(Callbacks::<T>::end_io)
-            } else {
-                None
-            },
-            presuspend: if T::HAS_PRESUSPEND {
-                Some(Callbacks::<T>::presuspend)
-            } else {
-                None
-            },
-            postsuspend: if T::HAS_POSTSUSPEND {
-                Some(Callbacks::<T>::postsuspend)
-            } else {
-                None
-            },
-            resume: if T::HAS_RESUME {
-                Some(Callbacks::<T>::resume)
-            } else {
-                None
-            },
+            end_io: T::HAS_END_IO.then_some(Callbacks::<T>::end_io as _),
+            presuspend: T::HAS_PRESUSPEND.then_some(Callbacks::<T>::presuspend as _),
+            postsuspend: T::HAS_POSTSUSPEND.then_some(Callbacks::<T>::postsuspend as _),
+            resume: T::HAS_RESUME.then_some(Callbacks::<T>::resume as _),
             ..Default::default()
         };
         let target_type = KBox::new(Opaque::new(target_type), GFP_KERNEL)?;

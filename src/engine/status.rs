@@ -30,6 +30,8 @@ pub enum FailReason {
     DestinationWrite,
     /// Flushing the destination failed.
     DestinationFlush,
+    /// The copier could not get the memory it copies through.
+    OutOfMemory,
 }
 
 impl FailReason {
@@ -39,6 +41,7 @@ impl FailReason {
             Self::OriginRead => "origin_read_error",
             Self::DestinationWrite => "destination_write_error",
             Self::DestinationFlush => "destination_flush_error",
+            Self::OutOfMemory => "out_of_memory",
         }
     }
 }
