@@ -21,7 +21,7 @@ else
 KERNEL_DEP :=
 endif
 
-.PHONY: all setup kernel module vm-module test-userspace lint check demo copy-throughput clean
+.PHONY: all setup kernel module vm-module tools test-userspace lint check demo copy-throughput clean
 
 all: module
 
@@ -44,11 +44,15 @@ vm-module: module
 test-userspace: setup
 	cargo test --workspace
 
+# The userspace tools (dmmig), which the VM tests run from target/debug.
+tools: setup
+	cargo build --workspace
+
 lint: setup
 	cargo fmt --all --check
 	cargo clippy --workspace --all-targets -- -D warnings
 
-check: test-userspace vm-module
+check: test-userspace tools vm-module
 	scripts/vm-test.sh $(KDIR)
 
 demo: vm-module

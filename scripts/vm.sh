@@ -4,10 +4,10 @@
 #
 #   scripts/vm.sh KDIR COMMAND [ARG...]
 #
-# The guest has tmpfs on /tmp and /run, `modprobe -d $KMOD_ROOT` for the test kernel's modules
-# (the kernel's own module autoloading uses it too), and a writable
-# share at $VM_RESULTS (default /tmp/results in the guest, a fresh folder on the host, kept when
-# VM_KEEP_RESULTS=DIR names one). The console (kernel warnings and the command's output) goes to
+# The guest has a tmpfs on /run with a scratch folder at $TMPDIR (/run/tmp), `modprobe -d
+# $KMOD_ROOT` for the test kernel's modules (the kernel's own module autoloading uses it too), and
+# a writable share at $VM_RESULTS (/run/results in the guest, a fresh folder on the host, kept
+# when VM_KEEP_RESULTS=DIR names one). The console (kernel warnings and the command's output) goes to
 # stdout. Exits with the command's status, or 125 when the guest crashed, hung past VM_TIMEOUT
 # seconds (default 1200) or printed a kernel BUG, Oops or WARNING.
 set -euo pipefail
@@ -30,7 +30,7 @@ mkdir -p "$results" "$work/initramfs"/{bin,sbin,dev,proc,sys,host}
 # The command, run by the guest from the results share, from the directory we were called in.
 {
 	echo "export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-	echo "export HOME=/tmp TMPDIR=/tmp DM_DISABLE_UDEV=1 VM_RESULTS=/tmp/results"
+	echo "export HOME=/run/tmp TMPDIR=/run/tmp DM_DISABLE_UDEV=1 VM_RESULTS=/run/results"
 	echo "export KDIR=$(printf %q "$kdir") REPO_ROOT=$(printf %q "$REPO_ROOT")"
 	echo "export KMOD_ROOT=$(printf %q "$modroot")"
 	echo "cd $(printf %q "$PWD")"
@@ -52,14 +52,16 @@ ln -s /proc/self/fd/1 /dev/stdout
 ln -s /proc/self/fd/2 /dev/stderr
 mount -t 9p -o trans=virtio,version=9p2000.L,ro,msize=262144,cache=loose hostroot /host
 for d in proc sys dev; do mount --bind /\$d /host/\$d; done
-mount -t tmpfs -o mode=1777 tmpfs /host/tmp
+# Scratch space is a tmpfs on /run, not on /tmp: the repository, the kernel cache or a CI
+# checkout may well live under the host's /tmp, and must stay visible at the same path.
 mount -t tmpfs tmpfs /host/run
-mkdir -p /host/tmp/results
-mount -t 9p -o trans=virtio,version=9p2000.L,msize=262144 results /host/tmp/results
-chroot /host /bin/sh /tmp/results/cmd.sh
-echo \$? >/host/tmp/results/rc
+mkdir -p -m 1777 /host/run/tmp
+mkdir -p /host/run/results
+mount -t 9p -o trans=virtio,version=9p2000.L,msize=262144 results /host/run/results
+chroot /host /bin/sh /run/results/cmd.sh
+echo \$? >/host/run/results/rc
 sync
-umount /host/tmp/results
+umount /host/run/results
 reboot -f
 INIT
 # The host has no /lib/modules for the test kernel, so modprobe is pointed at the kernel's own

@@ -8,16 +8,17 @@
 set -eu
 MODULE=${MODULE:-$REPO_ROOT/dm-migrate.ko}
 step() { printf '\n==> %s\n' "$*"; }
-cd /tmp
+scratch=${TMPDIR:-/tmp}
+cd "$scratch"
 
 step "Loading dm-migrate"
 insmod "$MODULE"
 dmsetup targets | grep migrate
 
 step "The guest disk: /dev/mapper/guest-disk, a linear table over old.img (256 MiB)"
-truncate -s 256M /tmp/old.img /tmp/new.img
-old=$(losetup -f --show --direct-io=on /tmp/old.img)
-new=$(losetup -f --show --direct-io=on /tmp/new.img)
+truncate -s 256M $scratch/old.img $scratch/new.img
+old=$(losetup -f --show --direct-io=on $scratch/old.img)
+new=$(losetup -f --show --direct-io=on $scratch/new.img)
 size=$(blockdev --getsz "$old")
 dmsetup create guest-disk --table "0 $size linear $old 0"
 dmsetup table guest-disk
@@ -25,7 +26,7 @@ dmsetup table guest-disk
 step "A verifying writer on the guest disk: fio, 4 jobs of random 4 KiB-1 MiB writes, crc32c"
 fio --name=guest --filename=/dev/mapper/guest-disk --ioengine=libaio --direct=1 --iodepth=8 \
 	--numjobs=4 --size=64M --offset_increment=64M --bsrange=4k-1m --rw=randwrite \
-	--verify=crc32c --verify_fatal=1 --group_reporting --eta=never --output=/tmp/fio.log &
+	--verify=crc32c --verify_fatal=1 --group_reporting --eta=never --output=$scratch/fio.log &
 writer=$!
 sleep 1
 
@@ -53,18 +54,18 @@ dmsetup suspend guest-disk
 dmsetup resume guest-disk
 dmsetup table guest-disk
 losetup -d "$old"
-rm /tmp/old.img
-ls -l /tmp/*.img
+rm $scratch/old.img
+ls -l $scratch/*.img
 
 step "Waiting for the writer; it verified every block it wrote"
-wait $writer && grep -E 'err=|WRITE:' /tmp/fio.log
+wait $writer && grep -E 'err=|WRITE:' $scratch/fio.log
 
 step "Verifying every byte the writer wrote on new.img alone"
 dmsetup remove guest-disk
 fio --name=guest --filename="$new" --ioengine=libaio --direct=1 --iodepth=8 --numjobs=4 \
 	--size=64M --offset_increment=64M --bsrange=4k-1m --rw=randwrite --verify=crc32c \
-	--verify_fatal=1 --verify_only --group_reporting --eta=never --output=/tmp/verify.log
-grep -E 'err=' /tmp/verify.log
+	--verify_fatal=1 --verify_only --group_reporting --eta=never --output=$scratch/verify.log
+grep -E 'err=' $scratch/verify.log
 losetup -d "$new"
 rmmod dm_migrate
 echo "demo complete: the disk moved to new.img under a live writer, with no error and no lost write"

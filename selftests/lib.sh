@@ -17,7 +17,7 @@ MODULE=${MODULE:-$REPO_ROOT/dm-migrate.ko}
 GOLDEN=$SELFTEST_DIR/golden
 # Every dm device a test creates has this prefix, so cleanup finds them all.
 DEV_PREFIX=ksft-migrate
-TEST_TMP=$(mktemp -d /tmp/ksft-migrate.XXXXXX)
+TEST_TMP=$(mktemp -d "${TMPDIR:-/tmp}/ksft-migrate.XXXXXX")
 # Tools that write state files (fio) need a writable working directory; the tree may be read-only.
 cd "$TEST_TMP" || exit 1
 

@@ -1,0 +1,302 @@
+//! The subcommands: each takes the parsed arguments and an open control device and prints its
+//! result, as dmsetup text or (with --json) JSON.
+
+use crate::cli::Command;
+use crate::dm::{Dm, Info};
+use crate::error::{Error, Result};
+use crate::nodes;
+use crate::table::TableLine;
+use serde::Serialize;
+use std::io::Read;
+
+/// Runs one command.
+pub fn run(command: Command, json: bool) -> Result<()> {
+    let dm = Dm::open()?;
+    let out = Output { json };
+    match command {
+        Command::Ls => ls(&dm, out),
+        Command::Info { name } => info(&dm, out, name.as_deref()),
+        Command::Create {
+            name,
+            table,
+            notable,
+        } => create(&dm, &name, table, notable),
+        Command::Load { name, table } => dm.load(&name, &read_table(table)?),
+        Command::Suspend { name, noflush } => dm.suspend(&name, noflush),
+        Command::Resume { name } => resume(&dm, &name),
+        Command::Remove { name } => remove(&dm, &name),
+        Command::Status { name } => out.lines(&dm.status(&name)?),
+        Command::Table { name } => out.lines(&dm.table(&name)?),
+        Command::Message {
+            name,
+            sector,
+            message,
+        } => {
+            let answer = dm.message(&name, sector, &message.join(" "))?;
+            out.message(answer)
+        }
+        Command::Wait { name, event_nr } => {
+            let event_nr = dm.wait(&name, event_nr)?;
+            out.json_only(&serde_json::json!({ "name": name, "event_nr": event_nr }))
+        }
+        Command::Mknodes { name } => mknodes(&dm, name.as_deref()),
+    }
+}
+
+/// How results are printed.
+#[derive(Clone, Copy)]
+struct Output {
+    json: bool,
+}
+
+impl Output {
+    fn print_json(&self, value: &impl Serialize) -> Result<()> {
+        let text = serde_json::to_string_pretty(value)
+            .map_err(|e| Error::Failed(format!("cannot format JSON: {e}")))?;
+        println!("{text}");
+        Ok(())
+    }
+
+    fn json_only(&self, value: &impl Serialize) -> Result<()> {
+        if self.json {
+            self.print_json(value)?;
+        }
+        Ok(())
+    }
+
+    fn lines(&self, lines: &[TableLine]) -> Result<()> {
+        if self.json {
+            return self.print_json(&lines);
+        }
+        for line in lines {
+            println!("{line}");
+        }
+        Ok(())
+    }
+
+    fn message(&self, answer: Option<String>) -> Result<()> {
+        if self.json {
+            return self.print_json(&serde_json::json!({ "answer": answer }));
+        }
+        match answer {
+            Some(text) if !text.is_empty() => println!("{text}"),
+            _ => {}
+        }
+        Ok(())
+    }
+}
+
+fn ls(dm: &Dm, out: Output) -> Result<()> {
+    let list = dm.list()?;
+    if out.json {
+        return out.print_json(&list);
+    }
+    if list.is_empty() {
+        println!("No devices found");
+    }
+    for entry in list {
+        println!("{}\t({}:{})", entry.name, entry.major, entry.minor);
+    }
+    Ok(())
+}
+
+/// The read-ahead of a device in sectors, as `dmsetup info` prints it.
+fn read_ahead(info: &Info) -> u64 {
+    std::fs::read_to_string(format!(
+        "/sys/dev/block/{}:{}/queue/read_ahead_kb",
+        info.major, info.minor
+    ))
+    .ok()
+    .and_then(|kb| kb.trim().parse::<u64>().ok())
+    .map_or(0, |kb| kb * 2)
+}
+
+/// `dmsetup info` text for one device.
+pub fn format_info(info: &Info, read_ahead: u64) -> String {
+    let tables = match (info.live_table, info.inactive_table) {
+        (true, true) => "LIVE & INACTIVE",
+        (true, false) => "LIVE",
+        (false, true) => "INACTIVE",
+        (false, false) => "None",
+    };
+    let state = if info.read_only {
+        format!("{} (READ-ONLY)", info.state)
+    } else {
+        info.state.clone()
+    };
+    let mut text = format!(
+        "Name:              {}\nState:             {}\nRead Ahead:        {}\n\
+         Tables present:    {}\nOpen count:        {}\nEvent number:      {}\n\
+         Major, minor:      {}, {}\nNumber of targets: {}\n",
+        info.name,
+        state,
+        read_ahead,
+        tables,
+        info.open_count,
+        info.event_nr,
+        info.major,
+        info.minor,
+        info.target_count
+    );
+    if let Some(uuid) = &info.uuid {
+        text.push_str(&format!("UUID: {uuid}\n"));
+    }
+    text
+}
+
+fn info(dm: &Dm, out: Output, name: Option<&str>) -> Result<()> {
+    let names: Vec<String> = match name {
+        Some(name) => vec![name.to_string()],
+        None => dm.list()?.into_iter().map(|e| e.name).collect(),
+    };
+    let infos = names
+        .iter()
+        .map(|n| dm.info(n))
+        .collect::<Result<Vec<_>>>()?;
+    if out.json {
+        return if name.is_some() {
+            out.print_json(&infos[0])
+        } else {
+            out.print_json(&infos)
+        };
+    }
+    if infos.is_empty() {
+        println!("No devices found");
+    }
+    let texts: Vec<String> = infos
+        .iter()
+        .map(|i| format_info(i, read_ahead(i)))
+        .collect();
+    print!("{}", texts.join("\n"));
+    Ok(())
+}
+
+/// The table given with --table, or read from stdin.
+fn read_table(table: Option<String>) -> Result<Vec<TableLine>> {
+    let text = match table {
+        Some(text) => text,
+        None => {
+            let mut text = String::new();
+            std::io::stdin()
+                .read_to_string(&mut text)
+                .map_err(|e| Error::Usage(format!("cannot read the table from stdin: {e}")))?;
+            text
+        }
+    };
+    TableLine::parse_table(&text)
+}
+
+fn create(dm: &Dm, name: &str, table: Option<String>, notable: bool) -> Result<()> {
+    let table = if notable {
+        None
+    } else {
+        Some(read_table(table)?)
+    };
+    dm.create(name, table.as_deref())?;
+    sync_node(dm, name)
+}
+
+fn resume(dm: &Dm, name: &str) -> Result<()> {
+    dm.resume(name)?;
+    sync_node(dm, name)
+}
+
+fn remove(dm: &Dm, name: &str) -> Result<()> {
+    dm.remove(name)?;
+    if !nodes::udev_running() {
+        nodes::remove_node(name)?;
+    }
+    Ok(())
+}
+
+/// Makes the node when nothing else does.
+fn sync_node(dm: &Dm, name: &str) -> Result<()> {
+    if nodes::udev_running() {
+        return Ok(());
+    }
+    let info = dm.info(name)?;
+    nodes::ensure_node(name, info.major, info.minor)
+}
+
+fn mknodes(dm: &Dm, name: Option<&str>) -> Result<()> {
+    let list = dm.list()?;
+    let mut found = false;
+    for entry in list.iter().filter(|e| name.is_none_or(|n| n == e.name)) {
+        found = true;
+        nodes::ensure_node(&entry.name, entry.major, entry.minor)?;
+    }
+    match name {
+        Some(name) if !found => Err(Error::NotFound(name.to_string())),
+        _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Info {
+        Info {
+            name: "disk".into(),
+            state: "ACTIVE".into(),
+            read_only: false,
+            live_table: true,
+            inactive_table: false,
+            open_count: 0,
+            event_nr: 2,
+            major: 253,
+            minor: 0,
+            target_count: 1,
+            uuid: None,
+        }
+    }
+
+    #[test]
+    fn info_text_matches_dmsetup() {
+        assert_eq!(
+            format_info(&sample(), 256),
+            "Name:              disk\nState:             ACTIVE\nRead Ahead:        256\n\
+             Tables present:    LIVE\nOpen count:        0\nEvent number:      2\n\
+             Major, minor:      253, 0\nNumber of targets: 1\n"
+        );
+        let mut i = sample();
+        i.inactive_table = true;
+        i.state = "SUSPENDED".into();
+        i.uuid = Some("MIG-1".into());
+        let text = format_info(&i, 0);
+        assert!(text.contains("State:             SUSPENDED\n"));
+        assert!(text.contains("Tables present:    LIVE & INACTIVE\n"));
+        assert!(text.ends_with("UUID: MIG-1\n"));
+    }
+
+    #[test]
+    fn info_json_shape() {
+        let value = serde_json::to_value(sample()).unwrap();
+        for key in [
+            "name",
+            "state",
+            "read_only",
+            "live_table",
+            "inactive_table",
+            "open_count",
+            "event_nr",
+            "major",
+            "minor",
+            "target_count",
+            "uuid",
+        ] {
+            assert!(value.get(key).is_some(), "missing {key}");
+        }
+        assert_eq!(value["event_nr"], 2);
+    }
+
+    #[test]
+    fn table_json_shape() {
+        let line = TableLine::parse("0 8 linear 7:0 0").unwrap();
+        let value = serde_json::to_value([line]).unwrap();
+        assert_eq!(value[0]["start"], 0);
+        assert_eq!(value[0]["length"], 8);
+        assert_eq!(value[0]["target_type"], "linear");
+        assert_eq!(value[0]["params"], "7:0 0");
+    }
+}

@@ -1,0 +1,60 @@
+//! Errors of dmmig, each with a documented exit code.
+
+use std::process::ExitCode;
+
+/// Exit codes, documented in `dmmig --help`.
+pub mod exit {
+    /// Success.
+    pub const OK: u8 = 0;
+    /// The kernel refused the operation, or it failed.
+    pub const FAILED: u8 = 1;
+    /// Bad arguments or input (also clap's code for usage errors).
+    pub const USAGE: u8 = 2;
+    /// The named device does not exist.
+    pub const NOT_FOUND: u8 = 3;
+    /// Not allowed: run as root.
+    pub const PERMISSION: u8 = 4;
+}
+
+/// What went wrong, worded for the person at the terminal: the problem and what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{0}")]
+    Usage(String),
+    #[error("no device-mapper device named '{0}' (see 'dmmig ls')")]
+    NotFound(String),
+    #[error("permission denied opening /dev/mapper/control: run dmmig as root")]
+    Permission,
+    #[error("{0}")]
+    Failed(String),
+}
+
+impl Error {
+    /// The process exit code for this error.
+    pub fn exit_code(&self) -> ExitCode {
+        ExitCode::from(match self {
+            Self::Usage(_) => exit::USAGE,
+            Self::NotFound(_) => exit::NOT_FOUND,
+            Self::Permission => exit::PERMISSION,
+            Self::Failed(_) => exit::FAILED,
+        })
+    }
+}
+
+/// Converts a devicemapper error into ours, naming the operation and the device.
+pub fn dm_error(op: &str, name: &str, err: devicemapper::DmError) -> Error {
+    let text = err.to_string();
+    if text.contains("ENXIO") || text.contains("No such device") {
+        Error::NotFound(name.to_string())
+    } else if text.contains("EACCES")
+        || text.contains("EPERM")
+        || text.contains("Permission denied")
+    {
+        Error::Permission
+    } else {
+        Error::Failed(format!("{op} '{name}' failed: {text}"))
+    }
+}
+
+/// The result type of every command.
+pub type Result<T> = std::result::Result<T, Error>;

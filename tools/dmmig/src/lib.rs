@@ -1,0 +1,9 @@
+//! dmmig: a dmsetup-like device-mapper tool. The CLI in `main.rs` is a thin shell over this
+//! library, so that parsing and formatting are tested with `cargo test`.
+
+pub mod cli;
+pub mod commands;
+pub mod dm;
+pub mod error;
+pub mod nodes;
+pub mod table;
