@@ -55,7 +55,7 @@ lint: setup
 check: test-userspace tools vm-module
 	scripts/vm-test.sh $(KDIR)
 
-demo: vm-module
+demo: tools vm-module
 	scripts/vm.sh $(KDIR) selftests/demo.sh
 
 # Idle copy throughput next to a dd O_DIRECT copy of the same ram disks, in one VM run.

@@ -2,11 +2,12 @@
 # SPDX-License-Identifier: GPL-2.0
 #
 # The demo `make demo` runs inside the VM: a "guest disk" (dm linear over a loop-backed image)
-# moves to a new image while a verifying writer runs on it, with progress from sysfs; then the
-# table is swapped to a linear over the new image, the old image is unlinked, and every byte the
-# writer wrote is verified on the new image alone.
+# moves to a new image with `dmmig move` while a verifying writer runs on it, with a progress
+# bar; dmmig swaps the table to a linear over the new image and unlinks the old one, and every
+# byte the writer wrote is verified on the new image alone.
 set -eu
 MODULE=${MODULE:-$REPO_ROOT/dm-migrate.ko}
+DMMIG=${DMMIG:-$REPO_ROOT/target/debug/dmmig}
 step() { printf '\n==> %s\n' "$*"; }
 scratch=${TMPDIR:-/tmp}
 cd "$scratch"
@@ -16,9 +17,8 @@ insmod "$MODULE"
 dmsetup targets | grep migrate
 
 step "The guest disk: /dev/mapper/guest-disk, a linear table over old.img (256 MiB)"
-truncate -s 256M $scratch/old.img $scratch/new.img
-old=$(losetup -f --show --direct-io=on $scratch/old.img)
-new=$(losetup -f --show --direct-io=on $scratch/new.img)
+truncate -s 256M "$scratch/old.img"
+old=$(losetup -f --show --direct-io=on "$scratch/old.img")
 size=$(blockdev --getsz "$old")
 dmsetup create guest-disk --table "0 $size linear $old 0"
 dmsetup table guest-disk
@@ -30,32 +30,12 @@ fio --name=guest --filename=/dev/mapper/guest-disk --ioengine=libaio --direct=1 
 writer=$!
 sleep 1
 
-step "Live migration: load a migrate table over old -> new and resume (the writer keeps going)"
-table="0 $size migrate $old $new 2 rate 65536"
-echo "table: $table"
-dmsetup load guest-disk --table "$table"
-dmsetup suspend guest-disk
-dmsetup resume guest-disk
-dir=/sys/block/$(dmsetup info -c --noheadings -o blkdevname guest-disk)/migrate
-while :; do
-	state=$(cat "$dir/state")
-	printf '  %-9s %4d / %d MiB copied  %6d KiB/s  %3d regions pending  errors %d\n' "$state" \
-		$(($(cat "$dir/copied_bytes") >> 20)) $(($(cat "$dir/total_bytes") >> 20)) \
-		"$(cat "$dir/rate_kibps")" "$(cat "$dir/pending_regions")" "$(cat "$dir/errors")"
-	case $state in switched | failed | cancelled) break ;; esac
-	sleep 0.5
-done
-dmsetup status guest-disk
-[ "$state" = switched ]
-
-step "Switched: swap the table to a linear over new.img, detach and unlink old.img"
-dmsetup load guest-disk --table "0 $size linear $new 0"
-dmsetup suspend guest-disk
-dmsetup resume guest-disk
+step "dmmig move guest-disk -> new.img, while the writer keeps going"
+"$DMMIG" move guest-disk "$scratch/new.img" --rate 65536
 dmsetup table guest-disk
-losetup -d "$old"
-rm $scratch/old.img
-ls -l $scratch/*.img
+new=$(losetup -j "$scratch/new.img" | cut -d: -f1)
+ls -l "$scratch"/*.img
+[ ! -e "$scratch/old.img" ] && echo "old.img is gone"
 
 step "Waiting for the writer; it verified every block it wrote"
 wait $writer && grep -E 'err=|WRITE:' $scratch/fio.log

@@ -66,7 +66,7 @@ pub enum Command {
         /// The device.
         name: String,
     },
-    /// Print the status lines of a device's targets.
+    /// Print the status lines of a device's targets (on a terminal, a migration's progress too).
     Status {
         /// The device.
         name: String,
@@ -93,9 +93,142 @@ pub enum Command {
         /// The event number to wait past.
         event_nr: Option<u32>,
     },
+    /// Move a running disk (a dm device that is one linear segment) to DESTINATION, a block
+    /// device or a new image file (created sparse and loop-attached), then swap its table to a
+    /// linear on the destination and unlink the old loop-backed image. On any failure, Ctrl-C or
+    /// SIGTERM the disk stays on its origin and what move created is removed.
+    Move {
+        /// The dm device: NAME or /dev/mapper/NAME.
+        device: String,
+        /// A block device, or a path for a new image file.
+        destination: std::path::PathBuf,
+        /// Copy rate limit in KiB/s (0: unlimited).
+        #[arg(long)]
+        rate: Option<u64>,
+        /// Region size in 512-byte sectors (a power of two).
+        #[arg(long)]
+        region_size: Option<u64>,
+        /// Copy batches in flight, 1 to 16.
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..=16))]
+        depth: Option<u32>,
+        /// Keep the old image file and its loop device.
+        #[arg(long)]
+        keep_source: bool,
+        /// Do not draw the progress bar.
+        #[arg(long)]
+        no_progress: bool,
+    },
+    /// Pause a running migration (writes stay mirrored).
+    Pause {
+        /// The dm device.
+        name: String,
+    },
+    /// Resume a paused migration.
+    Continue {
+        /// The dm device.
+        name: String,
+    },
+    /// Cancel a migration for good; the disk stays on its origin.
+    Cancel {
+        /// The dm device.
+        name: String,
+    },
+    /// Set a migration's copy rate limit in KiB/s (0: unlimited).
+    Rate {
+        /// The dm device.
+        name: String,
+        /// KiB/s.
+        kibps: u64,
+    },
     /// Make /dev/mapper nodes for all devices, or for NAME.
     Mknodes {
         /// The device.
         name: Option<String>,
     },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("dmmig").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn parses_dmsetup_like_commands() {
+        let cli = parse(&["--json", "message", "disk", "0", "rate", "20480"]).unwrap();
+        assert!(cli.json);
+        let Command::Message {
+            name,
+            sector,
+            message,
+        } = cli.command
+        else {
+            panic!()
+        };
+        assert_eq!((name.as_str(), sector), ("disk", 0));
+        assert_eq!(message, ["rate", "20480"]);
+        assert!(matches!(
+            parse(&["wait", "d", "7"]).unwrap().command,
+            Command::Wait {
+                event_nr: Some(7),
+                ..
+            }
+        ));
+        assert!(matches!(
+            parse(&["suspend", "d", "--noflush"]).unwrap().command,
+            Command::Suspend { noflush: true, .. }
+        ));
+    }
+
+    #[test]
+    fn parses_move_options() {
+        let cli = parse(&[
+            "move",
+            "disk",
+            "/srv/new.img",
+            "--rate",
+            "1024",
+            "--depth",
+            "8",
+            "--region-size",
+            "256",
+            "--keep-source",
+            "--no-progress",
+        ])
+        .unwrap();
+        let Command::Move {
+            device,
+            destination,
+            rate,
+            region_size,
+            depth,
+            keep_source,
+            no_progress,
+        } = cli.command
+        else {
+            panic!()
+        };
+        assert_eq!(device, "disk");
+        assert_eq!(destination, std::path::PathBuf::from("/srv/new.img"));
+        assert_eq!((rate, region_size, depth), (Some(1024), Some(256), Some(8)));
+        assert!(keep_source && no_progress);
+    }
+
+    #[test]
+    fn refuses_bad_arguments() {
+        for bad in [
+            &["move", "disk"][..],
+            &["move", "disk", "x", "--depth", "17"],
+            &["move", "disk", "x", "--rate", "fast"],
+            &["message", "disk", "0"],
+            &["message", "disk", "x", "pause"],
+            &["create", "d", "--table", "t", "--notable"],
+            &["bogus"],
+        ] {
+            let err = parse(bad).unwrap_err();
+            assert_eq!(err.exit_code(), 2, "{bad:?}");
+        }
+    }
 }

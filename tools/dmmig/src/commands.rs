@@ -4,10 +4,11 @@
 use crate::cli::Command;
 use crate::dm::{Dm, Info};
 use crate::error::{Error, Result};
+use crate::migrate::{run_move, MoveOptions};
 use crate::nodes;
 use crate::table::TableLine;
 use serde::Serialize;
-use std::io::Read;
+use std::io::{IsTerminal, Read};
 
 /// Runs one command.
 pub fn run(command: Command, json: bool) -> Result<()> {
@@ -25,7 +26,20 @@ pub fn run(command: Command, json: bool) -> Result<()> {
         Command::Suspend { name, noflush } => dm.suspend(&name, noflush),
         Command::Resume { name } => resume(&dm, &name),
         Command::Remove { name } => remove(&dm, &name),
-        Command::Status { name } => out.lines(&dm.status(&name)?),
+        Command::Status { name } => {
+            let lines = dm.status(&name)?;
+            out.lines(&lines)?;
+            if !json && std::io::stdout().is_terminal() {
+                // On a terminal, a migrate target's progress also in words; scripts (and the
+                // comparison with dmsetup) see only the dmsetup lines.
+                for line in lines.iter().filter(|l| l.target_type == "migrate") {
+                    if let Some(text) = describe_migration(line) {
+                        println!("{text}");
+                    }
+                }
+            }
+            Ok(())
+        }
         Command::Table { name } => out.lines(&dm.table(&name)?),
         Command::Message {
             name,
@@ -40,6 +54,28 @@ pub fn run(command: Command, json: bool) -> Result<()> {
             out.json_only(&serde_json::json!({ "name": name, "event_nr": event_nr }))
         }
         Command::Mknodes { name } => mknodes(&dm, name.as_deref()),
+        Command::Move {
+            device,
+            destination,
+            rate,
+            region_size,
+            depth,
+            keep_source,
+            no_progress,
+        } => {
+            let options = MoveOptions {
+                rate,
+                region_size,
+                depth,
+                keep_source,
+                no_progress,
+            };
+            do_move(out, &device, &destination, &options)
+        }
+        Command::Pause { name } => dm.message(&name, 0, "pause").map(drop),
+        Command::Continue { name } => dm.message(&name, 0, "resume").map(drop),
+        Command::Cancel { name } => dm.message(&name, 0, "cancel").map(drop),
+        Command::Rate { name, kibps } => dm.message(&name, 0, &format!("rate {kibps}")).map(drop),
     }
 }
 
@@ -96,6 +132,80 @@ fn ls(dm: &Dm, out: Output) -> Result<()> {
     }
     for entry in list {
         println!("{}\t({}:{})", entry.name, entry.major, entry.minor);
+    }
+    Ok(())
+}
+
+/// A migrate status line in words: "copying: 45.0% (115 of 256 MiB), 20480 KiB/s, ETA 7 s".
+pub fn describe_migration(line: &TableLine) -> Option<String> {
+    let f: Vec<&str> = line.params.split(' ').collect();
+    let [state, regions, pending, _inflight, _bytes, rate, errors, reason] = f[..] else {
+        return None;
+    };
+    let (copied, total) = regions.split_once('/')?;
+    let (copied, total): (u64, u64) = (copied.parse().ok()?, total.parse().ok()?);
+    let pending: u64 = pending.parse().ok()?;
+    let rate: u64 = rate.parse().ok()?;
+    let bytes = line.length * 512;
+    let done = bytes * copied / total.max(1);
+    let mut text = format!(
+        "{state}: {:.1}% ({} of {} MiB)",
+        100.0 * copied as f64 / total.max(1) as f64,
+        done >> 20,
+        bytes >> 20
+    );
+    if state == "copying" && rate > 0 {
+        let left = bytes * pending / total.max(1);
+        text.push_str(&format!(", {rate} KiB/s, ETA {} s", left / 1024 / rate));
+    }
+    if errors != "0" {
+        text.push_str(&format!(", {errors} errors"));
+    }
+    if reason != "-" {
+        text.push_str(&format!(", reason: {reason}"));
+    }
+    Some(text)
+}
+
+/// The dm device name from NAME or /dev/mapper/NAME.
+fn device_name(device: &str) -> Result<&str> {
+    let name = device.strip_prefix("/dev/mapper/").unwrap_or(device);
+    if name.contains('/') {
+        return Err(Error::Usage(format!(
+            "{device} is not a device-mapper device: give its name (see 'dmmig ls') or \
+             /dev/mapper/NAME"
+        )));
+    }
+    Ok(name)
+}
+
+fn do_move(out: Output, device: &str, dest: &std::path::Path, options: &MoveOptions) -> Result<()> {
+    let name = device_name(device)?;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(signal, stop.clone())
+            .map_err(|e| Error::Failed(format!("cannot handle signals: {e}")))?;
+    }
+    let summary = run_move(name, dest, options, stop).inspect_err(|e| {
+        // Input errors are found before anything changes; say so only when the move had begun.
+        if matches!(e, Error::Failed(_)) {
+            eprintln!("dmmig: move of '{name}' failed; the disk stays on its origin");
+        }
+    })?;
+    if out.json {
+        return out.print_json(&summary);
+    }
+    println!(
+        "moved {} ({} bytes) to {} in {:.1} s, {:.1} MiB/s; longest I/O pause {:.1} ms",
+        summary.device,
+        summary.bytes,
+        summary.destination,
+        summary.seconds,
+        summary.mean_mib_per_s,
+        summary.longest_pause_ms
+    );
+    if let Some(image) = &summary.removed_image {
+        println!("removed the old image {image}");
     }
     Ok(())
 }
@@ -288,6 +398,24 @@ mod tests {
             assert!(value.get(key).is_some(), "missing {key}");
         }
         assert_eq!(value["event_nr"], 2);
+    }
+
+    #[test]
+    fn describes_a_migration() {
+        let line =
+            TableLine::parse("0 524288 migrate copying 1024/4096 3072 32 67108864 20480 0 -")
+                .unwrap();
+        assert_eq!(
+            describe_migration(&line).unwrap(),
+            "copying: 25.0% (64 of 256 MiB), 20480 KiB/s, ETA 9 s"
+        );
+        let failed =
+            TableLine::parse("0 8 migrate failed 0/1 1 0 0 0 2 destination_write_error").unwrap();
+        assert_eq!(
+            describe_migration(&failed).unwrap(),
+            "failed: 0.0% (0 of 0 MiB), 2 errors, reason: destination_write_error"
+        );
+        assert!(describe_migration(&TableLine::parse("0 8 migrate 7:0 7:1").unwrap()).is_none());
     }
 
     #[test]

@@ -5,5 +5,6 @@ pub mod cli;
 pub mod commands;
 pub mod dm;
 pub mod error;
+pub mod migrate;
 pub mod nodes;
 pub mod table;

@@ -1,0 +1,35 @@
+#!/bin/bash
+# SPDX-License-Identifier: GPL-2.0
+# dmmig move moves a loop-backed "guest disk" to a new image file under fio --verify=crc32c: the
+# old image is gone, the device is a linear on the new image, and every write verifies.
+. "$(dirname "$0")/lib.sh"
+DMMIG=${DMMIG:-$REPO_ROOT/target/debug/dmmig}
+[ -x "$DMMIG" ] || skip "dmmig is not built ($DMMIG)"
+command -v fio >/dev/null || skip "fio is not installed"
+load_migrate
+old_img=$TEST_TMP/old.img new_img=$TEST_TMP/new.img
+head -c $((64 << 20)) /dev/urandom >"$old_img"
+old=$(losetup -f --show "$old_img") || fail "losetup failed"
+_loops+=("$old")
+len=$(sectors "$old")
+disk=$DEV_PREFIX-disk
+dmsetup create "$disk" --table "0 $len linear $old 0" || fail "create failed"
+fio --name=guest "${fio_job[@]}" --size=16M --offset_increment=16M --filename="/dev/mapper/$disk" \
+	--output="$TEST_TMP/fio.log" &
+writer=$!
+sleep 1
+"$DMMIG" move "$disk" "$new_img" --no-progress --rate 16384 >"$TEST_TMP/move.log" 2>&1 ||
+	{ sed 's/^/# /' "$TEST_TMP/move.log"; fail "dmmig move failed"; }
+sed 's/^/# /' "$TEST_TMP/move.log"
+wait $writer || { sed 's/^/# /' "$TEST_TMP/fio.log"; fail "fio failed during the move"; }
+grep -q 'err= 0' "$TEST_TMP/fio.log" || fail "fio reported errors"
+[ -e "$old_img" ] && fail "the old image is still there"
+losetup -a | grep -q "$old_img" && fail "the old image is still attached"
+new=$(losetup -j "$new_img" | cut -d: -f1)
+[ -n "$new" ] || fail "the new image is not attached"
+_loops+=("$new")
+[ "$(dmsetup table "$disk")" = "0 $len linear $(devnum "$new") 0" ] || fail "table: $(dmsetup table "$disk")"
+fio_verify_only "/dev/mapper/$disk" 64 "$TEST_TMP/verify.log"
+dmsetup remove "$disk"
+fio_verify_only "$new" 64 "$TEST_TMP/verify-new.log"
+pass

@@ -1,0 +1,430 @@
+//! `dmmig move`: moves a live dm-linear disk to a new device or image file with the `migrate`
+//! target, swaps the table to a linear on the destination, and retires the old image.
+//!
+//! Whatever happens (a destination error, a failed migration, Ctrl-C or SIGTERM), the disk keeps
+//! serving from its origin: the original table is put back, and what `move` created (a loop
+//! device, an image file) is removed.
+
+use crate::dm::Dm;
+use crate::error::{Error, Result};
+use crate::table::TableLine;
+use serde::Serialize;
+use std::fs::{self, File, OpenOptions};
+use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Options of `dmmig move`.
+#[derive(Debug, Clone, Default)]
+pub struct MoveOptions {
+    /// Copy rate limit in KiB/s (0: none).
+    pub rate: Option<u64>,
+    /// Region size in sectors.
+    pub region_size: Option<u64>,
+    /// Copy batches in flight.
+    pub depth: Option<u32>,
+    /// Keep the old image file and its loop device.
+    pub keep_source: bool,
+    /// Print no progress bar.
+    pub no_progress: bool,
+}
+
+/// What `move` reports at the end.
+#[derive(Debug, Clone, Serialize)]
+pub struct Summary {
+    /// The dm device moved.
+    pub device: String,
+    /// The destination block device.
+    pub destination: String,
+    /// Bytes in the disk.
+    pub bytes: u64,
+    /// Seconds from the start of the migration to the end of the table swap.
+    pub seconds: f64,
+    /// Mean copy rate, MiB/s.
+    pub mean_mib_per_s: f64,
+    /// The longest time I/O was held: the suspend/resume of a table swap, in milliseconds.
+    pub longest_pause_ms: f64,
+    /// The old image file that was unlinked, if any.
+    pub removed_image: Option<String>,
+}
+
+/// A block device's `major:minor` and size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct BlockDev {
+    major: u32,
+    minor: u32,
+    sectors: u64,
+}
+
+impl BlockDev {
+    fn number(&self) -> String {
+        format!("{}:{}", self.major, self.minor)
+    }
+
+    fn sysfs(&self) -> PathBuf {
+        PathBuf::from(format!("/sys/dev/block/{}:{}", self.major, self.minor))
+    }
+
+    fn of_path(path: &Path) -> Result<Self> {
+        let meta =
+            fs::metadata(path).map_err(|e| Error::Usage(format!("{}: {e}", path.display())))?;
+        if !meta.file_type().is_block_device() {
+            return Err(Error::Usage(format!(
+                "{} is not a block device",
+                path.display()
+            )));
+        }
+        let rdev = meta.rdev();
+        let (major, minor) = (libc_major(rdev), libc_minor(rdev));
+        Self::of_number(major, minor)
+    }
+
+    fn of_number(major: u32, minor: u32) -> Result<Self> {
+        let size = fs::read_to_string(format!("/sys/dev/block/{major}:{minor}/size"))
+            .map_err(|e| Error::Failed(format!("cannot read the size of {major}:{minor}: {e}")))?;
+        let sectors = size
+            .trim()
+            .parse()
+            .map_err(|_| Error::Failed("bad size in sysfs".into()))?;
+        Ok(Self {
+            major,
+            minor,
+            sectors,
+        })
+    }
+
+    /// The backing file of a loop device, if it is one.
+    fn loop_backing_file(&self) -> Option<PathBuf> {
+        let text = fs::read_to_string(self.sysfs().join("loop/backing_file")).ok()?;
+        Some(PathBuf::from(text.trim_end()))
+    }
+
+    /// The kernel name (`loop0`), for /dev paths.
+    fn kernel_name(&self) -> Option<String> {
+        let link = fs::read_link(self.sysfs()).ok()?;
+        Some(link.file_name()?.to_string_lossy().into_owned())
+    }
+}
+
+fn libc_major(dev: u64) -> u32 {
+    (((dev >> 32) & 0xffff_f000) | ((dev >> 8) & 0xfff)) as u32
+}
+
+fn libc_minor(dev: u64) -> u32 {
+    (((dev >> 12) & 0xffff_ff00) | (dev & 0xff)) as u32
+}
+
+/// The device's only table line, which must be a linear at offset 0 of a whole origin.
+fn linear_origin(dm: &Dm, name: &str) -> Result<(TableLine, BlockDev)> {
+    let table = dm.table(name)?;
+    let [line] = table.as_slice() else {
+        return Err(Error::Usage(format!(
+            "'{name}' has {} table lines; move needs a single linear segment",
+            table.len()
+        )));
+    };
+    if line.target_type != "linear" || line.start != 0 {
+        return Err(Error::Usage(format!(
+            "'{name}' is a '{}' device; move needs a single linear segment over its origin",
+            line.target_type
+        )));
+    }
+    let mut words = line.params.split(' ');
+    let (Some(dev), Some("0")) = (words.next(), words.next()) else {
+        return Err(Error::Usage(format!(
+            "'{name}' maps its origin from an offset ({}); move needs offset 0",
+            line.params
+        )));
+    };
+    let (major, minor) = dev
+        .split_once(':')
+        .and_then(|(a, b)| Some((a.parse().ok()?, b.parse().ok()?)))
+        .ok_or_else(|| Error::Failed(format!("unexpected origin '{dev}' in the table")))?;
+    Ok((line.clone(), BlockDev::of_number(major, minor)?))
+}
+
+/// What `move` created for the destination, undone on rollback.
+#[derive(Default)]
+struct Created {
+    image: Option<PathBuf>,
+    loop_dev: Option<PathBuf>,
+}
+
+impl Created {
+    fn undo(&mut self) {
+        if let Some(dev) = self.loop_dev.take() {
+            if let Ok(l) = loopdev::LoopDevice::open(&dev) {
+                let _ = l.detach();
+            }
+        }
+        if let Some(image) = self.image.take() {
+            let _ = fs::remove_file(image);
+        }
+    }
+}
+
+/// Opens (or creates, sparse and loop-attached) the destination.
+fn prepare_destination(dest: &Path, bytes: u64, created: &mut Created) -> Result<BlockDev> {
+    match fs::metadata(dest) {
+        Ok(meta) if meta.file_type().is_block_device() => {
+            let dev = BlockDev::of_path(dest)?;
+            if dev.sectors * 512 < bytes {
+                return Err(Error::Usage(format!(
+                    "destination {} is too small: {} bytes, the disk has {bytes}; use a device \
+                     at least as large",
+                    dest.display(),
+                    dev.sectors * 512
+                )));
+            }
+            // O_EXCL on a block device fails with EBUSY while anything holds it.
+            OpenOptions::new()
+                .read(true)
+                .custom_flags(nix::libc::O_EXCL)
+                .open(dest)
+                .map_err(|_| {
+                    Error::Usage(format!(
+                        "destination {} is in use (mounted, mapped or open); pick a free device",
+                        dest.display()
+                    ))
+                })?;
+            Ok(dev)
+        }
+        Ok(_) => Err(Error::Usage(format!(
+            "{} exists; give a block device or a path that does not exist yet",
+            dest.display()
+        ))),
+        Err(_) => {
+            let dir = dest
+                .parent()
+                .filter(|p| !p.as_os_str().is_empty())
+                .unwrap_or(Path::new("."));
+            let stat = nix::sys::statvfs::statvfs(dir)
+                .map_err(|e| Error::Usage(format!("cannot use {}: {e}", dir.display())))?;
+            let free = stat.blocks_available() as u64 * stat.fragment_size() as u64;
+            if free < bytes {
+                return Err(Error::Usage(format!(
+                    "not enough space for {}: {free} bytes free on its filesystem, the disk \
+                     needs {bytes}; free space or choose another filesystem",
+                    dest.display()
+                )));
+            }
+            let file = File::options()
+                .write(true)
+                .create_new(true)
+                .open(dest)
+                .map_err(|e| Error::Usage(format!("cannot create {}: {e}", dest.display())))?;
+            created.image = Some(dest.to_path_buf());
+            file.set_len(bytes)
+                .map_err(|e| Error::Failed(format!("cannot size {}: {e}", dest.display())))?;
+            let control = loopdev::LoopControl::open()
+                .map_err(|e| Error::Failed(format!("cannot open /dev/loop-control: {e}")))?;
+            let device = control
+                .next_free()
+                .map_err(|e| Error::Failed(format!("no free loop device: {e}")))?;
+            device
+                .attach_file(dest)
+                .map_err(|e| Error::Failed(format!("cannot attach {}: {e}", dest.display())))?;
+            let path = device
+                .path()
+                .ok_or_else(|| Error::Failed("loop device has no path".into()))?;
+            created.loop_dev = Some(path.clone());
+            BlockDev::of_path(&path)
+        }
+    }
+}
+
+/// Reads one sysfs counter of a migrate device.
+fn counter(dir: &Path, file: &str) -> Option<String> {
+    fs::read_to_string(dir.join(file))
+        .ok()
+        .map(|s| s.trim().to_string())
+}
+
+/// Swaps the live table (suspend, load, resume) and returns how long I/O was held.
+fn swap_table(dm: &Dm, name: &str, table: &[TableLine]) -> Result<Duration> {
+    dm.load(name, table)?;
+    let start = Instant::now();
+    dm.suspend(name, false)?;
+    dm.resume(name)?;
+    Ok(start.elapsed())
+}
+
+/// Runs a whole move. `stop` is set by SIGINT/SIGTERM.
+pub fn run_move(
+    name: &str,
+    dest: &Path,
+    opts: &MoveOptions,
+    stop: Arc<AtomicBool>,
+) -> Result<Summary> {
+    let dm = Dm::open()?;
+    let info = dm.info(name)?;
+    let _lock = lock(name)?;
+    let (original, origin) = linear_origin(&dm, name)?;
+    let bytes = original.length * 512;
+    let mut created = Created::default();
+    let result = (|| {
+        if let Ok(dev) = BlockDev::of_path(dest) {
+            if (dev.major, dev.minor) == (info.major, info.minor) {
+                return Err(Error::Usage(format!(
+                    "{} is the disk itself; give another device or a new image path",
+                    dest.display()
+                )));
+            }
+        }
+        let destination = prepare_destination(dest, bytes, &mut created)?;
+        let mut words = Vec::new();
+        if let Some(r) = opts.region_size {
+            words.push(format!("region_size {r}"));
+        }
+        if let Some(d) = opts.depth {
+            words.push(format!("copy_depth {d}"));
+        }
+        if let Some(r) = opts.rate {
+            words.push(format!("rate {r}"));
+        }
+        let optional = words.join(" ");
+        let count = optional.split_whitespace().count();
+        let params = if count > 0 {
+            format!(
+                "{} {} {count} {optional}",
+                origin.number(),
+                destination.number()
+            )
+        } else {
+            format!("{} {}", origin.number(), destination.number())
+        };
+        let migrate = TableLine {
+            start: 0,
+            length: original.length,
+            target_type: "migrate".into(),
+            params,
+        };
+        let started = Instant::now();
+        let mut longest = swap_table(&dm, name, &[migrate])?;
+        let sysfs = PathBuf::from(format!(
+            "/sys/dev/block/{}:{}/migrate",
+            info.major, info.minor
+        ));
+        let bar = progress_bar(opts.no_progress, bytes);
+        let outcome = loop {
+            if stop.load(Ordering::Relaxed) {
+                break Err(Error::Failed("interrupted".into()));
+            }
+            let state = counter(&sysfs, "state").unwrap_or_default();
+            if let Some(bar) = &bar {
+                let copied = counter(&sysfs, "copied_bytes")
+                    .and_then(|s| s.parse().ok())
+                    .unwrap_or(0);
+                let rate = counter(&sysfs, "rate_kibps").unwrap_or_default();
+                bar.set_position(copied);
+                bar.set_message(format!("{state} {rate} KiB/s"));
+            }
+            match state.as_str() {
+                "switched" => break Ok(()),
+                "failed" | "cancelled" => {
+                    let status = dm
+                        .status(name)?
+                        .first()
+                        .map(|l| l.params.clone())
+                        .unwrap_or_default();
+                    break Err(Error::Failed(format!("the migration {state}: {status}")));
+                }
+                _ => std::thread::sleep(Duration::from_millis(200)),
+            }
+        };
+        if let Some(bar) = &bar {
+            bar.finish_and_clear();
+        }
+        if let Err(e) = outcome {
+            // Back to the original table; the migrate target never switched, so the origin has
+            // every write.
+            swap_table(&dm, name, std::slice::from_ref(&original))?;
+            return Err(e);
+        }
+        let linear = TableLine {
+            params: format!("{} 0", destination.number()),
+            ..original.clone()
+        };
+        longest = longest.max(swap_table(&dm, name, &[linear])?);
+        let seconds = started.elapsed().as_secs_f64();
+        Ok((destination, seconds, longest))
+    })();
+    let (destination, seconds, longest) = match result {
+        Ok(done) => done,
+        Err(e) => {
+            created.undo();
+            return Err(e);
+        }
+    };
+    // The disk is on the destination now: what `move` made is the disk's, keep it.
+    let dest_name = created
+        .loop_dev
+        .take()
+        .map(|p| p.display().to_string())
+        .or_else(|| destination.kernel_name().map(|n| format!("/dev/{n}")))
+        .unwrap_or_else(|| destination.number());
+    created.image = None;
+    let mut removed_image = None;
+    if !opts.keep_source {
+        if let Some(image) = origin.loop_backing_file() {
+            if let Some(kname) = origin.kernel_name() {
+                if let Ok(l) = loopdev::LoopDevice::open(format!("/dev/{kname}")) {
+                    let _ = l.detach();
+                }
+            }
+            if fs::remove_file(&image).is_ok() {
+                removed_image = Some(image.display().to_string());
+            }
+        }
+    }
+    Ok(Summary {
+        device: name.to_string(),
+        destination: dest_name,
+        bytes,
+        seconds,
+        mean_mib_per_s: bytes as f64 / (1 << 20) as f64 / seconds.max(1e-9),
+        longest_pause_ms: longest.as_secs_f64() * 1000.0,
+        removed_image,
+    })
+}
+
+fn progress_bar(hidden: bool, bytes: u64) -> Option<indicatif::ProgressBar> {
+    if hidden {
+        return None;
+    }
+    let bar = indicatif::ProgressBar::new(bytes);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{bar:24} {bytes}/{total_bytes} {binary_bytes_per_sec} ETA {eta} {msg}",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    Some(bar)
+}
+
+/// Refuses a second `move` of the same device: an exclusive lock held for the whole move.
+fn lock(name: &str) -> Result<nix::fcntl::Flock<File>> {
+    let path = format!("/run/dmmig-{name}.lock");
+    let file = File::create(&path)
+        .map_err(|e| Error::Failed(format!("cannot create the lock {path}: {e}")))?;
+    nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock).map_err(|_| {
+        Error::Usage(format!(
+            "another dmmig move of '{name}' is running; wait for it to end"
+        ))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn splits_device_numbers() {
+        // makedev(253, 5) and makedev(259, 70000) as glibc packs them.
+        assert_eq!((libc_major(0xfd05), libc_minor(0xfd05)), (253, 5));
+        let dev = nix::sys::stat::makedev(259, 70000);
+        assert_eq!((libc_major(dev), libc_minor(dev)), (259, 70000));
+    }
+}
