@@ -21,8 +21,10 @@ for t in "${tests[@]}"; do
 	name=${t%.sh}
 	echo "# $name: $(sed -n '3s/^# //p' "$t")"
 	dmesg -C 2>/dev/null
+	started=$SECONDS
 	timeout -k 5 "${timeout_s:-300}" bash "./$t" 2>&1 | sed -u 's/^\([^#]\)/# \1/'
 	rc=${PIPESTATUS[0]}
+	echo "# $name: $((SECONDS - started)) s"
 	if dmesg 2>/dev/null | grep -qE 'BUG:|WARNING:|Oops|Call Trace:'; then
 		dmesg | sed 's/^/# dmesg: /' | tail -40
 		echo "# $name: the kernel logged a bug"
