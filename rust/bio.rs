@@ -213,7 +213,7 @@ impl Bio {
 
 impl Drop for Bio {
     fn drop(&mut self) {
-        pr_warn!("device-mapper: migrate: bio dropped without completion; failing it\n");
+        pr_warn!("bio dropped without completion; failing it\n");
         // SAFETY: The bio is ours to end (type invariant) and `self` is not used again.
         unsafe {
             bindings::migrate_bio_set_status(self.raw(), Status::IOERR.0);

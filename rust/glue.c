@@ -266,6 +266,11 @@ void migrate_uevent(struct dm_target *ti, const char *state)
 	kobject_uevent_env(&disk_to_dev(dm_disk(md))->kobj, KOBJ_CHANGE, envp);
 }
 
+const char *migrate_device_name(struct dm_target *ti)
+{
+	return dm_device_name(dm_table_get_md(ti->table));
+}
+
 void migrate_table_event(struct dm_target *ti)
 {
 	dm_table_event(ti->table);

@@ -75,6 +75,8 @@ u64 migrate_now_ns(void);
 /* A KOBJ_CHANGE uevent on the mapped device with DM_MIGRATE_STATE=@state. */
 void migrate_uevent(struct dm_target *ti, const char *state);
 void migrate_table_event(struct dm_target *ti);
+/* The mapped device's name for log lines ("253:0"). */
+const char *migrate_device_name(struct dm_target *ti);
 
 /*
  * A sysfs folder of read-only files under the mapped device (/sys/block/dm-N/<name>/), whose

@@ -72,6 +72,15 @@ impl TargetHandle {
         self.ti.as_ptr()
     }
 
+    /// The mapped device's name for log lines, `major:minor`.
+    pub fn device_name(&self) -> &str {
+        // SAFETY: `ti` is alive (type invariant); the name is a NUL-terminated string that lives
+        // as long as the mapped device, which outlives its targets.
+        let name =
+            unsafe { CStr::from_ptr(bindings::migrate_device_name(self.ti.as_ptr()).cast()) };
+        name.to_str().unwrap_or("?")
+    }
+
     /// Wakes `dmsetup wait` (`dm_table_event`) and sends a `KOBJ_CHANGE` uevent on the mapped
     /// device with `DM_MIGRATE_STATE=<state>`. May sleep.
     pub fn raise_event(&self, state: &CStr) {

@@ -305,12 +305,18 @@ impl Engine {
                 .lock()
                 .tracker
                 .fail(FailReason::DestinationFlush);
-            pr_err!("device-mapper: migrate: Destination flush failed; staying on the origin\n");
+            pr_err!(
+                "{}: Destination flush failed; staying on the origin\n",
+                self.handle.device_name()
+            );
             self.handle.raise_event(c"failed");
             return;
         }
         if self.shared.lock().tracker.switch() {
-            pr_info!("device-mapper: migrate: Switched to the destination\n");
+            pr_info!(
+                "{}: Switched to the destination\n",
+                self.handle.device_name()
+            );
             self.handle.raise_event(c"switched");
         }
     }
@@ -380,9 +386,7 @@ impl ThreadMain for CopierThread {
         let mut throttle = Throttle::new();
         while !kthread::should_stop() {
             if engine.check_failure() {
-                pr_err!(
-                    "device-mapper: migrate: Destination write failed; staying on the origin\n"
-                );
+                pr_err!("Destination write failed; staying on the origin\n");
                 engine.handle.raise_event(c"failed");
             }
             let should_switch = engine.shared.lock().tracker.should_switch();
@@ -447,7 +451,10 @@ impl ThreadMain for CopierThread {
             throttle.add(copied);
             engine.release_deferred();
             if failed {
-                pr_err!("device-mapper: migrate: Copy failed; staying on the origin\n");
+                pr_err!(
+                    "{}: Copy failed; staying on the origin\n",
+                    engine.handle.device_name()
+                );
                 engine.handle.raise_event(c"failed");
             }
         }
@@ -534,7 +541,7 @@ impl Throttle {
 impl CopierThread {
     /// Fails the migration and idles until stopped; the thread must not exit on its own.
     fn wait_for_stop(&self, why: &str) {
-        pr_err!("device-mapper: migrate: {}\n", why);
+        pr_err!("{}: {}\n", self.engine.handle.device_name(), why);
         self.engine
             .shared
             .lock()
@@ -563,7 +570,7 @@ impl Migrate {
         .and_then(|t| KThread::run(c"copier", t));
         match thread {
             Ok(thread) => *copier = Some(thread),
-            Err(_) => pr_err!("device-mapper: migrate: Cannot start the copier thread\n"),
+            Err(_) => pr_err!("Cannot start the copier thread\n"),
         }
     }
 
@@ -682,7 +689,7 @@ impl Target for Migrate {
         if sysfs.is_none() {
             match SysfsDir::new(&self.engine.handle, c"migrate", self.engine.clone()) {
                 Ok(dir) => *sysfs = Some(dir),
-                Err(_) => pr_warn!("device-mapper: migrate: Cannot create the sysfs counters\n"),
+                Err(_) => pr_warn!("Cannot create the sysfs counters\n"),
             }
         }
         drop(sysfs);
@@ -731,7 +738,8 @@ impl Target for Migrate {
     fn message(&self, args: &[&str], _out: &mut SliceWriter<'_>) -> Result {
         let report = |e: MessageError| {
             pr_err!(
-                "device-mapper: migrate: {} \"{}\"\n",
+                "{}: {} \"{}\"\n",
+                self.engine.handle.device_name(),
                 e.message().to_str().unwrap_or("Bad message"),
                 args.first().copied().unwrap_or("")
             );
