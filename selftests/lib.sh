@@ -193,3 +193,13 @@ fio_verify_only() {
 		fail "$target does not verify"
 	}
 }
+
+# wait_field NAME N VALUE [SECONDS]: waits until INFO field N of NAME reads VALUE (default 30 s).
+wait_field() {
+	local start=$SECONDS
+	until [ "$(migrate_field "$1" "$2")" = "$3" ]; do
+		[ $((SECONDS - start)) -ge "${4:-30}" ] &&
+			fail "field $2 of $1 is '$(migrate_field "$1" "$2")', not '$3'"
+		sleep 0.2
+	done
+}

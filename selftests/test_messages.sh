@@ -9,14 +9,14 @@ make_loop dest 32
 len=$(sectors "$origin")
 # With a 1 KiB/s limit the copier stops after its first round: copy_depth batches of 512 KiB.
 dm_create depth "0 $len migrate $origin $dest 4 copy_depth 3 rate 1" || fail "create failed"
+wait_field depth 2 "24/512"
 sleep 1
 [ "$(migrate_field depth 2)" = "24/512" ] || fail "copy_depth 3: $(dmsetup status "$DEV_PREFIX-depth")"
 dmsetup remove "$DEV_PREFIX-depth"
 
 dm_create msg "0 $len migrate $origin $dest 2 rate 1" || fail "create failed"
 m() { dmsetup message "$DEV_PREFIX-msg" 0 "$@"; }
-sleep 1
-[ "$(migrate_field msg 2)" = "32/512" ] || fail "default depth: $(dmsetup status "$DEV_PREFIX-msg")"
+wait_field msg 2 "32/512"
 # pause holds the copy even without a rate limit.
 m pause && m rate 0 || fail "pause/rate failed"
 sleep 1

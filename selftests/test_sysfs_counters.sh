@@ -9,6 +9,7 @@ make_loop dest 32
 len=$(sectors "$origin")
 dm_create sys "0 $len migrate $origin $dest 2 rate 1" || fail "create failed"
 dir=$(dm_sysfs sys)/migrate
+wait_field sys 2 "32/$((len / 128))"
 [ -d "$dir" ] || fail "no $dir"
 for f in state total_bytes copied_bytes pending_regions inflight rate_kibps errors; do
 	[ -f "$dir/$f" ] || fail "no $dir/$f"
