@@ -30,11 +30,13 @@ same "info of a copying migrate device" info "$b"
 same "table" table "$b"
 same "status" status "$a"
 same "status" status "$b"
-"$DMMIG" message "$b" 0 rate 0 || fail "message failed"
+same "message" message "$b" 0 depth 8
 events=$(dmsetup info -c --noheadings -o events "$b")
-timeout 60 "$DMMIG" wait "$b" "$events" >/dev/null || true
+"$DMMIG" message "$b" 0 rate 0 || fail "message failed"
+timeout 60 "$DMMIG" wait "$b" "$events" >/dev/null || fail "dmmig wait did not return on the switch"
 [ "$(migrate_state b)" = switched ] || fail "dmmig wait returned before the switch: $(migrate_state b)"
 same "status after the switch" status "$b"
+same "wait for a past event" wait "$b" 0
 # JSON output parses and carries the fields.
 "$DMMIG" --json status "$b" | python3 -c 'import json,sys; d=json.load(sys.stdin); assert d[0]["target_type"] == "migrate" and d[0]["params"].startswith("switched")' ||
 	fail "status --json"
