@@ -21,7 +21,7 @@ else
 KERNEL_DEP :=
 endif
 
-.PHONY: all setup kernel module vm-module tools test-userspace lint check demo copy-throughput clean
+.PHONY: all setup kernel module vm-module tools test-userspace lint check demo copy-throughput bench bench-smoke clean
 
 all: module
 
@@ -61,6 +61,21 @@ demo: tools vm-module
 # Idle copy throughput next to a dd O_DIRECT copy of the same ram disks, in one VM run.
 copy-throughput: vm-module
 	scripts/vm.sh $(KDIR) selftests/copy_throughput.sh
+
+# The benchmark: migrate against dm-clone, dm-raid1 and a raw copy in one VM run (about 10
+# minutes); results in results/bench/. bench-smoke is a short run that CI uses to keep it working.
+bench: vm-module
+	@python3 -c 'import matplotlib' 2>/dev/null || python3 -m pip install -q matplotlib
+	rm -rf results/bench && mkdir -p results/bench
+	VM_MEM=3G VM_KEEP_RESULTS=$(CURDIR)/results/bench BENCH_MIB=$${BENCH_MIB:-512} \
+		scripts/vm.sh $(KDIR) bench/bench-vm.sh
+	bench/report.py results/bench
+
+bench-smoke: vm-module
+	rm -rf results/bench && mkdir -p results/bench
+	VM_KEEP_RESULTS=$(CURDIR)/results/bench BENCH_MIB=32 BENCH_FIO_S=1 \
+		scripts/vm.sh $(KDIR) bench/bench-vm.sh
+	bench/report.py results/bench
 
 clean:
 	@if [ -d "$(KDIR)" ]; then $(MAKE) -C $(KDIR) LLVM=$(LLVM) M=$(CURDIR) clean; fi

@@ -33,6 +33,10 @@ mkdir -p "$results" "$work/initramfs"/{bin,sbin,dev,proc,sys,host}
 	echo "export HOME=/run/tmp TMPDIR=/run/tmp DM_DISABLE_UDEV=1 VM_RESULTS=/run/results"
 	echo "export KDIR=$(printf %q "$kdir") REPO_ROOT=$(printf %q "$REPO_ROOT")"
 	echo "export KMOD_ROOT=$(printf %q "$modroot")"
+	# Settings for the command (BENCH_*, MODULE, DMMIG) travel with it.
+	for v in $(compgen -e | grep -E '^(BENCH_[A-Z_]+|MODULE|DMMIG)$'); do
+		echo "export $v=$(printf %q "${!v}")"
+	done
 	echo "cd $(printf %q "$PWD")"
 	printf '%q ' "$@"
 	echo
@@ -77,7 +81,7 @@ chmod +x "$work/initramfs/init" "$work/initramfs/sbin/modprobe"
 log "booting $release in QEMU (TCG): $*"
 status=0
 timeout --foreground -k 10 "$timeout_s" qemu-system-x86_64 \
-	-accel tcg -cpu max -smp 2 -m 2G -nographic -no-reboot -nodefaults -serial stdio \
+	-accel tcg -cpu max -smp 2 -m "${VM_MEM:-2G}" -nographic -no-reboot -nodefaults -serial stdio \
 	-kernel "$kernel_image" -initrd "$work/initramfs.cpio" \
 	-append "console=ttyS0 panic=-1 oops=panic loglevel=4 quiet" \
 	-virtfs local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap \
