@@ -71,7 +71,8 @@ def main(results):
         with open(path) as f:
             data = [(float(r["seconds"]), float(r["fraction"]) * 100) for r in csv.DictReader(f)]
         if data:
-            ax.plot(*zip(*data), label=os.path.basename(path)[9:-4])
+            # A fast copy may end before its second sample: markers keep single points visible.
+            ax.plot(*zip(*data), marker="o", markersize=3, label=os.path.basename(path)[9:-4])
     ax.set_xlabel("seconds")
     ax.set_ylabel("% copied")
     ax.set_title("Idle copy progress, brd to brd, one TCG VM run")

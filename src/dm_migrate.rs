@@ -17,7 +17,7 @@ pub mod engine;
 
 use core::ffi::CStr;
 use core::fmt::Write;
-use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
 use dm::bio::{Bio, BioKind, BioList, BioSet, MirrorDone, Status};
 use dm::copy::{flush, IoBatch, PageBuffer};
 use dm::device::Device;
@@ -101,7 +101,16 @@ struct Engine {
     depth: AtomicU32,
     /// The measured copy rate, KiB/s.
     measured_kibps: AtomicU64,
+    /// Where every bio goes once the migration has ended ([`FINAL_ORIGIN`], [`FINAL_DEST`]), or
+    /// 0 while it runs. Switched, failed and cancelled are final states, so once set this never
+    /// changes, and `map` routes without taking the lock.
+    final_route: AtomicU8,
 }
+
+/// `Engine::final_route`: failed or cancelled, everything to the origin.
+const FINAL_ORIGIN: u8 = 1;
+/// `Engine::final_route`: switched, everything to the destination.
+const FINAL_DEST: u8 = 2;
 
 /// One `migrate` target.
 #[pin_data]
@@ -151,11 +160,29 @@ impl Engine {
                 _ => return MapResult::Kill(bio),
             }
         };
+        // After the migration has ended the route never changes: no lock, no accounting.
+        let device = match self.final_route.load(Ordering::Acquire) {
+            FINAL_ORIGIN => Some(&self.origin),
+            FINAL_DEST => Some(&self.destination),
+            _ => None,
+        };
+        if let Some(device) = device {
+            bio.set_tag(0);
+            bio.remap(device, sector);
+            return MapResult::Remapped(bio);
+        }
         let mut shared = self.shared.lock();
         if self.dest_failed.load(Ordering::Relaxed) {
             shared.tracker.fail(FailReason::DestinationWrite);
         }
         let route = shared.tracker.route(kind, sector, sectors);
+        match shared.tracker.state() {
+            State::Switched => self.final_route.store(FINAL_DEST, Ordering::Release),
+            State::Failed(_) | State::Cancelled => {
+                self.final_route.store(FINAL_ORIGIN, Ordering::Release)
+            }
+            State::Copying | State::Synced => {}
+        }
         let counted = kind == IoKind::Write && matches!(route, Route::Origin | Route::Both);
         let tag = if counted {
             let epoch = shared.epoch;
@@ -651,6 +678,7 @@ impl Target for Migrate {
                 rate_kibps: AtomicU64::new(table.options.rate.unwrap_or(0)),
                 depth: AtomicU32::new(table.options.depth()),
                 measured_kibps: AtomicU64::new(0),
+                final_route: AtomicU8::new(0),
             }),
             GFP_KERNEL,
         )
