@@ -93,10 +93,13 @@ pub enum Command {
         /// The event number to wait past.
         event_nr: Option<u32>,
     },
-    /// Move a running disk (a dm device that is one linear segment) to DESTINATION, a block
-    /// device or a new image file (created sparse and loop-attached), then swap its table to a
-    /// linear on the destination and unlink the old loop-backed image. On any failure, Ctrl-C or
-    /// SIGTERM the disk stays on its origin and what move created is removed.
+    /// Move a running disk to DESTINATION, then retire its old image.
+    ///
+    /// The disk is a dm device that is one linear segment over its origin. DESTINATION is a block
+    /// device or a new image file (created sparse, sized to the disk and loop-attached). Once the
+    /// migrate target has switched, the table becomes a linear on the destination and the old
+    /// loop device is detached and its image unlinked (unless --keep-source). On any failure,
+    /// Ctrl-C or SIGTERM the disk stays on its origin and what move created is removed.
     Move {
         /// The dm device: NAME or /dev/mapper/NAME.
         device: String,
@@ -123,7 +126,7 @@ pub enum Command {
         /// The dm device.
         name: String,
     },
-    /// Resume a paused migration.
+    /// Resume a paused migration (named so, as `resume` is the device-mapper resume).
     Continue {
         /// The dm device.
         name: String,
