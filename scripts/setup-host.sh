@@ -9,7 +9,7 @@ packages=(
 	clang-19 lld-19 llvm-19 libclang-19-dev flex bison bc libelf-dev libssl-dev cpio kmod xz-utils
 	make "$KERNEL_SOURCE_PACKAGE"
 	# The test VM and what runs inside it.
-	qemu-system-x86 busybox-static dmsetup fio util-linux
+	qemu-system-x86 busybox-static dmsetup fio util-linux python3
 	# dmmig: the devicemapper crate builds against libdevmapper headers found by pkg-config.
 	libdevmapper-dev pkg-config
 )
