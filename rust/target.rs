@@ -74,10 +74,11 @@ impl TargetHandle {
 
     /// The mapped device's name for log lines, `major:minor`.
     pub fn device_name(&self) -> &str {
-        // SAFETY: `ti` is alive (type invariant); the name is a NUL-terminated string that lives
-        // as long as the mapped device, which outlives its targets.
-        let name =
-            unsafe { CStr::from_ptr(bindings::migrate_device_name(self.ti.as_ptr()).cast()) };
+        // SAFETY: `ti` is alive (type invariant) and its table is set.
+        let name = unsafe { bindings::migrate_device_name(self.ti.as_ptr()) };
+        // SAFETY: The name is a NUL-terminated string that lives as long as the mapped device,
+        // which outlives its targets.
+        let name = unsafe { CStr::from_ptr(name.cast()) };
         name.to_str().unwrap_or("?")
     }
 
