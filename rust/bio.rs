@@ -225,8 +225,8 @@ impl Drop for Bio {
 /// What learns how a mirrored bio went, just before it ends.
 pub trait MirrorDone: Send + Sync + 'static {
     /// Called once per mirrored bio, in the completion's context (possibly interrupt context:
-    /// no sleeping, no sleeping locks), with the bio's tag and both statuses.
-    fn mirror_done(&self, tag: u8, origin: Status, dest: Status);
+    /// no sleeping, no sleeping locks), with both statuses.
+    fn mirror_done(&self, origin: Status, dest: Status);
 }
 
 /// Called by the block layer when the origin clone of a mirrored bio completes.
@@ -281,7 +281,7 @@ unsafe fn clone_done<T: MirrorDone>(clone: *mut bindings::bio, is_dest: bool) {
     // SAFETY: `mirror` stored an `Arc<T>` from `Arc::into_raw`; this last completion takes it
     // back once.
     let context = unsafe { Arc::from_raw(data.context.load(Ordering::Relaxed).cast::<T>()) };
-    context.mirror_done(data.tag.load(Ordering::Relaxed), origin, dest);
+    context.mirror_done(origin, dest);
     // Drop the reference before the bio ends: once it has, the target may be destroyed, and
     // the last reference must not be dropped here, in a completion context.
     drop(context);

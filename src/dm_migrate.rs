@@ -385,7 +385,7 @@ impl SysfsShow for Engine {
 impl MirrorDone for Engine {
     /// Records a failed destination write. The write's epoch accounting is left to `end_io`,
     /// which the core calls for every bio of the target, mirrored ones included, when it ends.
-    fn mirror_done(&self, _tag: u8, _origin: Status, dest: Status) {
+    fn mirror_done(&self, _origin: Status, dest: Status) {
         if !dest.is_ok() {
             self.mirror_errors.fetch_add(1, Ordering::Relaxed);
             self.dest_failed.store(true, Ordering::Relaxed);

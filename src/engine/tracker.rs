@@ -360,11 +360,6 @@ impl<B: DerefMut<Target = [u64]>> Tracker<B> {
         self.paused = paused;
     }
 
-    /// Whether the copier is paused by `pause`.
-    pub fn is_paused(&self) -> bool {
-        self.paused
-    }
-
     /// Where the migration stands.
     pub fn state(&self) -> State {
         self.state
