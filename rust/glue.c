@@ -185,26 +185,37 @@ int migrate_io_batch_add(struct migrate_io_batch *batch, struct block_device *bd
 			 sector_t sector, struct page **pages, unsigned int bytes, bool write,
 			 struct bio_set *bs)
 {
-	unsigned int nr_pages = DIV_ROUND_UP(bytes, PAGE_SIZE);
-	struct bio *bio;
-	unsigned int i;
+	/*
+	 * A bio holds at most BIO_MAX_VECS pages (1 MiB): a larger copy (a region above 1 MiB)
+	 * goes out as several bios. Those already submitted when an allocation fails are still
+	 * counted in the batch, so the caller's wait covers them.
+	 */
+	while (bytes) {
+		unsigned int nr_pages = min_t(unsigned int, DIV_ROUND_UP(bytes, PAGE_SIZE), BIO_MAX_VECS);
+		unsigned int chunk = min_t(unsigned int, bytes, nr_pages * PAGE_SIZE);
+		struct bio *bio;
+		unsigned int i;
 
-	bio = bio_alloc_bioset(bdev, nr_pages, write ? REQ_OP_WRITE : REQ_OP_READ, GFP_NOIO, bs);
-	if (!bio)
-		return -ENOMEM;
-	bio->bi_iter.bi_sector = sector;
-	for (i = 0; i < nr_pages; i++) {
-		unsigned int len = min_t(unsigned int, bytes - i * PAGE_SIZE, PAGE_SIZE);
+		bio = bio_alloc_bioset(bdev, nr_pages, write ? REQ_OP_WRITE : REQ_OP_READ, GFP_NOIO, bs);
+		if (!bio)
+			return -ENOMEM;
+		bio->bi_iter.bi_sector = sector;
+		for (i = 0; i < nr_pages; i++) {
+			unsigned int len = min_t(unsigned int, chunk - i * PAGE_SIZE, PAGE_SIZE);
 
-		if (bio_add_page(bio, pages[i], len, 0) != len) {
-			bio_put(bio);
-			return -EIO;
+			if (bio_add_page(bio, pages[i], len, 0) != len) {
+				bio_put(bio);
+				return -EIO;
+			}
 		}
+		bio->bi_private = batch;
+		bio->bi_end_io = migrate_io_batch_endio;
+		atomic_inc(&batch->pending);
+		submit_bio(bio);
+		sector += chunk >> SECTOR_SHIFT;
+		pages += nr_pages;
+		bytes -= chunk;
 	}
-	bio->bi_private = batch;
-	bio->bi_end_io = migrate_io_batch_endio;
-	atomic_inc(&batch->pending);
-	submit_bio(bio);
 	return 0;
 }
 
