@@ -262,6 +262,11 @@ void migrate_kthread_wake(struct task_struct *task)
 	wake_up_process(task);
 }
 
+void migrate_cond_resched(void)
+{
+	cond_resched();
+}
+
 u64 migrate_now_ns(void)
 {
 	return ktime_get_ns();

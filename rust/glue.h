@@ -70,6 +70,7 @@ int migrate_kthread_stop(struct task_struct *task);
 bool migrate_kthread_should_stop(void);
 void migrate_kthread_sleep_ms(unsigned int ms);
 void migrate_kthread_wake(struct task_struct *task);
+void migrate_cond_resched(void);
 u64 migrate_now_ns(void);
 
 /* A KOBJ_CHANGE uevent on the mapped device with DM_MIGRATE_STATE=@state. */

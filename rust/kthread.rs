@@ -89,6 +89,14 @@ pub fn sleep_ms(ms: u32) {
     unsafe { bindings::migrate_kthread_sleep_ms(ms) };
 }
 
+/// Lets other tasks on this CPU run if they are due. A thread that loops without sleeping (the
+/// copier on a device that completes bios in the submitter, like brd) calls it once per round:
+/// without kernel preemption nothing else would take the CPU from it.
+pub fn cond_resched() {
+    // SAFETY: No preconditions; called from process context.
+    unsafe { bindings::migrate_cond_resched() };
+}
+
 /// Nanoseconds of the monotonic clock.
 pub fn now_ns() -> u64 {
     // SAFETY: No preconditions.
