@@ -1,13 +1,17 @@
 #!/bin/bash
 # SPDX-License-Identifier: GPL-2.0
 #
-# The benchmark's measurements, run inside the VM by `make bench` (BENCH_MIB=512) and
+# The benchmark's measurements, run inside the VM by `make bench` (BENCH_MIB=1024) and
 # `make bench-smoke` (BENCH_MIB=32). Every peer copies the same pair of brd ram disks in this one
 # VM run, so ratios between them mean something even under TCG. Writes one JSON object per figure
-# to $VM_RESULTS/bench.jsonl and copy progress samples to $VM_RESULTS/progress-<peer>.csv.
+# to $VM_RESULTS/bench.jsonl, and the series the plots are drawn from: copy progress
+# (progress-*.csv: unix seconds, fraction, state) and guest IOPS (iops-*.csv: seconds, IOPS).
 set -euo pipefail
 MIB=${BENCH_MIB:-512}
 FIO_S=${BENCH_FIO_S:-3}
+# The rate limit of migrate's throttled runs: the whole device in this many seconds.
+RATE_S=${BENCH_RATE_S:-8}
+here=$(dirname "$(readlink -f "$0")")
 out=$VM_RESULTS
 : >"$out/bench.jsonl"
 MODULE=${MODULE:-$REPO_ROOT/dm-migrate.ko}
@@ -19,181 +23,322 @@ insmod "$MODULE"
 src=/dev/ram0 dst=/dev/ram1
 sectors=$(blockdev --getsz $src)
 dd if=/dev/urandom of=$src bs=1M count="$MIB" oflag=direct status=none
+# The destination is written once, here, and never discarded: brd allocates a page on the first
+# write to it, and on a discarded brd that allocation, not the copy, takes most of the time (every
+# copy ran at about a quarter of its speed); a real disk has no such cost.
+dd if=/dev/zero of=$dst bs=1M count="$MIB" oflag=direct status=none
+# fio writes the output of --exec_prerun into the current directory.
+cd "$TMPDIR"
 now() { date +%s.%N; }
-elapsed() { printf '%.3f' "$(echo "$(now) - $1" | bc)"; }
+# diff_s A B: A - B in seconds, as JSON takes a number (bc alone prints ".5").
+diff_s() { printf '%.3f' "$(echo "$1 - $2" | bc -l)"; }
+elapsed() { diff_s "$(now)" "$1"; }
 emit() { echo "$1" >>"$out/bench.jsonl"; echo "# $1"; }
 
-# Progress of each peer's copy, as a fraction, from its status line.
-progress() { # progress PEER NAME
-	local s
-	s=$(dmsetup status "$2")
-	case $1 in
-	migrate*) awk '{ split($5, a, "/"); print a[1] / a[2] }' <<<"$s" ;;
-	clone*) awk '{ split($7, a, "/"); print a[1] / a[2] }' <<<"$s" ;;
-	mirror*) awk '{ split($7, a, "/"); print a[1] / a[2] }' <<<"$s" ;;
-	esac
+# sample NAME PEER CSV [INTERVAL]: samples a copy's progress until it ends (see sample.py).
+sample() { timeout 900 python3 "$here/sample.py" "$@"; }
+# sample_bg NAME PEER CSV [INTERVAL]: the same in the background, returning once it is ready
+# for the device to appear; its pid is in $sampler.
+sample_bg() {
+	rm -f "$3.ready"
+	sample "$@" &
+	sampler=$!
+	while [ ! -e "$3.ready" ]; do sleep 0.01; done
+	rm -f "$3.ready"
 }
+# progress_start CSV T0: (re)starts a progress file with the copy's start as its first row; the
+# sampler, started before, appends its rows after it.
+progress_start() { printf 'unix_seconds,fraction,state\n%s,0,start\n' "$2" >"$1"; }
+# The unix time of the last sample: when the copy was seen to end.
+last_sample() { tail -1 "$1" | cut -d, -f1; }
+# json_merge A B: the two JSON objects as one.
+json_merge() { python3 -c 'import json, sys; a = json.loads(sys.argv[1]); a.update(json.loads(sys.argv[2])); print(json.dumps(a))' "$1" "$2"; }
+# fio_log DEV RW SECONDS LOG [fio options]: 4 KiB random I/O with a per-I/O completion log in LOG.
+fio_log() {
+	local dev=$1 rw=$2 secs=$3 log=$4
+	shift 4
+	rm -f "$log"_clat.1.log
+	fio --name=g --filename="$dev" --rw="$rw" --bs=4k --ioengine=libaio --direct=1 --iodepth=16 \
+		--runtime="$secs" --time_based --randrepeat=0 --eta=never --output=/dev/null \
+		--disable_lat=1 --disable_slat=1 --write_lat_log="$log" --log_avg_msec=0 \
+		--log_unix_epoch=1 "$@"
+}
+fiolog() { python3 "$here/fiolog.py" "$@"; }
 
 meta=$TMPDIR/clone-meta.img
-table_for() { # table_for PEER
+rate_kibps=$((MIB * 1024 / RATE_S))
+throttle=/sys/module/dm_mirror/parameters/raid1_resync_throttle
+# table_for PEER [held]: the peer's table; "held" keeps its copy back until `release PEER`.
+table_for() {
+	local held=${2:-} clone_dev
+	clone_dev=$(losetup -j "$meta" | cut -d: -f1)
+	# dm-clone's feature arguments: no_hydration holds it; the core arguments tune it.
+	local clone_features="0"
+	[ -n "$held" ] && clone_features="1 no_hydration"
 	case $1 in
-	migrate) echo "0 $sectors migrate $src $dst" ;;
-	migrate-tuned) echo "0 $sectors migrate $src $dst 4 copy_depth 8 region_size 1024" ;;
-	clone) echo "0 $sectors clone $(losetup -j "$meta" | cut -d: -f1) $dst $src 128" ;;
-	clone-tuned) echo "0 $sectors clone $(losetup -j "$meta" | cut -d: -f1) $dst $src 128 0 4 hydration_threshold 256 hydration_batch_size 32" ;;
-	mirror) echo "0 $sectors mirror core 1 1024 2 $src 0 $dst 0" ;;
+	migrate | migrate-rate) echo "0 $sectors migrate $src $dst${held:+ 2 rate 1}" ;;
+	migrate-tuned) echo "0 $sectors migrate $src $dst 4 copy_depth $best_depth region_size $best_region" ;;
+	migrate-depth-*) echo "0 $sectors migrate $src $dst 2 copy_depth ${1#migrate-depth-}" ;;
+	migrate-region-*) echo "0 $sectors migrate $src $dst 2 region_size ${1#migrate-region-}" ;;
+	clone) echo "0 $sectors clone $clone_dev $dst $src 128 $clone_features" ;;
+	clone-tuned) echo "0 $sectors clone $clone_dev $dst $src 128 $clone_features 4 hydration_threshold 256 hydration_batch_size 32" ;;
+	clone-slow) echo "0 $sectors clone $clone_dev $dst $src 128 $clone_features 4 hydration_threshold 1 hydration_batch_size 1" ;;
+	mirror*) echo "0 $sectors mirror core 1 1024 2 $src 0 $dst 0" ;;
 	esac
 }
 
-# start_copy PEER: creates the peer's device "bench"; the copy starts at once.
+# start_copy PEER [held]: creates the peer's device "bench"; the copy starts at once, or when
+# released. dm-raid1 cannot be held: it resyncs at 1% of kcopyd's time until released.
 start_copy() {
-	blkdiscard $dst 2>/dev/null || true
+	case $1,${2:-} in
+	mirror*,held) echo 1 >$throttle ;;
+	mirror-throttled,) echo 25 >$throttle ;;
+	*) echo 100 >$throttle ;;
+	esac
 	if [[ $1 == clone* ]]; then
 		losetup -D 2>/dev/null || true
 		rm -f "$meta"
 		truncate -s 16M "$meta"
 		losetup -f "$meta"
 	fi
-	dmsetup create bench --table "$(table_for "$1")"
+	dmsetup create bench --table "$(table_for "$@")"
 }
 
-# wait_copy PEER CSV: samples progress until the copy is done; prints the seconds it took.
-wait_copy() {
-	local start=$1 peer=$2 csv=$3 p
-	while :; do
-		p=$(progress "$peer" bench)
-		[ -n "$csv" ] && echo "$(elapsed "$start"),$p" >>"$csv"
-		[ "$p" = 1 ] && break
-		if [ "$(echo "$(elapsed "$start") > 900" | bc)" = 1 ]; then
-			echo "bench: $peer did not finish its copy in 900 s: $(dmsetup status bench)" >&2
-			exit 1
-		fi
-		sleep 0.05
-	done
-	elapsed "$start"
+# release_cmd PEER: the command that lets a held copy go, at the peer's own speed or throttle.
+release_cmd() {
+	case $1 in
+	migrate) echo "dmsetup message bench 0 rate 0" ;;
+	migrate-rate) echo "dmsetup message bench 0 rate $rate_kibps" ;;
+	clone*) echo "dmsetup message bench 0 enable_hydration" ;;
+	mirror-throttled) echo "echo 25 >$throttle" ;;
+	mirror) echo "echo 100 >$throttle" ;;
+	esac
 }
+release() { sh -c "$(release_cmd "$1")"; }
 
 stop_copy() {
 	dmsetup remove bench
 	losetup -D 2>/dev/null || true
 }
 
-# 1. Idle copy throughput.
+# stop_fio PID: ends a time-based fio job started with `fio_log ... &` early (PID is the shell
+# running fio_log, fio is its child); fio still writes its logs.
+stop_fio() {
+	local i
+	for i in $(seq 100); do
+		# A signal that lands while fio is still starting its job is lost: repeat until it ends.
+		[ -e "/proc/$1/status" ] && ! grep -q '^State:[[:space:]]*Z' "/proc/$1/status" || break
+		pkill -TERM -P "$1" -x fio || true
+		sleep 0.3
+	done
+	wait "$1" 2>/dev/null || true
+}
+
+# idle_copy PEER: copies with nothing else running; prints the seconds to the end of the copy.
+idle_copy() {
+	local csv=$out/progress-$1.csv t0
+	sample_bg bench "$1" "$csv"
+	t0=$(now)
+	progress_start "$csv" "$t0"
+	start_copy "$1"
+	wait $sampler
+	stop_copy
+	diff_s "$(last_sample "$csv")" "$t0"
+}
+
+# 1. Idle copy throughput: the raw limit, then the peers; migrate's copy_depth and region_size
+# are searched one at a time around the defaults, and the best pair runs as migrate-tuned. A
+# first copy, not counted, warms up the tools (the first run of each reads it over 9p).
+idle_copy migrate >/dev/null
 t0=$(now)
 dd if=$src of=$dst bs=4M iflag=direct oflag=direct status=none
 raw_s=$(elapsed "$t0")
 emit "{\"figure\":\"copy\",\"peer\":\"raw dd 4M O_DIRECT\",\"seconds\":$raw_s,\"mib\":$MIB}"
-for peer in migrate migrate-tuned clone clone-tuned mirror; do
-	csv=$out/progress-$peer.csv
-	echo "seconds,fraction" >"$csv"
-	t0=$(now)
-	start_copy "$peer"
-	s=$(wait_copy "$t0" "$peer" "$csv")
-	stop_copy
-	emit "{\"figure\":\"copy\",\"peer\":\"$peer\",\"seconds\":$s,\"mib\":$MIB}"
+s=$(idle_copy migrate)
+emit "{\"figure\":\"copy\",\"peer\":\"migrate\",\"seconds\":$s,\"mib\":$MIB}"
+best_depth=4 best_region=128 best_s=$s
+for depth in 1 2 8 16; do
+	s=$(idle_copy migrate-depth-$depth)
+	rm -f "$out/progress-migrate-depth-$depth.csv"
+	emit "{\"figure\":\"copy_search\",\"copy_depth\":$depth,\"region_kib\":64,\"seconds\":$s,\"mib\":$MIB}"
+	if [ "$(echo "$s < $best_s" | bc)" = 1 ]; then best_depth=$depth best_s=$s; fi
+done
+for region in 8 1024 2048 8192; do
+	s=$(idle_copy migrate-region-$region)
+	rm -f "$out/progress-migrate-region-$region.csv"
+	emit "{\"figure\":\"copy_search\",\"copy_depth\":4,\"region_kib\":$((region / 2)),\"seconds\":$s,\"mib\":$MIB}"
+	if [ "$(echo "$s < $best_s" | bc)" = 1 ]; then best_region=$region best_s=$s; fi
+done
+for peer in migrate-tuned clone clone-tuned mirror; do
+	s=$(idle_copy $peer)
+	emit "{\"figure\":\"copy\",\"peer\":\"$peer\",\"seconds\":$s,\"mib\":$MIB,\"copy_depth\":$best_depth,\"region_kib\":$((best_region / 2))}"
 done
 
-# 2. Guest 4 KiB random I/O while each peer copies, and on dm-linear with no copy.
-fio_iops() { # fio_iops DEV RW: prints "iops p99_us"
-	fio --name=g --filename="$1" --rw="$2" --bs=4k --ioengine=libaio --direct=1 --iodepth=16 \
-		--runtime="$FIO_S" --time_based --output-format=json --randrepeat=0 --eta=never 2>/dev/null |
-		python3 -c '
-import json, sys
-j = json.load(sys.stdin)["jobs"][0]
-d = j["read"] if j["read"]["io_bytes"] else j["write"]
-print(round(d["iops"]), round(d["clat_ns"]["percentile"]["99.000000"] / 1000))'
-}
+# 2. Guest 4 KiB random I/O while each peer copies, against dm-linear with no copy, and against
+# dm-linear while a raw dd copy of the same devices runs beside it (what any full-speed copy
+# leaves the guest in this VM, whose two emulated CPUs do both the guest's and the copy's work).
+# fio starts on the device with its copy held back; a second later the copy is released. The
+# figures count the I/O that completed from the release to the end of the copy (or of fio), and,
+# for dm-linear, over the same span of its run; iops-<rw>-<peer>.csv has the whole run, seconds
+# from the release. migrate-rate copies at its rate limit (the device in RATE_S seconds).
+guest_s=$((FIO_S + 3))
 for rw in randread randwrite; do
-	dmsetup create bench --table "0 $sectors linear $src 0"
-	read -r iops p99 < <(fio_iops /dev/mapper/bench $rw)
-	dmsetup remove bench
-	emit "{\"figure\":\"guest_io\",\"peer\":\"linear\",\"rw\":\"$rw\",\"iops\":$iops,\"p99_us\":$p99}"
-	for peer in migrate clone mirror; do
-		start_copy "$peer"
-		read -r iops p99 < <(fio_iops /dev/mapper/bench $rw)
+	log=$TMPDIR/guest
+	for peer in linear dd migrate migrate-rate clone mirror; do
+		csv=$out/progress-$rw-$peer.csv
+		case $peer in
+		linear | dd) dmsetup create bench --table "0 $sectors linear $src 0" ;;
+		*) start_copy $peer held ;;
+		esac
+		fio_log /dev/mapper/bench $rw $guest_s "$log" &
+		loader=$!
+		sleep 1
+		# Ten samples a second: the sampler competes with fio for the VM's two CPUs, so it
+		# samples dm-linear too, where it never sees an end.
+		case $peer in linear | dd) kind=linear ;; *) kind=$peer ;; esac
+		sample_bg bench "$kind" "$csv" 0.1
+		t0=$(now)
+		progress_start "$csv" "$t0"
+		case $peer in
+		linear) ;;
+		dd)
+			dd if=$src of=$dst bs=4M iflag=direct oflag=direct status=none
+			dd_end=$(now)
+			;;
+		*) release $peer ;;
+		esac
+		wait $loader
+		# A copy still running when fio ends covered the whole run.
+		kill $sampler 2>/dev/null || true
+		wait $sampler 2>/dev/null || true
+		case $peer in
+		linear)
+			end=$(echo "$t0 + $FIO_S" | bc)
+			copy="\"copy_ended\":false"
+			;;
+		dd)
+			end=$dd_end
+			copy="\"copy_ended\":true,\"copy_end_s\":$(diff_s "$end" "$t0")"
+			;;
+		*)
+			end=$(last_sample "$csv")
+			copy=$(tail -1 "$csv" | awk -F, '{ print ($3 == "copying" || $3 == "paused") ? "false" : "true" }')
+			copy="\"copy_ended\":$copy,\"copy_end_s\":$(diff_s "$end" "$t0")"
+			;;
+		esac
+		[ $kind = linear ] && rm -f "$csv"
 		stop_copy
-		emit "{\"figure\":\"guest_io\",\"peer\":\"$peer\",\"rw\":\"$rw\",\"iops\":$iops,\"p99_us\":$p99}"
+		fiolog bins "$log"_clat.1.log "$t0" 0.1 "$out/iops-$rw-$peer.csv"
+		emit "$(json_merge "{\"figure\":\"guest_io\",\"peer\":\"$peer\",\"rw\":\"$rw\",$copy}" \
+			"$(fiolog summary "$log"_clat.1.log "$t0" "$end")")"
 	done
 done
 
-# 3. Overhead when not copying: migrate after the switch, and paused, against dm-linear.
+# 3. Overhead when not copying: migrate after the switch, and paused, against dm-linear on the
+# same device. Three rounds, the three runs of a round back to back, so that drift in the VM
+# hits all three alike; each figure is the round with the median IOPS (idle_overhead_runs has
+# every round).
 for rw in randread randwrite; do
-	dmsetup create bench --table "0 $sectors linear $dst 0"
-	read -r iops p99 < <(fio_iops /dev/mapper/bench $rw)
-	dmsetup remove bench
-	emit "{\"figure\":\"idle_overhead\",\"peer\":\"linear\",\"rw\":\"$rw\",\"iops\":$iops,\"p99_us\":$p99}"
-	start_copy migrate
-	wait_copy "$(now)" migrate "" >/dev/null
-	read -r iops p99 < <(fio_iops /dev/mapper/bench $rw)
-	stop_copy
-	emit "{\"figure\":\"idle_overhead\",\"peer\":\"migrate switched\",\"rw\":\"$rw\",\"iops\":$iops,\"p99_us\":$p99}"
-	dmsetup create bench --table "0 $sectors migrate $src $dst 2 rate 1"
-	dmsetup message bench 0 pause
-	read -r iops p99 < <(fio_iops /dev/mapper/bench $rw)
-	stop_copy
-	emit "{\"figure\":\"idle_overhead\",\"peer\":\"migrate paused\",\"rw\":\"$rw\",\"iops\":$iops,\"p99_us\":$p99}"
+	log=$TMPDIR/idle
+	for round in 1 2 3; do
+		dmsetup create bench --table "0 $sectors linear $dst 0"
+		fio_log /dev/mapper/bench $rw "$FIO_S" "$log"
+		dmsetup remove bench
+		emit "$(json_merge "{\"figure\":\"idle_overhead_runs\",\"peer\":\"linear\",\"rw\":\"$rw\"}" "$(fiolog summary "$log"_clat.1.log)")"
+		start_copy migrate
+		sample bench migrate "$TMPDIR/switched.csv"
+		fio_log /dev/mapper/bench $rw "$FIO_S" "$log"
+		stop_copy
+		emit "$(json_merge "{\"figure\":\"idle_overhead_runs\",\"peer\":\"migrate switched\",\"rw\":\"$rw\"}" "$(fiolog summary "$log"_clat.1.log)")"
+		dmsetup create bench --table "0 $sectors migrate $src $dst 2 rate 1"
+		dmsetup message bench 0 pause
+		fio_log /dev/mapper/bench $rw "$FIO_S" "$log"
+		stop_copy
+		emit "$(json_merge "{\"figure\":\"idle_overhead_runs\",\"peer\":\"migrate paused\",\"rw\":\"$rw\"}" "$(fiolog summary "$log"_clat.1.log)")"
+	done
 done
+python3 - "$out/bench.jsonl" >>"$out/bench.jsonl.median" <<'PY'
+import json, sys
+runs = [json.loads(l) for l in open(sys.argv[1]) if '"idle_overhead_runs"' in l]
+for key in sorted({(r["peer"], r["rw"]) for r in runs}, key=lambda k: (k[1], k[0] != "linear", k[0])):
+    mine = sorted((r for r in runs if (r["peer"], r["rw"]) == key), key=lambda r: r["iops"])
+    median = dict(mine[len(mine) // 2], figure="idle_overhead", rounds=len(mine))
+    print(json.dumps(median))
+PY
+while read -r line; do emit "$line"; done <"$out/bench.jsonl.median"
+rm -f "$out/bench.jsonl.median"
 
-# 4. Convergence under load: time to be in sync while 4 KiB random writes run flat out.
-for peer in migrate clone mirror; do
-	t0=$(now)
-	start_copy "$peer"
-	fio --name=load --filename=/dev/mapper/bench --rw=randwrite --bs=4k --ioengine=libaio \
-		--direct=1 --iodepth=16 --runtime=600 --time_based --output=/dev/null --randrepeat=0 --eta=never &
+# 4. Convergence under load: time to be in sync while 4 KiB random writes run flat out, with
+# each peer copying as fast as it can, then with each one's throttle: migrate's rate (the device
+# in RATE_S seconds), dm-raid1's raid1_resync_throttle (25% of the time), and for dm-clone, which
+# has no rate limit, its narrowest hydration (one region at a time). The copy is held until fio
+# is about to write (fio's --exec_prerun releases it), so that the writes meet the whole copy and
+# a held dm-clone is not hydrated by writes before its copy starts; seconds count from there.
+for peer in migrate clone mirror migrate-rate clone-slow mirror-throttled; do
+	csv=$out/progress-converge-$peer.csv
+	log=$TMPDIR/load
+	start_copy "$peer" held
+	sample_bg bench "$peer" "$csv.raw" 0.05
+	printf 'date +%%s.%%N >%s\n%s\n' "$TMPDIR/t0" "$(release_cmd "$peer")" >"$TMPDIR/release.sh"
+	fio_log /dev/mapper/bench randwrite 900 "$log" --exec_prerun="sh $TMPDIR/release.sh" &
 	loader=$!
-	s=$(wait_copy "$t0" "$peer" "")
-	kill $loader; wait $loader 2>/dev/null || true
+	wait $sampler
+	stop_fio $loader
 	stop_copy
-	emit "{\"figure\":\"converge_under_load\",\"peer\":\"$peer\",\"seconds\":$s,\"mib\":$MIB}"
+	t0=$(cat "$TMPDIR/t0")
+	progress_start "$csv" "$t0"
+	awk -F, -v t0="$t0" '$1 >= t0' "$csv.raw" >>"$csv"
+	rm -f "$csv.raw"
+	end=$(last_sample "$csv")
+	fiolog bins "$log"_clat.1.log "$t0" 0.1 "$out/iops-converge-$peer.csv"
+	emit "$(json_merge "{\"figure\":\"converge_under_load\",\"peer\":\"$peer\",\"seconds\":$(diff_s "$end" "$t0"),\"mib\":$MIB}" \
+		"$(fiolog summary "$log"_clat.1.log "$t0" "$end" | sed 's/"seconds"/"window_s"/')")"
 done
+echo 100 >$throttle
 
 # 5. Switch pause: completion latencies of a running fio job within half a second of our switch,
-# against a dmsetup suspend/load/resume swap to a linear on the destination.
-uptime_s() { cut -d' ' -f1 /proc/uptime; }
-window_latency() { # window_latency LOG FIO_START EVENT: prints "max_us p999_us" of I/O completing near EVENT
-	python3 - "$@" <<'PY'
-import sys
-log, start, event = sys.argv[1], float(sys.argv[2]), float(sys.argv[3])
-lat = []
-for line in open(log):
-    f = [x.strip() for x in line.split(",")]
-    t = start + int(f[0]) / 1000.0
-    if abs(t - event) <= 0.5:
-        lat.append(int(f[1]) / 1000.0)
-lat.sort()
-if not lat:
-    print(0, 0)
-else:
-    print(round(lat[-1]), round(lat[min(len(lat) - 1, int(len(lat) * 0.999))]))
-PY
-}
+# against a dmsetup load/suspend/resume swap to a linear on the destination. For comparison, the
+# same job's latencies in a second of the full-speed copy, well before the switch.
 for how in migrate swap; do
-	rm -f "$TMPDIR"/lat_*.log
+	log=$TMPDIR/pause
 	if [ $how = migrate ]; then
 		dmsetup create bench --table "0 $sectors migrate $src $dst 2 rate 1"
 	else
 		dmsetup create bench --table "0 $sectors linear $src 0"
 	fi
-	fio_start=$(uptime_s)
-	fio --name=pause --filename=/dev/mapper/bench --rw=randwrite --bs=4k --ioengine=libaio \
-		--direct=1 --iodepth=16 --runtime=$((FIO_S + 3)) --time_based --randrepeat=0 \
-		--write_lat_log="$TMPDIR/lat" --log_avg_msec=0 --output=/dev/null --eta=never &
+	fio_log /dev/mapper/bench randwrite $((FIO_S + 6)) "$log" &
 	loader=$!
 	sleep 1
 	if [ $how = migrate ]; then
+		# The switch raises a dm event: dmsetup wait sleeps until it, with no polling load.
+		events=$(dmsetup info -c --noheadings -o events bench)
+		go=$(now)
 		dmsetup message bench 0 rate 0
-		while [ "$(dmsetup status bench | awk '{ print $4 }')" != switched ]; do sleep 0.01; done
-		event=$(dmesg | sed -n 's/^\[ *\([0-9.]*\)\].*Switched to the destination.*/\1/p' | tail -1)
+		dmsetup wait bench "$events" >/dev/null
+		event=$(now)
 	else
-		event=$(uptime_s)
+		event=$(now)
 		dmsetup load bench --table "0 $sectors linear $dst 0"
 		dmsetup suspend bench
 		dmsetup resume bench
 	fi
 	wait $loader
+	# Checked after fio: more processes in the window would add their own latency.
+	if [ $how = migrate ] && [ "$(dmsetup status bench | awk '{ print $4 }')" != switched ]; then
+		echo "bench: no switch: $(dmsetup status bench)" >&2
+		exit 1
+	fi
 	dmsetup remove bench
-	read -r max p999 < <(window_latency "$TMPDIR"/lat_clat.1.log "$fio_start" "$event")
-	emit "{\"figure\":\"switch_pause\",\"peer\":\"$how\",\"max_us\":$max,\"p999_us\":$p999}"
+	fiolog bins "$log"_clat.1.log "$event" 0.05 "$out/iops-switch-$how.csv"
+	emit "$(json_merge "{\"figure\":\"switch_pause\",\"peer\":\"$how\",\"window\":\"switch\"}" \
+		"$(fiolog summary "$log"_clat.1.log "$(echo "$event - 0.5" | bc)" "$(echo "$event + 0.5" | bc)")")"
+	emit "$(json_merge "{\"figure\":\"switch_pause\",\"peer\":\"$how\",\"window\":\"after\"}" \
+		"$(fiolog summary "$log"_clat.1.log "$(echo "$event - 0.05" | bc)" "$(echo "$event + 0.5" | bc)")")"
+	if [ $how = migrate ]; then
+		mid=$(echo "($go + $event) / 2" | bc -l)
+		emit "$(json_merge "{\"figure\":\"switch_pause\",\"peer\":\"$how\",\"window\":\"mid-copy\",\"copy_s\":$(diff_s "$event" "$go")}" \
+			"$(fiolog summary "$log"_clat.1.log "$(echo "$mid - 0.5" | bc)" "$(echo "$mid + 0.5" | bc)")")"
+	fi
 done
 
 # 6. Tracking memory per TiB: free memory before and after loading (not resuming, so no copier
@@ -212,4 +357,5 @@ for region in 8 128 2048; do
 	dmsetup remove bench
 	emit "{\"figure\":\"memory\",\"region_kib\":$((region / 2)),\"measured_kib_per_tib\":$((before - after)),\"bitmap_kib_per_tib\":$(((tib / region + 7) / 8 / 1024))}"
 done
+rm -f "$out"/*.ready
 echo "# bench done"
