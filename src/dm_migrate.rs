@@ -97,9 +97,8 @@ struct Engine {
     writes_in_flight: [AtomicU64; 2],
     /// The epoch the copier is draining, plus one, or 0. The write that ends the last of that
     /// epoch's writes wakes the copier through `drained`, so a round starts as soon as the
-    /// writes it must wait for have landed instead of a whole timer tick later (4 ms at HZ=250:
-    /// that tick, paid by every write deferred behind the round, was most of the guest's p99.9
-    /// latency while copying).
+    /// writes it must wait for have landed instead of a whole timer tick later (4 ms at
+    /// HZ=250, paid by every write deferred behind the round).
     draining: AtomicU8,
     #[pin]
     drained: CondVar,
