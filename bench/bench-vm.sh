@@ -11,6 +11,8 @@ MIB=${BENCH_MIB:-512}
 FIO_S=${BENCH_FIO_S:-3}
 # The rate limit of migrate's throttled runs: the whole device in this many seconds.
 RATE_S=${BENCH_RATE_S:-8}
+# Rounds of the overhead runs (3.), whose median is reported.
+ROUNDS=${BENCH_ROUNDS:-3}
 here=$(dirname "$(readlink -f "$0")")
 out=$VM_RESULTS
 : >"$out/bench.jsonl"
@@ -235,12 +237,12 @@ for rw in randread randwrite; do
 done
 
 # 3. Overhead when not copying: migrate after the switch, and paused, against dm-linear on the
-# same device. Three rounds, the three runs of a round back to back, so that drift in the VM
+# same device. ROUNDS rounds, the three runs of a round back to back, so that drift in the VM
 # hits all three alike; each figure is the round with the median IOPS (idle_overhead_runs has
 # every round).
 for rw in randread randwrite; do
 	log=$TMPDIR/idle
-	for round in 1 2 3; do
+	for _ in $(seq "$ROUNDS"); do
 		dmsetup create bench --table "0 $sectors linear $dst 0"
 		fio_log /dev/mapper/bench $rw "$FIO_S" "$log"
 		dmsetup remove bench

@@ -340,10 +340,7 @@ impl Engine {
                     }
                     let len = left.min(chunk) as usize;
                     let sector = batch.sectors.start + offset / 512;
-                    if io
-                        .add(device, sector, buf, len, write, &self.bios)
-                        .is_err()
-                    {
+                    if io.add(device, sector, buf, len, write, &self.bios).is_err() {
                         submitted = false;
                     }
                 }
