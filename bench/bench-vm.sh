@@ -80,8 +80,10 @@ table_for() {
 	case $1 in
 	migrate | migrate-rate) echo "0 $sectors migrate $src $dst${held:+ 2 rate 1}" ;;
 	migrate-tuned) echo "0 $sectors migrate $src $dst 4 copy_depth $best_depth region_size $best_region" ;;
-	migrate-depth-*) echo "0 $sectors migrate $src $dst 2 copy_depth ${1#migrate-depth-}" ;;
-	migrate-region-*) echo "0 $sectors migrate $src $dst 2 region_size ${1#migrate-region-}" ;;
+	migrate-search-*-*) # migrate-search-DEPTH-REGION
+		local setting=${1#migrate-search-}
+		echo "0 $sectors migrate $src $dst 4 copy_depth ${setting%-*} region_size ${setting#*-}"
+		;;
 	clone) echo "0 $sectors clone $clone_dev $dst $src 128 $clone_features" ;;
 	clone-tuned) echo "0 $sectors clone $clone_dev $dst $src 128 $clone_features 4 hydration_threshold 256 hydration_batch_size 32" ;;
 	clone-slow) echo "0 $sectors clone $clone_dev $dst $src 128 $clone_features 4 hydration_threshold 1 hydration_batch_size 1" ;;
@@ -149,7 +151,7 @@ idle_copy() {
 }
 
 # 1. Idle copy throughput: the raw limit, then the peers; migrate's copy_depth and region_size
-# are searched one at a time around the defaults, and the best pair runs as migrate-tuned. A
+# are searched one at a time around the defaults, and the fastest setting runs as migrate-tuned. A
 # first copy, not counted, warms up the tools (the first run of each reads it over 9p).
 idle_copy migrate >/dev/null
 t0=$(now)
@@ -158,22 +160,20 @@ raw_s=$(elapsed "$t0")
 emit "{\"figure\":\"copy\",\"peer\":\"raw dd 4M O_DIRECT\",\"seconds\":$raw_s,\"mib\":$MIB}"
 s=$(idle_copy migrate)
 emit "{\"figure\":\"copy\",\"peer\":\"migrate\",\"seconds\":$s,\"mib\":$MIB}"
+# The search: the defaults (copy_depth 4, 64 KiB regions) with one of them changed per run.
 best_depth=4 best_region=128 best_s=$s
-for depth in 1 2 8 16; do
-	s=$(idle_copy migrate-depth-$depth)
-	rm -f "$out/progress-migrate-depth-$depth.csv"
-	emit "{\"figure\":\"copy_search\",\"copy_depth\":$depth,\"region_kib\":64,\"seconds\":$s,\"mib\":$MIB}"
-	if [ "$(echo "$s < $best_s" | bc)" = 1 ]; then best_depth=$depth best_s=$s; fi
+for setting in 1,128 2,128 8,128 16,128 4,8 4,1024 4,2048 4,8192; do
+	depth=${setting%,*} region=${setting#*,}
+	s=$(idle_copy "migrate-search-$depth-$region")
+	rm -f "$out/progress-migrate-search-$depth-$region.csv"
+	emit "{\"figure\":\"copy_search\",\"copy_depth\":$depth,\"region_kib\":$((region / 2)),\"seconds\":$s,\"mib\":$MIB}"
+	if [ "$(echo "$s < $best_s" | bc)" = 1 ]; then best_depth=$depth best_region=$region best_s=$s; fi
 done
-for region in 8 1024 2048 8192; do
-	s=$(idle_copy migrate-region-$region)
-	rm -f "$out/progress-migrate-region-$region.csv"
-	emit "{\"figure\":\"copy_search\",\"copy_depth\":4,\"region_kib\":$((region / 2)),\"seconds\":$s,\"mib\":$MIB}"
-	if [ "$(echo "$s < $best_s" | bc)" = 1 ]; then best_region=$region best_s=$s; fi
-done
-for peer in migrate-tuned clone clone-tuned mirror; do
+s=$(idle_copy migrate-tuned)
+emit "{\"figure\":\"copy\",\"peer\":\"migrate-tuned\",\"seconds\":$s,\"mib\":$MIB,\"copy_depth\":$best_depth,\"region_kib\":$((best_region / 2))}"
+for peer in clone clone-tuned mirror; do
 	s=$(idle_copy $peer)
-	emit "{\"figure\":\"copy\",\"peer\":\"$peer\",\"seconds\":$s,\"mib\":$MIB,\"copy_depth\":$best_depth,\"region_kib\":$((best_region / 2))}"
+	emit "{\"figure\":\"copy\",\"peer\":\"$peer\",\"seconds\":$s,\"mib\":$MIB}"
 done
 
 # 2. Guest 4 KiB random I/O while each peer copies, against dm-linear with no copy, and against
