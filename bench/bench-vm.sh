@@ -66,6 +66,12 @@ fio_log() {
 		--log_unix_epoch=1 "$@"
 }
 fiolog() { python3 "$here/fiolog.py" "$@"; }
+# emit_io JSON LOG [FROM [TO]]: emits JSON with the figures of LOG's I/O completed in [FROM, TO].
+emit_io() {
+	local base=$1
+	shift
+	emit "$(json_merge "$base" "$(fiolog summary "$@")")"
+}
 
 meta=$TMPDIR/clone-meta.img
 rate_kibps=$((MIB * 1024 / RATE_S))
@@ -78,7 +84,8 @@ table_for() {
 	local clone_features="0"
 	[ -n "$held" ] && clone_features="1 no_hydration"
 	case $1 in
-	migrate | migrate-rate) echo "0 $sectors migrate $src $dst${held:+ 2 rate 1}" ;;
+	migrate) echo "0 $sectors migrate $src $dst${held:+ 2 rate 1}" ;;
+	migrate-rate) echo "0 $sectors migrate $src $dst 2 rate $([ -n "$held" ] && echo 1 || echo $rate_kibps)" ;;
 	migrate-tuned) echo "0 $sectors migrate $src $dst 4 copy_depth $best_depth region_size $best_region" ;;
 	migrate-search-*-*) # migrate-search-DEPTH-REGION
 		local setting=${1#migrate-search-}
@@ -231,8 +238,8 @@ for rw in randread randwrite; do
 		[ $kind = linear ] && rm -f "$csv"
 		stop_copy
 		fiolog bins "$log"_clat.1.log "$t0" 0.1 "$out/iops-$rw-$peer.csv"
-		emit "$(json_merge "{\"figure\":\"guest_io\",\"peer\":\"$peer\",\"rw\":\"$rw\",$copy}" \
-			"$(fiolog summary "$log"_clat.1.log "$t0" "$end")")"
+		emit_io "{\"figure\":\"guest_io\",\"peer\":\"$peer\",\"rw\":\"$rw\",$copy}" \
+			"$log"_clat.1.log "$t0" "$end"
 	done
 done
 
@@ -246,17 +253,17 @@ for rw in randread randwrite; do
 		dmsetup create bench --table "0 $sectors linear $dst 0"
 		fio_log /dev/mapper/bench $rw "$FIO_S" "$log"
 		dmsetup remove bench
-		emit "$(json_merge "{\"figure\":\"idle_overhead_runs\",\"peer\":\"linear\",\"rw\":\"$rw\"}" "$(fiolog summary "$log"_clat.1.log)")"
+		emit_io "{\"figure\":\"idle_overhead_runs\",\"peer\":\"linear\",\"rw\":\"$rw\"}" "$log"_clat.1.log
 		start_copy migrate
 		sample bench migrate "$TMPDIR/switched.csv"
 		fio_log /dev/mapper/bench $rw "$FIO_S" "$log"
 		stop_copy
-		emit "$(json_merge "{\"figure\":\"idle_overhead_runs\",\"peer\":\"migrate switched\",\"rw\":\"$rw\"}" "$(fiolog summary "$log"_clat.1.log)")"
+		emit_io "{\"figure\":\"idle_overhead_runs\",\"peer\":\"migrate switched\",\"rw\":\"$rw\"}" "$log"_clat.1.log
 		dmsetup create bench --table "0 $sectors migrate $src $dst 2 rate 1"
 		dmsetup message bench 0 pause
 		fio_log /dev/mapper/bench $rw "$FIO_S" "$log"
 		stop_copy
-		emit "$(json_merge "{\"figure\":\"idle_overhead_runs\",\"peer\":\"migrate paused\",\"rw\":\"$rw\"}" "$(fiolog summary "$log"_clat.1.log)")"
+		emit_io "{\"figure\":\"idle_overhead_runs\",\"peer\":\"migrate paused\",\"rw\":\"$rw\"}" "$log"_clat.1.log
 	done
 done
 python3 - "$out/bench.jsonl" >>"$out/bench.jsonl.median" <<'PY'
@@ -293,6 +300,7 @@ for peer in migrate clone mirror migrate-rate clone-slow mirror-throttled; do
 	rm -f "$csv.raw"
 	end=$(last_sample "$csv")
 	fiolog bins "$log"_clat.1.log "$t0" 0.1 "$out/iops-converge-$peer.csv"
+	# Not emit_io: the summary's own "seconds" (its window) must not replace the time to sync.
 	emit "$(json_merge "{\"figure\":\"converge_under_load\",\"peer\":\"$peer\",\"seconds\":$(diff_s "$end" "$t0"),\"mib\":$MIB}" \
 		"$(fiolog summary "$log"_clat.1.log "$t0" "$end" | sed 's/"seconds"/"window_s"/')")"
 done
@@ -332,14 +340,14 @@ for how in migrate swap; do
 	fi
 	dmsetup remove bench
 	fiolog bins "$log"_clat.1.log "$event" 0.05 "$out/iops-switch-$how.csv"
-	emit "$(json_merge "{\"figure\":\"switch_pause\",\"peer\":\"$how\",\"window\":\"switch\"}" \
-		"$(fiolog summary "$log"_clat.1.log "$(echo "$event - 0.5" | bc)" "$(echo "$event + 0.5" | bc)")")"
-	emit "$(json_merge "{\"figure\":\"switch_pause\",\"peer\":\"$how\",\"window\":\"after\"}" \
-		"$(fiolog summary "$log"_clat.1.log "$(echo "$event - 0.05" | bc)" "$(echo "$event + 0.5" | bc)")")"
+	emit_io "{\"figure\":\"switch_pause\",\"peer\":\"$how\",\"window\":\"switch\"}" \
+		"$log"_clat.1.log "$(echo "$event - 0.5" | bc)" "$(echo "$event + 0.5" | bc)"
+	emit_io "{\"figure\":\"switch_pause\",\"peer\":\"$how\",\"window\":\"after\"}" \
+		"$log"_clat.1.log "$(echo "$event - 0.05" | bc)" "$(echo "$event + 0.5" | bc)"
 	if [ $how = migrate ]; then
 		mid=$(echo "($go + $event) / 2" | bc -l)
-		emit "$(json_merge "{\"figure\":\"switch_pause\",\"peer\":\"$how\",\"window\":\"mid-copy\",\"copy_s\":$(diff_s "$event" "$go")}" \
-			"$(fiolog summary "$log"_clat.1.log "$(echo "$mid - 0.5" | bc)" "$(echo "$mid + 0.5" | bc)")")"
+		emit_io "{\"figure\":\"switch_pause\",\"peer\":\"$how\",\"window\":\"mid-copy\",\"copy_s\":$(diff_s "$event" "$go")}" \
+			"$log"_clat.1.log "$(echo "$mid - 0.5" | bc)" "$(echo "$mid + 0.5" | bc)"
 	fi
 done
 

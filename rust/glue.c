@@ -186,9 +186,9 @@ int migrate_io_batch_add(struct migrate_io_batch *batch, struct block_device *bd
 			 struct bio_set *bs)
 {
 	/*
-	 * A bio holds at most BIO_MAX_VECS pages (1 MiB): a larger copy (a region above 1 MiB)
-	 * goes out as several bios. Those already submitted when an allocation fails are still
-	 * counted in the batch, so the caller's wait covers them.
+	 * A bio holds at most BIO_MAX_VECS pages (1 MiB): a larger buffer goes out as several
+	 * bios. Those already submitted when an allocation fails are still counted in the batch,
+	 * so the caller's wait covers them.
 	 */
 	while (bytes) {
 		unsigned int nr_pages = min_t(unsigned int, DIV_ROUND_UP(bytes, PAGE_SIZE), BIO_MAX_VECS);
