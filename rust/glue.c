@@ -9,6 +9,8 @@
 #include <linux/device-mapper.h>
 #include <linux/kobject.h>
 #include <linux/kthread.h>
+#include <linux/sched/mm.h>
+#include <linux/sched/task.h>
 #include <linux/sysfs.h>
 #include <linux/slab.h>
 #include <linux/timekeeping.h>
@@ -92,6 +94,11 @@ struct bio *migrate_clone_bio(struct bio *src, struct block_device *bdev, sector
 	/* GFP_NOIO from a bio_set's mempool waits rather than fails. */
 	struct bio *clone = bio_alloc_clone(bdev, src, GFP_NOIO, bs);
 
+	/*
+	 * The core polls only its own clone of a polled bio (dm_poll_dm_io), never these: they
+	 * must complete by interrupt.
+	 */
+	clone->bi_opf &= ~REQ_POLLED;
 	clone->bi_iter.bi_sector = sector;
 	clone->bi_end_io = end_io;
 	clone->bi_private = private;
@@ -107,7 +114,13 @@ struct bio_set *migrate_bioset_create(unsigned int pool_size)
 {
 	struct bio_set *bs = kzalloc(sizeof(*bs), GFP_KERNEL);
 
-	if (bs && bioset_init(bs, pool_size, 0, BIOSET_NEED_BVECS)) {
+	/*
+	 * map() takes two clones from this set for one mirrored bio while the submitter's
+	 * current->bio_list still holds the first: the rescuer punts those bios to a workqueue
+	 * when the mempool runs dry, instead of waiting for them forever (as dm-raid1 and
+	 * dm-clone's sets do).
+	 */
+	if (bs && bioset_init(bs, pool_size, 0, BIOSET_NEED_BVECS | BIOSET_NEED_RESCUER)) {
 		kfree(bs);
 		bs = NULL;
 	}
@@ -231,20 +244,39 @@ int migrate_flush(struct block_device *bdev)
 	return blkdev_issue_flush(bdev);
 }
 
-struct task_struct *migrate_kthread_run(int (*fn)(void *), void *data, const char *name)
+struct task_struct *migrate_kthread_create_parked(int (*fn)(void *), void *data, const char *name)
 {
-	struct task_struct *task = kthread_run(fn, data, "dm-migrate/%s", name);
+	struct task_struct *task = kthread_create(fn, data, "dm-migrate/%s", name);
 
-	return IS_ERR(task) ? NULL : task;
+	if (IS_ERR(task))
+		return NULL;
+	/* Held until migrate_kthread_stop(), so that stopping is safe even if fn returned. */
+	get_task_struct(task);
+	/* The thread parks before it first calls fn, until migrate_kthread_unpark(). */
+	kthread_park(task);
+	return task;
+}
+
+void migrate_kthread_park(struct task_struct *task)
+{
+	kthread_park(task);
+}
+
+void migrate_kthread_unpark(struct task_struct *task)
+{
+	kthread_unpark(task);
 }
 
 int migrate_kthread_stop(struct task_struct *task)
 {
-	return kthread_stop(task);
+	return kthread_stop_put(task);
 }
 
 bool migrate_kthread_should_stop(void)
 {
+	/* A park request parks the thread here, between two units of its work. */
+	if (kthread_should_park())
+		kthread_parkme();
 	return kthread_should_stop();
 }
 
@@ -252,7 +284,7 @@ void migrate_kthread_sleep_ms(unsigned int ms)
 {
 	/* Set the state first, so a wake-up between the check and the sleep is not lost. */
 	set_current_state(TASK_INTERRUPTIBLE);
-	if (!kthread_should_stop())
+	if (!kthread_should_stop() && !kthread_should_park())
 		schedule_timeout(msecs_to_jiffies(ms));
 	__set_current_state(TASK_RUNNING);
 }
@@ -278,8 +310,38 @@ void migrate_uevent(struct dm_target *ti, const char *state)
 	char state_env[64];
 	char *envp[] = { state_env, NULL };
 
+	unsigned int noio;
+
 	snprintf(state_env, sizeof(state_env), "DM_MIGRATE_STATE=%s", state);
+	/* The device may be suspended (a message): no allocation may wait for its I/O. */
+	noio = memalloc_noio_save();
 	kobject_uevent_env(&disk_to_dev(dm_disk(md))->kobj, KOBJ_CHANGE, envp);
+	memalloc_noio_restore(noio);
+}
+
+uintptr_t migrate_md_id(struct dm_target *ti)
+{
+	return (uintptr_t)dm_table_get_md(ti->table);
+}
+
+bool migrate_table_read_only(struct dm_target *ti)
+{
+	return !(dm_table_get_mode(ti->table) & BLK_OPEN_WRITE);
+}
+
+uintptr_t migrate_table_id(struct dm_target *ti)
+{
+	return (uintptr_t)ti->table;
+}
+
+unsigned int migrate_noio_save(void)
+{
+	return memalloc_noio_save();
+}
+
+void migrate_noio_restore(unsigned int flags)
+{
+	memalloc_noio_restore(flags);
 }
 
 const char *migrate_device_name(struct dm_target *ti)

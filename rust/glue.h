@@ -65,8 +65,11 @@ u8 migrate_io_batch_wait(struct migrate_io_batch *batch);
 int migrate_flush(struct block_device *bdev);
 
 /* The copier thread. */
-struct task_struct *migrate_kthread_run(int (*fn)(void *), void *data, const char *name);
+struct task_struct *migrate_kthread_create_parked(int (*fn)(void *), void *data, const char *name);
+void migrate_kthread_park(struct task_struct *task);
+void migrate_kthread_unpark(struct task_struct *task);
 int migrate_kthread_stop(struct task_struct *task);
+/* Parks the calling thread first if that was asked, then says whether it should stop. */
 bool migrate_kthread_should_stop(void);
 void migrate_kthread_sleep_ms(unsigned int ms);
 void migrate_kthread_wake(struct task_struct *task);
@@ -78,6 +81,15 @@ void migrate_uevent(struct dm_target *ti, const char *state);
 void migrate_table_event(struct dm_target *ti);
 /* The mapped device's name for log lines ("253:0"). */
 const char *migrate_device_name(struct dm_target *ti);
+/* An identity of the mapped device: its address. */
+uintptr_t migrate_md_id(struct dm_target *ti);
+/* Whether the target's table was loaded read-only. */
+bool migrate_table_read_only(struct dm_target *ti);
+/* An identity of the target's table: its address. */
+uintptr_t migrate_table_id(struct dm_target *ti);
+/* memalloc_noio_save/restore: allocations that cannot wait for I/O while a device is suspended. */
+unsigned int migrate_noio_save(void);
+void migrate_noio_restore(unsigned int flags);
 
 /*
  * A sysfs folder of read-only files under the mapped device (/sys/block/dm-N/<name>/), whose

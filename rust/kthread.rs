@@ -11,82 +11,148 @@ use kernel::sync::Arc;
 
 /// The body of a [`KThread`].
 pub trait ThreadMain: Send + Sync + 'static {
-    /// Runs in the thread, in process context; must return soon after [`should_stop`] becomes
-    /// true, which it checks between units of work (and [`sleep_ms`] wakes up for).
-    fn thread_main(&self);
+    /// Runs in the thread, in process context; must return soon after
+    /// [`ThreadContext::should_stop`] becomes true, which it checks between units of work (and
+    /// [`ThreadContext::sleep_ms`] wakes up for).
+    fn thread_main(&self, thread: &ThreadContext);
 }
 
-/// A running kernel thread, stopped (and waited for) on drop.
+/// Proof of running in a thread started by [`KThread::run`]: only such a thread may ask
+/// whether it should stop, or sleep until woken by its [`KThread`].
+pub struct ThreadContext {
+    /// Not constructible outside this module.
+    _private: (),
+}
+
+impl ThreadContext {
+    /// Whether this thread has been asked to stop. If it has been asked to park
+    /// ([`KThread::park`]), it parks here first, until unparked or stopped.
+    pub fn should_stop(&self) -> bool {
+        // SAFETY: A `ThreadContext` exists only inside a thread started by `KThread::run`.
+        unsafe { bindings::migrate_kthread_should_stop() }
+    }
+
+    /// Sleeps up to `ms` milliseconds, or until woken by [`KThread::wake`] or a stop request.
+    pub fn sleep_ms(&self, ms: u32) {
+        // SAFETY: As in `should_stop`.
+        unsafe { bindings::migrate_kthread_sleep_ms(ms) };
+    }
+}
+
+/// A kernel thread, created parked, that runs while unparked and is stopped (and waited for) on
+/// drop. It owns the thread's context, which the thread only borrows: whether or not the thread
+/// function ever ran (a thread stopped before it was first unparked never does), the context is
+/// released once, here. Parking and unparking allocate nothing and cannot fail, so they are fit
+/// for suspend and resume paths, also those of a task being killed.
 ///
 /// # Invariants
 ///
-/// `task` is a thread started by `migrate_kthread_run` that has not been stopped yet.
-pub struct KThread {
+/// `task` is a thread created by `migrate_kthread_create_parked` with a pointer to `*context`
+/// that has not been stopped yet, and holds a reference on the task; `parked` says whether it
+/// was last parked or unparked.
+pub struct KThread<T: ThreadMain> {
     task: NonNull<bindings::task_struct>,
+    /// Borrowed by the thread; released only after it has stopped.
+    _context: Arc<T>,
+    parked: bool,
 }
 
-// SAFETY: A task pointer may be woken up and stopped from any thread.
-unsafe impl Send for KThread {}
+// SAFETY: A task pointer may be woken up and stopped from any thread; `T` is `Send + Sync`.
+unsafe impl<T: ThreadMain> Send for KThread<T> {}
 // SAFETY: `wake` may be called concurrently.
-unsafe impl Sync for KThread {}
+unsafe impl<T: ThreadMain> Sync for KThread<T> {}
 
 /// Called by the kthread core as the thread's function.
 ///
 /// # Safety
 ///
-/// `data` is an `Arc<T>` turned into a raw pointer by [`KThread::run`].
+/// `data` points to the `T` of the [`KThread`] that started this thread, which keeps it alive
+/// until the thread has exited (`kthread_stop` waits for that).
 unsafe extern "C" fn thread_fn<T: ThreadMain>(data: *mut c_void) -> c_int {
-    // SAFETY: `run` handed over one reference as `data`.
-    let context = unsafe { Arc::<T>::from_raw(data.cast::<T>()) };
-    context.thread_main();
-    // The body returns only when asked to stop, so `kthread_stop` is waiting for this exit and
-    // still holds the task.
+    // SAFETY: As above.
+    let context = unsafe { &*data.cast::<T>() };
+    context.thread_main(&ThreadContext { _private: () });
     0
 }
 
-impl KThread {
-    /// Starts `context.thread_main()` in a thread named `dm-migrate/<name>`.
-    pub fn run<T: ThreadMain>(name: &CStr, context: Arc<T>) -> Result<Self> {
-        let data = Arc::into_raw(context).cast_mut();
-        // SAFETY: `thread_fn::<T>` takes `data` back as an `Arc<T>`; `name` is NUL-terminated.
+impl<T: ThreadMain> KThread<T> {
+    /// Creates a thread named `dm-migrate/<name>` that will run `context.thread_main()` once
+    /// unparked.
+    pub fn new_parked(name: &CStr, context: Arc<T>) -> Result<Self> {
+        let data: *const T = &*context;
+        // SAFETY: `thread_fn::<T>` only borrows `data`, which `context`, kept in the returned
+        // value, keeps alive until the thread is stopped; `name` is NUL-terminated.
         let task = unsafe {
-            bindings::migrate_kthread_run(Some(thread_fn::<T>), data.cast(), name.as_ptr().cast())
+            bindings::migrate_kthread_create_parked(
+                Some(thread_fn::<T>),
+                data.cast_mut().cast(),
+                name.as_ptr().cast(),
+            )
         };
-        match NonNull::new(task) {
-            // INVARIANT: Started just above.
-            Some(task) => Ok(Self { task }),
-            None => {
-                // SAFETY: The thread was not created, so the reference is still ours.
-                drop(unsafe { Arc::from_raw(data) });
-                Err(ENOMEM)
-            }
+        // INVARIANT: Created and parked just above, with a reference on the task.
+        Ok(Self {
+            task: NonNull::new(task).ok_or(ENOMEM)?,
+            _context: context,
+            parked: true,
+        })
+    }
+
+    /// Asks the thread to park and waits until it has, at its next
+    /// [`ThreadContext::should_stop`]. Does nothing if it is parked.
+    pub fn park(&mut self) {
+        if !self.parked {
+            // SAFETY: The task is alive and not stopped (type invariant), and not parked.
+            unsafe { bindings::migrate_kthread_park(self.task.as_ptr()) };
+            self.parked = true;
         }
     }
 
-    /// Wakes the thread from [`sleep_ms`].
+    /// Lets a parked thread run again. Does nothing if it runs.
+    pub fn unpark(&mut self) {
+        if self.parked {
+            // SAFETY: The task is alive and not stopped (type invariant).
+            unsafe { bindings::migrate_kthread_unpark(self.task.as_ptr()) };
+            self.parked = false;
+        }
+    }
+
+    /// Wakes the thread from [`ThreadContext::sleep_ms`]; a parked thread stays parked.
     pub fn wake(&self) {
-        // SAFETY: The task is running and not stopped (type invariant).
+        // SAFETY: The task is alive and not stopped (type invariant).
         unsafe { bindings::migrate_kthread_wake(self.task.as_ptr()) };
     }
 }
 
-impl Drop for KThread {
+impl<T: ThreadMain> Drop for KThread<T> {
     fn drop(&mut self) {
-        // SAFETY: The task has not been stopped (type invariant); this waits for it to exit.
+        // SAFETY: The task has not been stopped and we hold a reference on it (type
+        // invariant); this unparks it if needed, waits for the thread to exit, or makes sure
+        // its function never runs, and drops the reference. `context` is released after, when
+        // no thread uses it.
         unsafe { bindings::migrate_kthread_stop(self.task.as_ptr()) };
     }
 }
 
-/// Whether the calling kernel thread has been asked to stop.
-pub fn should_stop() -> bool {
-    // SAFETY: Only called from a thread started by `KThread::run` (the body of `ThreadMain`).
-    unsafe { bindings::migrate_kthread_should_stop() }
+/// Allocations in the scope of this guard do not wait for I/O (`memalloc_noio_save`): while a
+/// device is suspended, an allocation that reclaims through it would wait forever.
+pub struct NoIo {
+    flags: kernel::ffi::c_uint,
 }
 
-/// Sleeps up to `ms` milliseconds, or until woken by [`KThread::wake`] or a stop request.
-pub fn sleep_ms(ms: u32) {
-    // SAFETY: Only called from a thread started by `KThread::run`.
-    unsafe { bindings::migrate_kthread_sleep_ms(ms) };
+impl NoIo {
+    /// Starts the scope.
+    pub fn enter() -> Self {
+        // SAFETY: No preconditions; `drop` restores the flags in the same task.
+        let flags = unsafe { bindings::migrate_noio_save() };
+        Self { flags }
+    }
+}
+
+impl Drop for NoIo {
+    fn drop(&mut self) {
+        // SAFETY: `flags` came from `migrate_noio_save` in this task.
+        unsafe { bindings::migrate_noio_restore(self.flags) };
+    }
 }
 
 /// Lets other tasks on this CPU run if they are due. A thread that loops without sleeping (the

@@ -4,7 +4,7 @@
 
 use super::bindings;
 use super::target::TargetHandle;
-use crate::engine::status::SliceWriter;
+use crate::engine::writer::SliceWriter;
 use core::ffi::CStr;
 use core::ptr::NonNull;
 use kernel::ffi::{c_char, c_long, c_uint, c_void};

@@ -7,7 +7,7 @@
 use super::bindings;
 use super::bio::{Bio, BioData, Status};
 use super::device::Device;
-use crate::engine::status::SliceWriter;
+use crate::engine::writer::SliceWriter;
 use core::ffi::CStr;
 use core::marker::PhantomData;
 use core::ptr::NonNull;
@@ -72,6 +72,13 @@ impl TargetHandle {
         self.ti.as_ptr()
     }
 
+    /// An identity of the mapped device, equal for every target of the same device and
+    /// distinct between devices that exist at the same time (its address).
+    pub fn device_id(&self) -> usize {
+        // SAFETY: `ti` is alive (type invariant) and its table is set.
+        unsafe { bindings::migrate_md_id(self.ti.as_ptr()) }
+    }
+
     /// The mapped device's name for log lines, `major:minor`.
     pub fn device_name(&self) -> &str {
         // SAFETY: `ti` is alive (type invariant) and its table is set.
@@ -124,6 +131,20 @@ pub struct TargetContext<'a> {
 }
 
 impl TargetContext<'_> {
+    /// Whether the table is loaded read-only (`dmsetup load --readonly`): its devices are then
+    /// opened for reading only.
+    pub fn is_read_only(&self) -> bool {
+        // SAFETY: `ti` is valid during the constructor (type invariant) and its table is set.
+        unsafe { bindings::migrate_table_read_only(self.ti.as_ptr()) }
+    }
+
+    /// An identity of the table being built, equal for all its targets and distinct between
+    /// tables that exist at the same time (its address).
+    pub fn table_id(&self) -> usize {
+        // SAFETY: As in `is_read_only`.
+        unsafe { bindings::migrate_table_id(self.ti.as_ptr()) }
+    }
+
     /// The target's first sector in the mapped device.
     pub fn begin(&self) -> u64 {
         // SAFETY: `ti` is valid during the constructor (type invariant).
@@ -210,8 +231,16 @@ impl DeviceVisitor<'_> {
 /// object is created by [`Target::new`] for each table line and dropped by the destructor.
 #[vtable]
 pub trait Target: Sized + Send + Sync {
+    /// Data shared by every target of this type, owned by the [`Registration`] (a registry of
+    /// live migrations, for example).
+    type Data: Send + Sync + 'static;
+
     /// Builds a target from the words of its table line after the target name.
-    fn new(ti: &mut TargetContext<'_>, args: &[&str]) -> Result<Pin<KBox<Self>>, CtrError>;
+    fn new(
+        ti: &mut TargetContext<'_>,
+        args: &[&str],
+        data: &Self::Data,
+    ) -> Result<Pin<KBox<Self>>, CtrError>;
 
     /// Maps a bio; called in any context, possibly concurrently, and must not sleep or allocate.
     fn map(&self, bio: Bio) -> MapResult;
@@ -224,6 +253,11 @@ pub trait Target: Sized + Send + Sync {
 
     /// Called before the device suspends, while I/O may still arrive.
     fn presuspend(&self) {
+        kernel::build_error!(kernel::error::VTABLE_DEFAULT_ERROR)
+    }
+
+    /// Called when a suspend fails after `presuspend`: undoes what `presuspend` did.
+    fn presuspend_undo(&self) {
         kernel::build_error!(kernel::error::VTABLE_DEFAULT_ERROR)
     }
 
@@ -308,7 +342,12 @@ impl<T: Target> Callbacks<T> {
                     ti: ti_ptr,
                     _ctr_call: PhantomData,
                 };
-                T::new(&mut context, args)
+                // SAFETY: The core calls this constructor only for targets of the type that a
+                // `Registration<T>` registered, so `ti->type` is the `target_type` at the start of
+                // its `TypeBox<T>` (`repr(C)`), which stays alive until the registration is
+                // dropped, after the last target of the type.
+                let data = unsafe { &(*(*ti).type_.cast::<TypeBox<T>>()).data };
+                T::new(&mut context, args, data)
             }
             Err(_) => Err(CtrError {
                 code: EINVAL,
@@ -390,6 +429,16 @@ impl<T: Target> Callbacks<T> {
     unsafe extern "C" fn presuspend(ti: *mut bindings::dm_target) {
         // SAFETY: The target is constructed.
         unsafe { target_of::<T>(ti) }.presuspend();
+    }
+
+    /// Called by the device-mapper core when a suspend fails after `presuspend`.
+    ///
+    /// # Safety
+    ///
+    /// Called with a constructed target, in process context.
+    unsafe extern "C" fn presuspend_undo(ti: *mut bindings::dm_target) {
+        // SAFETY: The target is constructed.
+        unsafe { target_of::<T>(ti) }.presuspend_undo();
     }
 
     /// Called by the device-mapper core once suspended.
@@ -498,15 +547,22 @@ impl<T: Target> Callbacks<T> {
     }
 }
 
+/// The registered `target_type` and the data shared by the targets of the type. `repr(C)` with
+/// the `target_type` first, so that a target's `ti->type` leads back to the data.
+#[repr(C)]
+struct TypeBox<T: Target> {
+    target_type: Opaque<bindings::target_type>,
+    data: T::Data,
+}
+
 /// A target type registered with the device-mapper core; unregistered on drop.
 ///
 /// # Invariants
 ///
-/// `target_type` is registered with `dm_register_target` and stays at its heap address until
-/// `drop` unregisters it.
+/// `type_box.target_type` is registered with `dm_register_target` and stays at its heap address
+/// until `drop` unregisters it.
 pub struct Registration<T: Target> {
-    target_type: KBox<Opaque<bindings::target_type>>,
-    _target: PhantomData<T>,
+    type_box: KBox<TypeBox<T>>,
 }
 
 // SAFETY: After registration the structure is only used by the device-mapper core, which does its
@@ -517,11 +573,13 @@ unsafe impl<T: Target> Send for Registration<T> {}
 unsafe impl<T: Target> Sync for Registration<T> {}
 
 impl<T: Target> Registration<T> {
-    /// Registers target type `T` under `name` (the word in table lines).
+    /// Registers target type `T` under `name` (the word in table lines), with the data its
+    /// targets share.
     pub fn new(
         name: &'static CStr,
         version: [u32; 3],
         module: &'static ThisModule,
+        data: T::Data,
     ) -> Result<Self> {
         let target_type = bindings::target_type {
             name: name.as_ptr().cast(),
@@ -535,19 +593,24 @@ impl<T: Target> Registration<T> {
             iterate_devices: Some(Callbacks::<T>::iterate_devices),
             end_io: T::HAS_END_IO.then_some(Callbacks::<T>::end_io as _),
             presuspend: T::HAS_PRESUSPEND.then_some(Callbacks::<T>::presuspend as _),
+            presuspend_undo: T::HAS_PRESUSPEND_UNDO
+                .then_some(Callbacks::<T>::presuspend_undo as _),
             postsuspend: T::HAS_POSTSUSPEND.then_some(Callbacks::<T>::postsuspend as _),
             resume: T::HAS_RESUME.then_some(Callbacks::<T>::resume as _),
             ..Default::default()
         };
-        let target_type = KBox::new(Opaque::new(target_type), GFP_KERNEL)?;
+        let type_box = KBox::new(
+            TypeBox {
+                target_type: Opaque::new(target_type),
+                data,
+            },
+            GFP_KERNEL,
+        )?;
         // SAFETY: The structure is fully initialised, lives on the heap and is neither moved nor
         // freed until `drop` unregisters it.
-        to_result(unsafe { bindings::dm_register_target(target_type.get()) })?;
+        to_result(unsafe { bindings::dm_register_target(type_box.target_type.get()) })?;
         // INVARIANT: Registered just above.
-        Ok(Self {
-            target_type,
-            _target: PhantomData,
-        })
+        Ok(Self { type_box })
     }
 }
 
@@ -555,6 +618,6 @@ impl<T: Target> Drop for Registration<T> {
     fn drop(&mut self) {
         // SAFETY: Registered by `new` (type invariant). Module unload, which drops this, is only
         // possible once no target of this type exists.
-        unsafe { bindings::dm_unregister_target(self.target_type.get()) };
+        unsafe { bindings::dm_unregister_target(self.type_box.target_type.get()) };
     }
 }

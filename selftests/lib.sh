@@ -28,11 +28,19 @@ pass() { exit $KSFT_PASS; }
 fail() { diag "FAIL: $*"; exit $KSFT_FAIL; }
 skip() { diag "SKIP: $*"; exit $KSFT_SKIP; }
 
+test_devices() { dmsetup ls 2>/dev/null | awk -v p="$DEV_PREFIX" 'index($1, p) == 1 { print $1 }'; }
+
 cleanup() {
-	local dev
-	for dev in $(dmsetup ls 2>/dev/null | awk -v p="$DEV_PREFIX" 'index($1, p) == 1 { print $1 }'); do
-		dmsetup resume "$dev" >/dev/null 2>&1
-		dmsetup remove --retry "$dev" >/dev/null 2>&1 || diag "cleanup: cannot remove $dev"
+	local dev pass
+	# Stacked devices go in several passes: one in use by another is removed after it.
+	for pass in 1 2 3; do
+		for dev in $(test_devices); do
+			dmsetup resume "$dev" >/dev/null 2>&1
+			dmsetup remove "$dev" >/dev/null 2>&1
+		done
+	done
+	for dev in $(test_devices); do
+		diag "cleanup: cannot remove $dev"
 	done
 	for dev in "${_loops[@]}"; do
 		losetup -d "$dev" 2>/dev/null
@@ -184,11 +192,13 @@ fio_verify_write() {
 	grep -q 'err= 0' "$log" || fail "fio reported errors on $target"
 }
 
-# fio_verify_only TARGET SIZE_MIB LOG: re-reads what fio_verify_write wrote and checks it.
+# fio_verify_only TARGET SIZE_MIB LOG [fio options...]: re-reads what fio_verify_write wrote
+# and checks it; give it the options the writes had.
 fio_verify_only() {
 	local target=$1 size=$2 log=$3
+	shift 3
 	fio --name=migrate "${fio_job[@]}" --size=$((size / 4))M --offset_increment=$((size / 4))M \
-		--filename="$target" --output="$log" --verify_only || {
+		--filename="$target" --output="$log" --verify_only "$@" || {
 		sed 's/^/# /' "$log"
 		fail "$target does not verify"
 	}

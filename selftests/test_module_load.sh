@@ -5,7 +5,7 @@
 
 grep -q '^dm_migrate ' /proc/modules && { rmmod dm_migrate || fail "cannot unload a stale module"; }
 insmod "$MODULE" || fail "insmod $MODULE failed"
-dmsetup targets | grep -qE "^migrate +v0\.2\.0$" || fail "migrate v0.2.0 not in: $(dmsetup targets | tr '\n' ' ')"
+dmsetup targets | grep -qE "^migrate +v0\.3\.0$" || fail "migrate v0.3.0 not in: $(dmsetup targets | tr '\n' ' ')"
 rmmod dm_migrate || fail "rmmod failed"
 dmsetup targets | grep -q '^migrate' && fail "migrate still registered after rmmod"
 grep -q '^dm_migrate ' /proc/modules && fail "module still listed after rmmod"

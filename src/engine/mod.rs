@@ -6,10 +6,17 @@
 //! (`lib.rs`), whose `cargo test` checks it. It uses neither `kernel` nor `alloc`: the kernel side
 //! opens devices, allocates memory and hands plain values in; the engine says what to do.
 
+// Plain Rust, in the kernel as in userspace.
+#![forbid(unsafe_code)]
+
+pub mod epoch;
 pub mod message;
+pub mod state;
 pub mod status;
 pub mod table;
+pub mod throttle;
 pub mod tracker;
+pub mod writer;
 
 /// The number of bytes in a sector, the unit of every device-mapper length.
 pub const SECTOR_SIZE: u64 = 512;

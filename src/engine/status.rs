@@ -18,96 +18,11 @@
 //! <origin_dev> <dest_dev> [<#opt_args> <opt_arg>...]
 //! ```
 
+use super::state::{Progress, State};
 use super::table::Options;
 use core::fmt;
 
-/// Why a migration failed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FailReason {
-    /// Reading the origin failed more often than the retries allow.
-    OriginRead,
-    /// Writing the destination failed, from the copier or a mirrored write.
-    DestinationWrite,
-    /// Flushing the destination failed.
-    DestinationFlush,
-    /// The copier could not get the memory it copies through.
-    OutOfMemory,
-}
-
-impl FailReason {
-    /// The word for the status line.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::OriginRead => "origin_read_error",
-            Self::DestinationWrite => "destination_write_error",
-            Self::DestinationFlush => "destination_flush_error",
-            Self::OutOfMemory => "out_of_memory",
-        }
-    }
-}
-
-/// Where a migration stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum State {
-    /// Regions are being copied; writes to copied regions are mirrored.
-    Copying,
-    /// Everything is copied and writes are mirrored; waiting to switch (or for userspace, with
-    /// `no_switch`).
-    Synced,
-    /// All I/O goes to the destination.
-    Switched,
-    /// The migration failed; all I/O goes to the origin.
-    Failed(FailReason),
-    /// The migration was cancelled; all I/O goes to the origin.
-    Cancelled,
-}
-
-impl State {
-    /// The word for the status line.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Copying => "copying",
-            Self::Synced => "synced",
-            Self::Switched => "switched",
-            Self::Failed(_) => "failed",
-            Self::Cancelled => "cancelled",
-        }
-    }
-}
-
-/// The counters behind the INFO status line.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Progress {
-    /// Where the migration stands.
-    pub state: State,
-    /// Whether the copier is paused by a `pause` message.
-    pub paused: bool,
-    /// Regions in the target.
-    pub total_regions: u64,
-    /// Regions whose contents are on the destination.
-    pub copied_regions: u64,
-    /// Regions still to copy, including those written again since their copy.
-    pub pending_regions: u64,
-    /// Regions being copied right now.
-    pub inflight_regions: u64,
-    /// Bytes copied so far, counting regions copied again.
-    pub copied_bytes: u64,
-    /// The copy rate over the last measurement interval, in KiB/s.
-    pub rate_kibps: u64,
-    /// I/O errors the copier has seen.
-    pub errors: u64,
-}
-
 impl Progress {
-    /// The state word: the state, or `paused` for a paused copy.
-    pub fn state_word(&self) -> &'static str {
-        if self.paused && self.state == State::Copying {
-            "paused"
-        } else {
-            self.state.as_str()
-        }
-    }
-
     /// Writes the INFO status line.
     pub fn write_info(&self, w: &mut impl fmt::Write) -> fmt::Result {
         let reason = match self.state {
@@ -141,52 +56,12 @@ pub fn write_table(
     options.write(w)
 }
 
-/// A writer into a fixed byte buffer that always leaves it NUL-terminated.
-///
-/// Device-mapper hands `status` a buffer of `maxlen` bytes; text that does not fit is cut, and
-/// the write reports an error so the caller can tell, the way `DMEMIT` stops at `maxlen`.
-pub struct SliceWriter<'a> {
-    buf: &'a mut [u8],
-    len: usize,
-}
-
-impl<'a> SliceWriter<'a> {
-    /// Starts writing at the beginning of `buf`, which becomes an empty string.
-    pub fn new(buf: &'a mut [u8]) -> Self {
-        if let Some(first) = buf.first_mut() {
-            *first = 0;
-        }
-        Self { buf, len: 0 }
-    }
-
-    /// The text written so far, without the terminating NUL.
-    pub fn as_bytes(&self) -> &[u8] {
-        &self.buf[..self.len]
-    }
-}
-
-impl fmt::Write for SliceWriter<'_> {
-    fn write_str(&mut self, s: &str) -> fmt::Result {
-        // One byte is always kept for the terminating NUL.
-        let room = self.buf.len().saturating_sub(self.len + 1);
-        let n = s.len().min(room);
-        self.buf[self.len..self.len + n].copy_from_slice(&s.as_bytes()[..n]);
-        self.len += n;
-        if let Some(end) = self.buf.get_mut(self.len) {
-            *end = 0;
-        }
-        if n < s.len() {
-            Err(fmt::Error)
-        } else {
-            Ok(())
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::engine::state::FailReason;
     use crate::engine::table::TableArgs;
+    use crate::engine::writer::SliceWriter;
     use core::fmt::Write;
     use proptest::prelude::*;
 

@@ -31,6 +31,10 @@ pub const MIN_REGION_SECTORS: u64 = 1;
 pub const MAX_REGION_SECTORS: u64 = 1 << 21;
 /// The default number of copy batches in flight.
 pub const DEFAULT_COPY_DEPTH: u32 = 4;
+/// The most regions a target may have: one bit each, so the bitmap stays at most 128 MiB (a
+/// 64 TiB device at the default 64 KiB regions has 2^30), well below the `INT_MAX` that
+/// `kvmalloc` refuses.
+pub const MAX_REGIONS: u64 = 1 << 30;
 /// The most copy batches in flight.
 pub const MAX_COPY_DEPTH: u32 = super::tracker::MAX_DEPTH as u32;
 
@@ -76,6 +80,12 @@ pub enum TableError {
     DestinationTooSmall,
     /// The destination's logical block size is larger than the origin's.
     DestinationBlockSizeLarger,
+    /// More regions than [`MAX_REGIONS`]: the bitmap would be too large.
+    TooManyRegions,
+    /// The table is loaded read-only, but the copy writes the destination.
+    ReadOnlyTable,
+    /// The table already holds a `migrate` target.
+    SecondTarget,
     /// Memory for the target could not be allocated.
     OutOfMemory,
 }
@@ -108,6 +118,9 @@ impl TableError {
             Self::DestinationBlockSizeLarger => {
                 c"Destination logical block size larger than the origin's"
             }
+            Self::TooManyRegions => c"Too many regions: use a larger region_size",
+            Self::ReadOnlyTable => c"Read-only table: the copy writes the destination",
+            Self::SecondTarget => c"Only one migrate target per table",
             Self::OutOfMemory => c"Cannot allocate migrate context",
         }
     }
@@ -325,10 +338,14 @@ impl Geometry {
                 return Err(TableError::RegionSizeNotBlockMultiple);
             }
         }
+        let nr_regions = target_sectors.div_ceil(region_sectors);
+        if nr_regions > MAX_REGIONS {
+            return Err(TableError::TooManyRegions);
+        }
         Ok(Self {
             target_sectors,
             region_sectors,
-            nr_regions: target_sectors.div_ceil(region_sectors),
+            nr_regions,
         })
     }
 }
@@ -472,6 +489,23 @@ mod tests {
         assert_eq!(
             Geometry::validate(&tiny_regions, 2048, big_block, DISK, false),
             Err(RegionSizeNotBlockMultiple)
+        );
+        // 16 TiB in 512-byte regions: 2^35 bits would need a 4 GiB bitmap.
+        let huge = DeviceGeometry {
+            sectors: 1 << 35,
+            ..DISK
+        };
+        let sector_regions = Options {
+            region_size: Some(1),
+            ..Default::default()
+        };
+        assert_eq!(
+            Geometry::validate(&sector_regions, 1 << 35, huge, huge, false),
+            Err(TooManyRegions)
+        );
+        assert_eq!(
+            Geometry::validate(&opts, 1 << 35, huge, huge, false).map(|g| g.nr_regions),
+            Ok(1 << 28)
         );
     }
 

@@ -1,0 +1,614 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! One migration and the routing of every bio by it.
+//!
+//! A [`Migration`] is the state that must survive a table reload: the region tracker, the
+//! bios deferred behind a copy, the write epochs, and whether a mirrored write failed on the
+//! destination. An [`Engine`] is one target's view of it: the devices the target opened, its
+//! bio set, its handle for events, and its copy settings. An identical reload (same mapped
+//! device, devices, place and regions) shares the old target's migration through the
+//! [`Registry`], so it goes on exactly where it was; only one of the two tables is ever live,
+//! and the old one is suspended, its I/O drained, before the new one resumes.
+
+// Every `unsafe` lives in the binding layer (`crate::dm`); this is safe Rust.
+#![deny(unsafe_code)]
+
+use crate::dm::bio::{Bio, BioKind, BioList, BioSet, MirrorDone, Status};
+use crate::dm::copy::flush;
+use crate::dm::device::Device;
+use crate::dm::target::{MapResult, TargetHandle};
+use crate::engine::epoch::{Counted, Epoch, WriteEpochs};
+use crate::engine::message::MessageError;
+use crate::engine::state::{FailReason, Progress, State};
+use crate::engine::table::{Geometry, Options, TableError};
+use crate::engine::tracker::{bitmap_words, CancelOutcome, Handover, IoKind, Route, Tracker};
+use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
+use kernel::prelude::*;
+use kernel::sync::{Arc, CondVar, Mutex, SpinLock};
+use kernel::{new_condvar, new_spinlock};
+
+/// What the lock protects: the region tracker and the bios waiting for a copy to land.
+pub(crate) struct Shared {
+    pub(crate) tracker: Tracker<KVVec<u64>>,
+    deferred: BioList,
+}
+
+/// `Migration::final_route`: failed or cancelled, everything to the origin.
+const FINAL_ORIGIN: u8 = 1;
+/// `Migration::final_route`: switched, everything to the destination.
+const FINAL_DEST: u8 = 2;
+
+/// The state of one migration, shared by the targets of identical reloads.
+#[pin_data]
+pub(crate) struct Migration {
+    #[pin]
+    pub(crate) shared: SpinLock<Shared>,
+    /// Writes routed to the origin and not yet completed, per epoch (see `engine::epoch`).
+    epochs: WriteEpochs,
+    /// Woken by the write that ends the epoch the copier drains, so a round starts as soon as
+    /// the writes it waits for have landed rather than a timer tick later.
+    #[pin]
+    drained: CondVar,
+    /// Only for waiting on `drained`; the epoch counters are atomics.
+    #[pin]
+    drain_lock: SpinLock<()>,
+    /// Set by a failed destination write of a mirrored bio (in completion context) before the
+    /// bio ends. The copier turns it into the failure; until then the status reports it.
+    dest_failed: AtomicBool,
+    /// Errors of mirrored destination writes.
+    mirror_errors: AtomicU64,
+    /// Where every bio goes once the migration has ended ([`FINAL_ORIGIN`], [`FINAL_DEST`]), or
+    /// 0 while it runs, so that `map` routes without the lock. Set under the lock when the
+    /// tracker reaches a final state; cleared only by a restart, while no table is live.
+    final_route: AtomicU8,
+}
+
+impl Migration {
+    /// A migration of `geometry` with every region pending.
+    fn new(geometry: &Geometry, no_switch: bool) -> Result<Arc<Self>, TableError> {
+        use TableError::OutOfMemory;
+        // One bit per region, from kvmalloc: no large contiguous allocation for large devices.
+        let words = usize::try_from(bitmap_words(geometry.nr_regions)).map_err(|_| OutOfMemory)?;
+        let bitmap = KVVec::from_elem(0u64, words, GFP_KERNEL).map_err(|_| OutOfMemory)?;
+        let tracker = Tracker::new(
+            bitmap,
+            geometry.target_sectors,
+            geometry.region_sectors,
+            no_switch,
+        )
+        .ok_or(OutOfMemory)?;
+        let shared = Shared {
+            tracker,
+            deferred: BioList::new().map_err(|_| OutOfMemory)?,
+        };
+        Arc::pin_init(
+            pin_init!(Migration {
+                shared <- new_spinlock!(shared, "migrate:shared"),
+                epochs: WriteEpochs::new(),
+                drained <- new_condvar!("migrate:drained"),
+                drain_lock <- new_spinlock!((), "migrate:drain_lock"),
+                dest_failed: AtomicBool::new(false),
+                mirror_errors: AtomicU64::new(0),
+                final_route: AtomicU8::new(0),
+            }),
+            GFP_KERNEL,
+        )
+        .map_err(|_| OutOfMemory)
+    }
+
+    /// Where the migration stands, as the status reports it.
+    pub(crate) fn state(&self) -> State {
+        let state = self.shared.lock().tracker.state();
+        self.with_mirror_failure(state)
+    }
+
+    /// A failed mirrored write makes an active migration failed at once in what is reported,
+    /// even before the copier has carried the failure out.
+    fn with_mirror_failure(&self, state: State) -> State {
+        match state {
+            State::Copying | State::Synced if self.dest_failed.load(Ordering::Acquire) => {
+                State::Failed(FailReason::DestinationWrite)
+            }
+            state => state,
+        }
+    }
+
+    /// The write epochs, for the copier's rounds.
+    pub(crate) fn epochs(&self) -> &WriteEpochs {
+        &self.epochs
+    }
+
+    /// Whether a mirrored write failed on the destination.
+    pub(crate) fn dest_failed(&self) -> bool {
+        self.dest_failed.load(Ordering::Acquire)
+    }
+}
+
+/// What identifies a migration across a reload: the same mapped device, origin and
+/// destination at the same place, with the same regions.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) struct MigrationKey {
+    pub(crate) device: usize,
+    pub(crate) begin: u64,
+    pub(crate) origin: u32,
+    pub(crate) destination: u32,
+    pub(crate) target_sectors: u64,
+    pub(crate) region_sectors: u64,
+}
+
+impl MigrationKey {
+    /// Whether `other` runs on the same devices at the same place, whatever its regions.
+    fn same_place(&self, other: &Self) -> bool {
+        (self.device, self.begin, self.origin, self.destination)
+            == (other.device, other.begin, other.origin, other.destination)
+    }
+}
+
+/// A migration, how many targets use it, and when a target last took it live.
+pub(crate) struct Entry {
+    key: MigrationKey,
+    migration: Arc<Migration>,
+    users: usize,
+    /// The registry's generation when a target of this migration first resumed, or 0 if none
+    /// has yet: of the migrations at one place, the one with the highest is the live one.
+    resumed: u64,
+}
+
+/// The migrations of every `migrate` target that exists, live or not, and the tables that hold
+/// one. Slots are reused; a `KVec` of this kernel cannot remove elements.
+#[derive(Default)]
+pub(crate) struct Registry {
+    migrations: KVec<Option<Entry>>,
+    tables: KVec<Option<usize>>,
+    /// Counts first resumes, for `Entry::resumed`.
+    generation: u64,
+}
+
+impl Registry {
+    /// Forgets that `table` holds a `migrate` target.
+    fn forget_table(&mut self, table: usize) {
+        if let Some(slot) = self.tables.iter_mut().find(|slot| **slot == Some(table)) {
+            *slot = None;
+        }
+    }
+}
+
+/// Fills a free slot of `slots` with `value`, or adds one.
+fn put<T>(slots: &mut KVec<Option<T>>, value: T) -> Result<(), TableError> {
+    match slots.iter_mut().find(|slot| slot.is_none()) {
+        Some(slot) => *slot = Some(value),
+        None => slots
+            .push(Some(value), GFP_KERNEL)
+            .map_err(|_| TableError::OutOfMemory)?,
+    }
+    Ok(())
+}
+
+/// A target's use of a migration in the [`Registry`], given up on drop.
+pub(crate) struct Membership {
+    registry: Arc<Mutex<Registry>>,
+    key: MigrationKey,
+    table: usize,
+    migration: Arc<Migration>,
+}
+
+impl Membership {
+    /// Joins the migration of an identical table, or starts a new one, for a target of table
+    /// `table`. A table may hold one `migrate` target: each would want the same sysfs folder,
+    /// and one migration per device is what a live move needs.
+    pub(crate) fn join(
+        registry: &Arc<Mutex<Registry>>,
+        key: MigrationKey,
+        table: usize,
+        geometry: &Geometry,
+        no_switch: bool,
+    ) -> Result<Self, TableError> {
+        let mut guard = registry.lock();
+        let registry_ref = &mut *guard;
+        if registry_ref.tables.iter().flatten().any(|&t| t == table) {
+            return Err(TableError::SecondTarget);
+        }
+        put(&mut registry_ref.tables, table)?;
+        let migration = match Self::find_or_add(registry_ref, key, geometry, no_switch) {
+            Ok(migration) => migration,
+            Err(e) => {
+                registry_ref.forget_table(table);
+                return Err(e);
+            }
+        };
+        Ok(Self {
+            registry: registry.clone(),
+            key,
+            table,
+            migration,
+        })
+    }
+
+    /// The migration of `key`, with one more user, or a new one.
+    fn find_or_add(
+        registry: &mut Registry,
+        key: MigrationKey,
+        geometry: &Geometry,
+        no_switch: bool,
+    ) -> Result<Arc<Migration>, TableError> {
+        if let Some(entry) = registry
+            .migrations
+            .iter_mut()
+            .flatten()
+            .find(|entry| entry.key == key)
+        {
+            entry.users += 1;
+            return Ok(entry.migration.clone());
+        }
+        let migration = Migration::new(geometry, no_switch)?;
+        let entry = Entry {
+            key,
+            migration: migration.clone(),
+            users: 1,
+            resumed: 0,
+        };
+        put(&mut registry.migrations, entry)?;
+        Ok(migration)
+    }
+
+    /// The migration.
+    pub(crate) fn migration(&self) -> &Arc<Migration> {
+        &self.migration
+    }
+
+    /// Called when a target first goes live (its first resume, or a message that reaches it
+    /// before that): makes a reload never roll back. The table it replaces is suspended by now.
+    ///
+    /// The migration this place (mapped device and first sector) last went live with is the
+    /// predecessor. If that is this very migration, the table is an identical reload: it goes
+    /// on where it was, and a failed or cancelled migration starts over (the way to retry).
+    /// Otherwise, with the same devices, a switched predecessor makes this one switched and
+    /// anything else starts the copy over. `no_switch` is the new table's in every case.
+    pub(crate) fn go_live(&self, no_switch: bool) -> Option<Handover> {
+        let mut registry = self.registry.lock();
+        registry.generation += 1;
+        let generation = registry.generation;
+        let mut own_resumed = 0;
+        let mut predecessor: Option<(u64, &Entry)> = None;
+        for entry in registry.migrations.iter().flatten() {
+            if Arc::ptr_eq(&entry.migration, &self.migration) {
+                own_resumed = entry.resumed;
+            } else if (entry.key.device, entry.key.begin) == (self.key.device, self.key.begin)
+                && entry.resumed > predecessor.map_or(0, |(g, _)| g)
+            {
+                predecessor = Some((entry.resumed, entry));
+            }
+        }
+        let predecessor = match predecessor {
+            Some((_, entry)) if own_resumed == 0 => Some((
+                entry.key.same_place(&self.key),
+                entry.migration.state(),
+            )),
+            _ => None,
+        };
+        for entry in registry.migrations.iter_mut().flatten() {
+            if Arc::ptr_eq(&entry.migration, &self.migration) && entry.resumed == 0 {
+                entry.resumed = generation;
+            }
+        }
+        drop(registry);
+        let migration = &self.migration;
+        let mut shared = migration.shared.lock();
+        shared.tracker.set_no_switch(no_switch);
+        if own_resumed != 0 {
+            // A mirrored write's failure not yet carried out counts as the failure it is.
+            if migration.dest_failed() {
+                shared.tracker.fail(FailReason::DestinationWrite);
+            }
+            if !shared.tracker.restart() {
+                return Some(Handover::Continued);
+            }
+            migration.dest_failed.store(false, Ordering::Release);
+            migration.final_route.store(0, Ordering::Release);
+            return Some(Handover::StartedOver);
+        }
+        let (same_devices, state) = predecessor?;
+        if !same_devices {
+            if state == State::Switched {
+                drop(shared);
+                pr_warn!("The previous table of this device switched to another destination; this one copies from its own origin\n");
+            }
+            return None;
+        }
+        let handover = shared.tracker.after_reload(state);
+        if handover == Handover::Switched {
+            migration.final_route.store(FINAL_DEST, Ordering::Release);
+        }
+        Some(handover)
+    }
+}
+
+impl Drop for Membership {
+    fn drop(&mut self) {
+        let mut registry = self.registry.lock();
+        registry.forget_table(self.table);
+        for slot in registry.migrations.iter_mut() {
+            let Some(entry) = slot else { continue };
+            if entry.key == self.key && Arc::ptr_eq(&entry.migration, &self.migration) {
+                entry.users -= 1;
+                if entry.users == 0 {
+                    *slot = None;
+                }
+                return;
+            }
+        }
+    }
+}
+
+/// One target's view of its migration: what it routes with and copies between.
+pub(crate) struct Engine {
+    pub(crate) origin: Device,
+    pub(crate) destination: Device,
+    /// The target's first sector in the mapped device.
+    begin: u64,
+    pub(crate) geometry: Geometry,
+    pub(crate) options: Options,
+    pub(crate) bios: BioSet,
+    pub(crate) handle: TargetHandle,
+    pub(crate) migration: Arc<Migration>,
+    pub(crate) rate_kibps: AtomicU64,
+    pub(crate) depth: AtomicU32,
+    /// The measured copy rate, KiB/s.
+    pub(crate) measured_kibps: AtomicU64,
+}
+
+impl Engine {
+    /// Assembles a target's engine.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn new(
+        origin: Device,
+        destination: Device,
+        begin: u64,
+        geometry: Geometry,
+        options: Options,
+        bios: BioSet,
+        handle: TargetHandle,
+        migration: Arc<Migration>,
+    ) -> Self {
+        Self {
+            origin,
+            destination,
+            begin,
+            geometry,
+            rate_kibps: AtomicU64::new(options.rate.unwrap_or(0)),
+            depth: AtomicU32::new(options.depth()),
+            options,
+            bios,
+            handle,
+            migration,
+            measured_kibps: AtomicU64::new(0),
+        }
+    }
+
+    /// Routes a bio by the tracker's decision; shared by `map` and the re-dispatch of deferred
+    /// bios. Never sleeps under the lock.
+    pub(crate) fn dispatch(self: &Arc<Self>, mut bio: Bio) -> MapResult {
+        let migration = &*self.migration;
+        let sectors = u64::from(bio.sectors());
+        let kind = match bio.kind() {
+            BioKind::Read => IoKind::Read,
+            BioKind::Write => IoKind::Write,
+            BioKind::Flush => IoKind::Flush,
+        };
+        let sector = if sectors == 0 {
+            0
+        } else {
+            // The core only sends bios inside the target; one outside would be a core bug, and
+            // failing it beats writing somewhere else.
+            match bio.sector().checked_sub(self.begin) {
+                Some(s) if s.saturating_add(sectors) <= self.geometry.target_sectors => s,
+                _ => return MapResult::Kill(bio),
+            }
+        };
+        // After the migration has ended the route never changes: no lock, no accounting.
+        let device = match migration.final_route.load(Ordering::Acquire) {
+            FINAL_ORIGIN => Some(&self.origin),
+            FINAL_DEST => Some(&self.destination),
+            _ => None,
+        };
+        if let Some(device) = device {
+            bio.set_tag(0);
+            bio.remap(device, sector);
+            return MapResult::Remapped(bio);
+        }
+        let mut shared = migration.shared.lock();
+        let route = shared.tracker.route(kind, sector, sectors);
+        match shared.tracker.state() {
+            State::Switched => migration.final_route.store(FINAL_DEST, Ordering::Release),
+            State::Failed(_) | State::Cancelled => {
+                migration.final_route.store(FINAL_ORIGIN, Ordering::Release)
+            }
+            State::Copying | State::Synced => {}
+        }
+        // Counted under the lock, so that a round taken after this decision waits for the
+        // write (see `engine::epoch`).
+        let counted = kind == IoKind::Write
+            && shared.tracker.is_active()
+            && matches!(route, Route::Origin | Route::Both);
+        bio.set_tag(if counted {
+            migration.epochs.enter().to_tag()
+        } else {
+            0
+        });
+        match route {
+            Route::Defer => {
+                shared.deferred.push(bio);
+                MapResult::Submitted
+            }
+            Route::Origin => {
+                drop(shared);
+                bio.remap(&self.origin, sector);
+                MapResult::Remapped(bio)
+            }
+            Route::Destination => {
+                drop(shared);
+                bio.remap(&self.destination, sector);
+                MapResult::Remapped(bio)
+            }
+            Route::Both => {
+                drop(shared);
+                bio.mirror(
+                    (&self.origin, sector),
+                    (&self.destination, sector),
+                    &self.bios,
+                    self.clone(),
+                );
+                MapResult::Submitted
+            }
+        }
+    }
+
+    /// Ends the accounting of a bio routed by `dispatch`; called from `end_io` for every bio
+    /// the target ends, remapped, mirrored or re-dispatched.
+    pub(crate) fn write_done(&self, tag: u8) {
+        if let Some(write) = Counted::from_tag(tag) {
+            if self.migration.epochs.exit(write) {
+                self.migration.drained.notify_all();
+            }
+        }
+    }
+
+    /// The counters of the status line and sysfs.
+    pub(crate) fn progress(&self) -> Progress {
+        let migration = &*self.migration;
+        let mut progress = migration
+            .shared
+            .lock()
+            .tracker
+            .progress(self.measured_kibps.load(Ordering::Relaxed));
+        progress.state = migration.with_mirror_failure(progress.state);
+        progress.errors += migration.mirror_errors.load(Ordering::Relaxed);
+        if progress.paused || !matches!(progress.state, State::Copying) {
+            progress.rate_kibps = 0;
+        }
+        progress
+    }
+
+    /// Sends deferred bios on, now that what they waited for is over. Each is popped under the
+    /// lock and routed again outside it.
+    pub(crate) fn release_deferred(self: &Arc<Self>) {
+        loop {
+            let Some(bio) = self.migration.shared.lock().deferred.pop() else {
+                return;
+            };
+            match self.dispatch(bio) {
+                MapResult::Remapped(bio) => bio.submit(),
+                MapResult::Kill(bio) => bio.endio(Status::IOERR),
+                MapResult::Submitted => {}
+            }
+        }
+    }
+
+    /// Fails the migration for `reason`: everything stays on the origin. The one place a
+    /// migration fails; process context. The first failure logs and raises the `failed` event;
+    /// later ones change nothing.
+    pub(crate) fn fail(self: &Arc<Self>, reason: FailReason) {
+        let failed = self.migration.shared.lock().tracker.fail(reason);
+        if failed {
+            pr_err!(
+                "{}: Migration failed ({}); staying on the origin\n",
+                self.handle.device_name(),
+                reason.as_str()
+            );
+            self.handle.raise_event(c"failed");
+        }
+        self.release_deferred();
+    }
+
+    /// Turns a failed mirrored write into the failure of the migration.
+    pub(crate) fn check_mirror_failure(self: &Arc<Self>) {
+        if self.migration.dest_failed() {
+            self.fail(FailReason::DestinationWrite);
+        }
+    }
+
+    /// Cancels the migration (the `cancel` message): everything stays on the origin.
+    pub(crate) fn cancel(self: &Arc<Self>) -> Result<(), MessageError> {
+        let outcome = self.migration.shared.lock().tracker.cancel();
+        match outcome {
+            CancelOutcome::Switched => return Err(MessageError::AlreadySwitched),
+            CancelOutcome::AlreadyEnded => {}
+            CancelOutcome::Cancelled => {
+                pr_info!(
+                    "{}: Migration cancelled; staying on the origin\n",
+                    self.handle.device_name()
+                );
+                self.handle.raise_event(c"cancelled");
+            }
+        }
+        self.release_deferred();
+        Ok(())
+    }
+
+    /// Waits until every write counted in `epoch` has completed.
+    pub(crate) fn drain(&self, epoch: Epoch) {
+        let migration = &*self.migration;
+        migration.epochs.start_drain(epoch);
+        let mut guard = migration.drain_lock.lock();
+        while !migration.epochs.is_drained(epoch) {
+            // The last write may end between the check and the wait, and its wake-up is then
+            // lost: the one-jiffy timeout bounds what that costs. A stop request only wakes
+            // the thread early; the writes still have to land.
+            let _ = migration.drained.wait_interruptible_timeout(&mut guard, 1);
+        }
+        drop(guard);
+        migration.epochs.end_drain();
+    }
+
+    /// Switches all I/O to the destination, quiesced: new writes wait while every write in
+    /// flight (mirrored ones included) completes, the destination is flushed, and no write is
+    /// known to have missed it; only then does anything go to the destination alone. A failure
+    /// found on the way fails the migration instead.
+    pub(crate) fn switch(self: &Arc<Self>) {
+        let migration = &*self.migration;
+        if !migration.shared.lock().tracker.begin_switch() {
+            return;
+        }
+        loop {
+            for epoch in Epoch::BOTH {
+                self.drain(epoch);
+            }
+            if flush(&self.destination).is_err() {
+                return self.fail(FailReason::DestinationFlush);
+            }
+            // Every mirrored write has ended by now, each after recording its failure.
+            if migration.dest_failed() {
+                return self.fail(FailReason::DestinationWrite);
+            }
+            let mut shared = migration.shared.lock();
+            if shared.tracker.switch(&migration.epochs) {
+                migration.final_route.store(FINAL_DEST, Ordering::Release);
+                drop(shared);
+                pr_info!(
+                    "{}: Switched to the destination\n",
+                    self.handle.device_name()
+                );
+                self.handle.raise_event(c"switched");
+                return self.release_deferred();
+            }
+            if !shared.tracker.is_switching() {
+                // Cancelled or failed meanwhile: the deferred writes go to the origin.
+                drop(shared);
+                return self.release_deferred();
+            }
+            // Writes are deferred while switching, so none can be counted now; this only
+            // guards the tracker's refusal against a lost drain.
+        }
+    }
+}
+
+impl MirrorDone for Engine {
+    /// Records a failed destination write, before the bio ends. The write's epoch accounting is
+    /// left to `end_io`, which the core calls for every bio of the target when it ends.
+    fn mirror_done(&self, _origin: Status, dest: Status) {
+        if !dest.is_ok() {
+            self.migration.mirror_errors.fetch_add(1, Ordering::Relaxed);
+            self.migration.dest_failed.store(true, Ordering::Release);
+        }
+    }
+}
