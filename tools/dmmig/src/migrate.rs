@@ -242,6 +242,35 @@ fn counter(dir: &Path, file: &str) -> Option<String> {
         .map(|s| s.trim().to_string())
 }
 
+/// Which device holds every write of a migration that `move` gives up on.
+enum Holder {
+    Origin,
+    Destination,
+}
+
+/// Ends a migration that `move` gives up on (interrupted, failed), for good, and says which
+/// device holds every write. A cancelled, failed or cancelled-again migration keeps everything
+/// on the origin and can no longer switch; the kernel refuses `cancel` only once the target has
+/// switched, and then only the destination has the writes made since. Rolling back to the
+/// origin without this would lose them if the switch came just before.
+fn settle(dm: &Dm, name: &str) -> Result<Holder> {
+    if dm.message(name, 0, "cancel").is_ok() {
+        return Ok(Holder::Origin);
+    }
+    let status = dm.status(name)?;
+    let state = status
+        .first()
+        .and_then(|line| line.params.split_whitespace().next())
+        .unwrap_or_default();
+    match state {
+        "switched" => Ok(Holder::Destination),
+        "failed" | "cancelled" => Ok(Holder::Origin),
+        other => Err(Error::Failed(format!(
+            "cannot stop the migration (state '{other}'): the disk is left on the migrate table"
+        ))),
+    }
+}
+
 /// Swaps the live table (suspend, load, resume) and returns how long I/O was held.
 fn swap_table(dm: &Dm, name: &str, table: &[TableLine]) -> Result<Duration> {
     dm.load(name, table)?;
@@ -338,10 +367,19 @@ pub fn run_move(
             bar.finish_and_clear();
         }
         if let Err(e) = outcome {
-            // Back to the original table; the migrate target never switched, so the origin has
-            // every write.
-            swap_table(&dm, name, std::slice::from_ref(&original))?;
-            return Err(e);
+            match settle(&dm, name)? {
+                // Back to the original table: the migration is over without a switch, so the
+                // origin has every write.
+                Holder::Origin => {
+                    swap_table(&dm, name, std::slice::from_ref(&original))?;
+                    return Err(e);
+                }
+                // It switched before it could be stopped: only the destination has the writes
+                // since, so the move is finished rather than rolled back.
+                Holder::Destination => {
+                    eprintln!("dmmig: {e}, but the disk had switched already: finishing the move")
+                }
+            }
         }
         let linear = TableLine {
             params: format!("{} 0", destination.number()),
