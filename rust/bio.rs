@@ -56,9 +56,10 @@ unsafe impl Send for Bio {}
 
 /// The per-bio data the binding layer keeps for every bio of a target (`per_io_data_size`).
 ///
-/// All fields are atomics of plain integers, for which every bit pattern is valid, so the
-/// uninitialised memory the core hands over is safe to read; `map` sets them before use.
+/// The core hands this memory over uninitialised; the `map` trampoline writes a fresh value
+/// ([`Bio::from_map`]) before anything reads it.
 #[repr(C)]
+#[derive(Default)]
 pub struct BioData {
     /// Clones still in flight for a mirrored bio.
     remaining: AtomicU32,
@@ -84,6 +85,23 @@ impl Bio {
         Self { ptr }
     }
 
+    /// Wraps the bio of a `map` call, after giving it fresh per-bio data.
+    ///
+    /// # Safety
+    ///
+    /// As for [`Bio::from_raw`]; the per-bio data is not in use yet (this is the bio's `map`).
+    pub(super) unsafe fn from_map(ptr: NonNull<bindings::bio>) -> Self {
+        // SAFETY: The core allocated `per_io_data_size` bytes, set to `size_of::<BioData>()`
+        // and suitably aligned, for this bio, and nothing reads them before this write.
+        unsafe {
+            bindings::dm_per_bio_data(ptr.as_ptr(), core::mem::size_of::<BioData>())
+                .cast::<BioData>()
+                .write(BioData::default())
+        };
+        // SAFETY: Forwarded from the caller.
+        unsafe { Self::from_raw(ptr) }
+    }
+
     /// Gives the bio back, for the core to submit or end.
     pub(super) fn into_raw(self) -> *mut bindings::bio {
         let ptr = self.ptr.as_ptr();
@@ -98,8 +116,8 @@ impl Bio {
     /// The per-bio data.
     pub(super) fn data(&self) -> &BioData {
         // SAFETY: The core allocates `per_io_data_size` bytes, set to `size_of::<BioData>()`, for
-        // every bio of the target; the memory lives as long as the bio, and `BioData` holds only
-        // atomics, valid for any bit pattern.
+        // every bio of the target; the memory lives as long as the bio, and `map` initialised it
+        // (`from_map`) before any `Bio` of it could be read.
         unsafe {
             &*bindings::dm_per_bio_data(self.raw(), core::mem::size_of::<BioData>())
                 .cast::<BioData>()

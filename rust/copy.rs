@@ -10,7 +10,7 @@ use kernel::page::{Page, PAGE_SIZE};
 use kernel::prelude::*;
 
 /// Pages the copier reads into and writes from.
-pub struct PageBuffer {
+struct PageBuffer {
     _pages: KVec<Page>,
     ptrs: KVec<*mut bindings::page>,
 }
@@ -23,7 +23,7 @@ unsafe impl Sync for PageBuffer {}
 impl PageBuffer {
     /// Allocates `bytes` rounded up to whole pages, one page at a time (no large contiguous
     /// allocation).
-    pub fn new(bytes: usize) -> Result<Self> {
+    fn new(bytes: usize) -> Result<Self> {
         let nr = bytes.div_ceil(PAGE_SIZE);
         let mut pages = KVec::with_capacity(nr, GFP_KERNEL)?;
         let mut ptrs = KVec::with_capacity(nr, GFP_KERNEL)?;
@@ -39,21 +39,23 @@ impl PageBuffer {
     }
 
     /// The buffer's size in bytes.
-    pub fn len(&self) -> usize {
+    fn len(&self) -> usize {
         self.ptrs.len() * PAGE_SIZE
     }
 }
 
-/// Bios submitted together and waited for together.
+/// One read or write through a buffer of its own, split into as many bios as it takes, and
+/// waited for. Owning the buffer, and taking one I/O between waits, makes it impossible for
+/// two I/Os to use the same pages at once, or for the pages to go while a bio uses them.
 ///
 /// # Invariants
 ///
 /// `ptr` comes from `migrate_io_batch_create` and is freed on drop; no bio of the batch is in
-/// flight when it is freed, because `wait` is the only way to learn a batch's end and `&mut
-/// self` methods cannot be called again before it.
+/// flight when it is freed or when `buffer` is, because `drop` waits first. `started` says
+/// whether an I/O was submitted since the last `wait`.
 pub struct IoBatch {
     ptr: NonNull<bindings::migrate_io_batch>,
-    /// Whether bios were added since the last `wait`.
+    buffer: PageBuffer,
     started: bool,
 }
 
@@ -64,48 +66,53 @@ unsafe impl Send for IoBatch {}
 unsafe impl Sync for IoBatch {}
 
 impl IoBatch {
-    /// Allocates a batch.
-    pub fn new() -> Result<Self> {
+    /// Allocates a batch with a buffer of `bytes` rounded up to whole pages.
+    pub fn new(bytes: usize) -> Result<Self> {
+        let buffer = PageBuffer::new(bytes)?;
         // SAFETY: No preconditions.
         let ptr = unsafe { bindings::migrate_io_batch_create() };
-        // INVARIANT: Created just above.
+        // INVARIANT: Created just above, idle.
         Ok(Self {
             ptr: NonNull::new(ptr).ok_or(ENOMEM)?,
+            buffer,
             started: false,
         })
     }
 
-    /// Submits a read (or a write) of `bytes` from the start of `buf` at `sector` of `device`.
-    ///
-    /// `buf` must not be used by another bio until [`IoBatch::wait`] returns; the borrow
-    /// checker cannot see that, so the copier keeps one buffer per batch slot.
-    pub fn add(
+    /// The buffer's size in bytes.
+    pub fn len(&self) -> usize {
+        self.buffer.len()
+    }
+
+    /// Submits a read (or a write) of `bytes` from the start of the buffer at `sector` of
+    /// `device`. Refused (`EBUSY`) until the previous I/O has been waited for.
+    pub fn submit(
         &mut self,
         device: &Device,
         sector: u64,
-        buf: &PageBuffer,
         bytes: usize,
         write: bool,
         bios: &BioSet,
     ) -> Result {
-        if bytes == 0 || bytes > buf.len() {
+        if self.started {
+            return Err(EBUSY);
+        }
+        if bytes == 0 || bytes > self.buffer.len() {
             return Err(EINVAL);
         }
-        if !self.started {
-            // SAFETY: The batch is valid and idle (type invariant).
-            unsafe { bindings::migrate_io_batch_start(self.ptr.as_ptr()) };
-            self.started = true;
-        }
+        // SAFETY: The batch is valid and idle (type invariant).
+        unsafe { bindings::migrate_io_batch_start(self.ptr.as_ptr()) };
+        self.started = true;
         let bytes = u32::try_from(bytes).map_err(|_| EINVAL)?;
-        // SAFETY: The batch is started; `buf` holds at least `bytes` of pages, alive until the
-        // caller's `wait`; the device stays open while the target lives, which outlasts the
-        // copier.
+        // SAFETY: The batch is started; the buffer holds at least `bytes` of pages, which live
+        // as long as the batch and no other I/O uses until `wait`; the device stays open while
+        // the target lives, which outlasts the copier.
         kernel::error::to_result(unsafe {
             bindings::migrate_io_batch_add(
                 self.ptr.as_ptr(),
                 device.bdev(),
                 sector,
-                buf.ptrs.as_ptr().cast_mut(),
+                self.buffer.ptrs.as_ptr().cast_mut(),
                 bytes,
                 write,
                 bios.raw(),
@@ -113,7 +120,7 @@ impl IoBatch {
         })
     }
 
-    /// Waits for every bio added since the last wait; the first error, if any, is returned.
+    /// Waits for the I/O submitted since the last wait; the first error, if any, is returned.
     pub fn wait(&mut self) -> Status {
         if !self.started {
             return Status::OK;

@@ -266,6 +266,12 @@ pub trait Target: Sized + Send + Sync {
         kernel::build_error!(kernel::error::VTABLE_DEFAULT_ERROR)
     }
 
+    /// Called before the device resumes, with the table it replaces suspended; an error fails
+    /// the resume and leaves the device suspended.
+    fn preresume(&self) -> Result {
+        kernel::build_error!(kernel::error::VTABLE_DEFAULT_ERROR)
+    }
+
     /// Called when the device resumes.
     fn resume(&self) {
         kernel::build_error!(kernel::error::VTABLE_DEFAULT_ERROR)
@@ -394,8 +400,8 @@ impl<T: Target> Callbacks<T> {
             return bindings::DM_MAPIO_KILL as c_int;
         };
         // SAFETY: The target is constructed; the bio is handed to the target by this call, and
-        // its per-bio data is a `BioData` (set in `ctr`).
-        let (target, bio) = unsafe { (target_of::<T>(ti), Bio::from_raw(bio)) };
+        // its per-bio data, sized for a `BioData` in `ctr`, is initialised by `from_map`.
+        let (target, bio) = unsafe { (target_of::<T>(ti), Bio::from_map(bio)) };
         target.map(bio).into_raw()
     }
 
@@ -449,6 +455,19 @@ impl<T: Target> Callbacks<T> {
     unsafe extern "C" fn postsuspend(ti: *mut bindings::dm_target) {
         // SAFETY: The target is constructed.
         unsafe { target_of::<T>(ti) }.postsuspend();
+    }
+
+    /// Called by the device-mapper core before resuming.
+    ///
+    /// # Safety
+    ///
+    /// Called with a constructed target, in process context.
+    unsafe extern "C" fn preresume(ti: *mut bindings::dm_target) -> c_int {
+        // SAFETY: The target is constructed.
+        match unsafe { target_of::<T>(ti) }.preresume() {
+            Ok(()) => 0,
+            Err(e) => e.to_errno(),
+        }
     }
 
     /// Called by the device-mapper core on resume.
@@ -596,6 +615,7 @@ impl<T: Target> Registration<T> {
             presuspend_undo: T::HAS_PRESUSPEND_UNDO
                 .then_some(Callbacks::<T>::presuspend_undo as _),
             postsuspend: T::HAS_POSTSUSPEND.then_some(Callbacks::<T>::postsuspend as _),
+            preresume: T::HAS_PRERESUME.then_some(Callbacks::<T>::preresume as _),
             resume: T::HAS_RESUME.then_some(Callbacks::<T>::resume as _),
             ..Default::default()
         };

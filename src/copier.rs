@@ -7,7 +7,7 @@
 // Every `unsafe` lives in the binding layer (`crate::dm`); this is safe Rust.
 #![deny(unsafe_code)]
 
-use crate::dm::copy::{flush, IoBatch, PageBuffer};
+use crate::dm::copy::{flush, IoBatch};
 use crate::dm::kthread::{self, ThreadContext, ThreadMain};
 use crate::engine::state::{FailReason, State};
 use crate::engine::throttle::{RateMeter, Throttle};
@@ -26,21 +26,6 @@ const IDLE_MS: u32 = 50;
 /// The longest single sleep while waiting for a retry, so that a stop is seen soon.
 const MAX_SLEEP_MS: u64 = 100;
 
-/// One batch slot of a round: the buffer its data passes through and its bios.
-struct CopySlot {
-    buffer: PageBuffer,
-    io: IoBatch,
-}
-
-impl CopySlot {
-    fn new(bytes: usize) -> Result<Self> {
-        Ok(Self {
-            buffer: PageBuffer::new(bytes)?,
-            io: IoBatch::new()?,
-        })
-    }
-}
-
 /// The copier of one target, run by a [`crate::dm::kthread::KThread`] between resume and
 /// suspend.
 pub(crate) struct CopierThread {
@@ -56,7 +41,8 @@ impl ThreadMain for CopierThread {
         // A batch is one region when regions are larger than BATCH_BYTES; it is then copied
         // through the buffer in pieces (see `copy_round`).
         let buffer_bytes = (max_regions * region_bytes).min(BATCH_BYTES) as usize;
-        let mut slots: KVec<CopySlot> = KVec::new();
+        // One per batch slot of a round: the buffer its data passes through, and its bios.
+        let mut slots: KVec<IoBatch> = KVec::new();
         let mut meter = RateMeter::new(kthread::now_ns());
         let mut throttle = Throttle::new();
         let mut retry_at_ns = 0;
@@ -97,7 +83,7 @@ impl ThreadMain for CopierThread {
             }
             let depth = engine.depth.load(Ordering::Relaxed) as usize;
             while slots.len() < depth {
-                match CopySlot::new(buffer_bytes) {
+                match IoBatch::new(buffer_bytes) {
                     Ok(slot) => {
                         if slots.push(slot, GFP_KERNEL).is_err() {
                             break;
@@ -165,7 +151,7 @@ impl CopierThread {
 /// the destination, one buffer's worth of each batch at a time, and says how each batch ended.
 /// A batch is longer than its buffer only when a region is (regions above [`BATCH_BYTES`]);
 /// the buffers stay small whatever the region size.
-fn copy_round(engine: &Engine, round: &Round, slots: &mut [CopySlot]) -> [CopyResult; MAX_DEPTH] {
+fn copy_round(engine: &Engine, round: &Round, slots: &mut [IoBatch]) -> [CopyResult; MAX_DEPTH] {
     let mut results = [CopyResult::Done; MAX_DEPTH];
     let bytes_of = |sectors: &core::ops::Range<u64>| (sectors.end - sectors.start) * 512;
     let longest = round
@@ -176,7 +162,7 @@ fn copy_round(engine: &Engine, round: &Round, slots: &mut [CopySlot]) -> [CopyRe
     // Every buffer has the same, non-zero size.
     let Some(chunk) = slots
         .first()
-        .map(|s| s.buffer.len() as u64)
+        .map(|s| s.len() as u64)
         .filter(|&c| c > 0)
     else {
         return [CopyResult::ReadError; MAX_DEPTH];
@@ -197,8 +183,7 @@ fn copy_round(engine: &Engine, round: &Round, slots: &mut [CopySlot]) -> [CopyRe
                 let len = left.min(chunk) as usize;
                 let sector = batch.sectors.start + offset / 512;
                 if slot
-                    .io
-                    .add(device, sector, &slot.buffer, len, write, &engine.bios)
+                    .submit(device, sector, len, write, &engine.bios)
                     .is_err()
                 {
                     *result = error;
@@ -206,7 +191,7 @@ fn copy_round(engine: &Engine, round: &Round, slots: &mut [CopySlot]) -> [CopyRe
             }
             // Every slot is waited for, also one whose submission failed half-way.
             for (slot, result) in slots.iter_mut().zip(&mut results) {
-                if !slot.io.wait().is_ok() && *result == CopyResult::Done {
+                if !slot.wait().is_ok() && *result == CopyResult::Done {
                     *result = error;
                 }
             }

@@ -24,7 +24,7 @@ mod migration;
 use copier::CopierThread;
 use core::ffi::CStr;
 use core::fmt::Write;
-use core::sync::atomic::{AtomicBool, Ordering};
+use core::sync::atomic::Ordering;
 use dm::bio::{Bio, BioSet, Status};
 use dm::device::Device;
 use dm::kthread::{KThread, NoIo};
@@ -40,7 +40,7 @@ use engine::tracker::Handover;
 use kernel::prelude::*;
 use kernel::sync::{Arc, Mutex};
 use kernel::new_mutex;
-use migration::{Engine, Membership, MigrationKey, Registry};
+use migration::{Engine, HandoverError, Membership, MigrationKey, Registry};
 
 module! {
     type: MigrateModule,
@@ -78,8 +78,11 @@ struct Migrate {
     engine: Arc<Engine>,
     /// The target's place in the registry of migrations.
     membership: Membership,
-    /// Set at the first resume, when the target takes over from the table it replaces.
-    resumed: AtomicBool,
+    /// How the target went live (took over from the table it replaces): `None` until its
+    /// preresume or a first message. Held across the hand-over, so a message and the resume
+    /// cannot race on it; a refused hand-over keeps refusing.
+    #[pin]
+    live: Mutex<Option<Result>>,
 }
 
 impl From<TableError> for CtrError {
@@ -137,19 +140,38 @@ impl Migrate {
     }
 
     /// When the target first goes live: a reload never rolls back (see
-    /// `Membership::go_live`). Called by `resume`, and by `message`, which can reach a new table
-    /// between the swap and its resume.
-    fn go_live(&self) {
-        if self.resumed.swap(true, Ordering::AcqRel) {
-            return;
+    /// `Membership::go_live`). Called by `preresume`, and by `message`, which can reach a new
+    /// table between the swap and its resume.
+    fn go_live(&self) -> Result {
+        let mut live = self.live.lock();
+        if let Some(outcome) = *live {
+            return outcome;
         }
-        let what = match self.membership.go_live(self.engine.options.no_switch) {
-            None => return,
-            Some(Handover::Continued) => "continuing where the copy was",
-            Some(Handover::Switched) => "switched already",
-            Some(Handover::StartedOver) => "starting the copy over",
+        let name = self.engine.handle.device_name();
+        let outcome = match self.membership.go_live(self.engine.options.no_switch) {
+            Ok(handover) => {
+                let what = match handover {
+                    None => "",
+                    Some(Handover::Continued) => "continuing where the copy was",
+                    Some(Handover::Switched) => "switched already",
+                    Some(Handover::StartedOver) => "starting the copy over",
+                };
+                if !what.is_empty() {
+                    pr_info!("{}: Reloaded: {}\n", name, what);
+                }
+                Ok(())
+            }
+            Err(HandoverError::SwitchedElsewhere) => {
+                pr_err!(
+                    "{}: The device's last migration switched to other devices or another \
+                     length; its data is on that destination: load a table on it\n",
+                    name
+                );
+                Err(EINVAL)
+            }
         };
-        pr_info!("{}: Reloaded: {}\n", self.engine.handle.device_name(), what);
+        *live = Some(outcome);
+        outcome
     }
 }
 
@@ -240,7 +262,7 @@ impl Target for Migrate {
                 sysfs <- new_mutex!(None, "migrate:sysfs"),
                 engine,
                 membership,
-                resumed: AtomicBool::new(false),
+                live <- new_mutex!(None, "migrate:live"),
             }),
             GFP_KERNEL,
         )
@@ -278,10 +300,13 @@ impl Target for Migrate {
         drop(self.sysfs.lock().take());
     }
 
+    fn preresume(&self) -> Result {
+        self.go_live()
+    }
+
     fn resume(&self) {
         // The device is still suspended: no allocation here may wait for its I/O.
         let _noio = NoIo::enter();
-        self.go_live();
         let mut sysfs = self.sysfs.lock();
         if sysfs.is_none() {
             match SysfsDir::new(&self.engine.handle, c"migrate", self.engine.clone()) {
@@ -343,7 +368,7 @@ impl Target for Migrate {
             EINVAL
         };
         let message = Message::parse(args).map_err(report)?;
-        self.go_live();
+        self.go_live()?;
         let engine = &self.engine;
         let shared = &engine.migration.shared;
         match message {

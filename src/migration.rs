@@ -136,22 +136,18 @@ pub(crate) struct MigrationKey {
     pub(crate) region_sectors: u64,
 }
 
-impl MigrationKey {
-    /// Whether `other` runs on the same devices at the same place, whatever its regions.
-    fn same_place(&self, other: &Self) -> bool {
-        (self.device, self.begin, self.origin, self.destination)
-            == (other.device, other.begin, other.origin, other.destination)
-    }
-}
-
 /// A migration, how many targets use it, and when a target last took it live.
 pub(crate) struct Entry {
     key: MigrationKey,
     migration: Arc<Migration>,
     users: usize,
-    /// The registry's generation when a target of this migration first resumed, or 0 if none
+    /// The registry's generation when a target of this migration last went live, or 0 if none
     /// has yet: of the migrations at one place, the one with the highest is the live one.
     resumed: u64,
+    /// Set when this migration's table was refused over a switched migration (see
+    /// `Membership::go_live`): it stands for that one, whose table is gone by then, so that
+    /// the next table still sees the switch.
+    stands_for: Option<MigrationKey>,
 }
 
 /// The migrations of every `migrate` target that exists, live or not, and the tables that hold
@@ -246,6 +242,7 @@ impl Membership {
             migration: migration.clone(),
             users: 1,
             resumed: 0,
+            stands_for: None,
         };
         put(&mut registry.migrations, entry)?;
         Ok(migration)
@@ -256,71 +253,107 @@ impl Membership {
         &self.migration
     }
 
-    /// Called when a target first goes live (its first resume, or a message that reaches it
-    /// before that): makes a reload never roll back. The table it replaces is suspended by now.
+    /// Called when a target goes live (its preresume, or a message that reaches it first),
+    /// once: makes a reload never roll back. The table it replaces is suspended by now.
     ///
     /// The migration this place (mapped device and first sector) last went live with is the
     /// predecessor. If that is this very migration, the table is an identical reload: it goes
     /// on where it was, and a failed or cancelled migration starts over (the way to retry).
-    /// Otherwise, with the same devices, a switched predecessor makes this one switched and
-    /// anything else starts the copy over. `no_switch` is the new table's in every case.
-    pub(crate) fn go_live(&self, no_switch: bool) -> Option<Handover> {
+    /// Otherwise, with the same devices and length, a switched predecessor makes this one
+    /// switched, and anything else starts the copy over from the origin. A switched
+    /// predecessor on other devices or another length is refused unless this table copies
+    /// away from its destination: neither of this table's devices has all the data. The new
+    /// table's `no_switch` applies in every case.
+    pub(crate) fn go_live(&self, no_switch: bool) -> Result<Option<Handover>, HandoverError> {
         let mut registry = self.registry.lock();
         registry.generation += 1;
         let generation = registry.generation;
-        let mut own_resumed = 0;
-        let mut predecessor: Option<(u64, &Entry)> = None;
-        for entry in registry.migrations.iter().flatten() {
-            if Arc::ptr_eq(&entry.migration, &self.migration) {
-                own_resumed = entry.resumed;
-            } else if (entry.key.device, entry.key.begin) == (self.key.device, self.key.begin)
-                && entry.resumed > predecessor.map_or(0, |(g, _)| g)
-            {
-                predecessor = Some((entry.resumed, entry));
+        let place = (self.key.device, self.key.begin);
+        let last = registry
+            .migrations
+            .iter()
+            .flatten()
+            .filter(|e| (e.key.device, e.key.begin) == place && e.resumed > 0)
+            .max_by_key(|e| e.resumed)
+            .map(|e| match e.stands_for {
+                Some(key) => (false, key, State::Switched),
+                None => {
+                    let identical = Arc::ptr_eq(&e.migration, &self.migration);
+                    (identical, e.key, e.migration.state())
+                }
+            });
+        let refused = match last {
+            Some((false, key, State::Switched)) => {
+                let same = key.origin == self.key.origin
+                    && key.destination == self.key.destination
+                    && key.target_sectors == self.key.target_sectors;
+                // Moving on from where the last migration put the data is a new move.
+                (!same && self.key.origin != key.destination).then_some(key)
             }
-        }
-        let predecessor = match predecessor {
-            Some((_, entry)) if own_resumed == 0 => Some((
-                entry.key.same_place(&self.key),
-                entry.migration.state(),
-            )),
             _ => None,
         };
-        for entry in registry.migrations.iter_mut().flatten() {
-            if Arc::ptr_eq(&entry.migration, &self.migration) && entry.resumed == 0 {
-                entry.resumed = generation;
-            }
+        if let Some(entry) = registry
+            .migrations
+            .iter_mut()
+            .flatten()
+            .find(|e| Arc::ptr_eq(&e.migration, &self.migration))
+        {
+            entry.resumed = generation;
+            entry.stands_for = refused;
         }
         drop(registry);
+        if refused.is_some() {
+            return Err(HandoverError::SwitchedElsewhere);
+        }
         let migration = &self.migration;
         let mut shared = migration.shared.lock();
         shared.tracker.set_no_switch(no_switch);
-        if own_resumed != 0 {
+        let Some((identical, last_key, last_state)) = last else {
+            return Ok(None);
+        };
+        if identical {
             // A mirrored write's failure not yet carried out counts as the failure it is.
             if migration.dest_failed() {
                 shared.tracker.fail(FailReason::DestinationWrite);
             }
             if !shared.tracker.restart() {
-                return Some(Handover::Continued);
+                return Ok(Some(Handover::Continued));
             }
             migration.dest_failed.store(false, Ordering::Release);
             migration.final_route.store(0, Ordering::Release);
-            return Some(Handover::StartedOver);
+            return Ok(Some(Handover::StartedOver));
         }
-        let (same_devices, state) = predecessor?;
-        if !same_devices {
-            if state == State::Switched {
-                drop(shared);
-                pr_warn!("The previous table of this device switched to another destination; this one copies from its own origin\n");
-            }
-            return None;
-        }
-        let handover = shared.tracker.after_reload(state);
-        if handover == Handover::Switched {
-            migration.final_route.store(FINAL_DEST, Ordering::Release);
-        }
-        Some(handover)
+        let continues = last_key.origin == self.key.origin
+            && last_key.destination == self.key.destination
+            && last_key.target_sectors == self.key.target_sectors;
+        let last_state = if continues {
+            last_state
+        } else {
+            // A new move away from where the last one put the data: from scratch.
+            State::Copying
+        };
+        // This migration may have been live before another took its place: whatever its
+        // bitmap says is stale, so it is set anew.
+        let handover = shared.tracker.after_reload(last_state);
+        migration.dest_failed.store(false, Ordering::Release);
+        migration.final_route.store(
+            if handover == Handover::Switched {
+                FINAL_DEST
+            } else {
+                0
+            },
+            Ordering::Release,
+        );
+        Ok(Some(handover))
     }
+}
+
+/// Why a table cannot take over from the one it replaces.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum HandoverError {
+    /// The device's last migration switched, to devices or a length this table does not
+    /// continue.
+    SwitchedElsewhere,
 }
 
 impl Drop for Membership {

@@ -514,6 +514,12 @@ impl<B: DerefMut<Target = [u64]>> Tracker<B> {
         if !matches!(self.state, State::Failed(_) | State::Cancelled) || self.nr_inflight != 0 {
             return false;
         }
+        self.start_over();
+        true
+    }
+
+    /// Every region pending again, copying, nothing in flight: the copy starts from scratch.
+    fn start_over(&mut self) {
         let nr_regions = self.nr_regions;
         let full_words = (nr_regions / 64) as usize;
         self.pending.fill(0);
@@ -522,26 +528,31 @@ impl<B: DerefMut<Target = [u64]>> Tracker<B> {
             self.pending[full_words] = (1u64 << (nr_regions % 64)) - 1;
         }
         self.nr_pending = nr_regions;
+        self.inflight = Default::default();
+        self.nr_inflight = 0;
         self.cursor = 0;
         self.read_failures = [None; MAX_DEPTH];
         self.switching = false;
         self.state = State::Copying;
         self.settle();
-        true
     }
 
     /// Takes over from the migration this one replaces in a table reload of the same mapped
-    /// device, with the same origin and destination at the same place in the device but other
-    /// regions, whose state was `predecessor` once suspended. A reload never rolls back: after
-    /// a switch the new table is switched from its first bio; otherwise the copy starts over
-    /// from the origin, which holds every write. (An identical reload shares the migration
-    /// itself, and so goes on where it was.) Call before this tracker routes its first bio.
+    /// device, at the same place, whose state was `predecessor` once suspended: after a switch
+    /// the new table is switched from its first bio; otherwise the copy starts over from the
+    /// origin, which holds every write (also if this tracker was live before: what it knew is
+    /// stale). A reload never rolls back. (An identical reload of the live migration shares it
+    /// instead.) Call before this tracker routes a bio again.
     pub fn after_reload(&mut self, predecessor: State) -> Handover {
         if predecessor != State::Switched {
+            self.start_over();
             return Handover::StartedOver;
         }
         self.pending.fill(0);
         self.nr_pending = 0;
+        self.inflight = Default::default();
+        self.nr_inflight = 0;
+        self.switching = false;
         self.state = State::Switched;
         Handover::Switched
     }
