@@ -47,6 +47,14 @@ expect 2 "not enough space" move "$disk" "$TEST_TMP/full/new.img"
 umount "$TEST_TMP/full"
 [ -e "$TEST_TMP/x.img" ] && fail "a failed move left an image behind"
 expect 2 "single linear segment" move "$DEV_PREFIX-flaky" "$TEST_TMP/x.img"
+# Options are checked with the target's own grammar before anything is created.
+expect 2 "Region size is not a power of two" move "$disk" "$TEST_TMP/x.img" --region-size 100
+[ -e "$TEST_TMP/x.img" ] && fail "a refused move left an image behind"
+# When the kernel refuses a table anyway, dmmig says why in the kernel's words.
+dmsetup create "$DEV_PREFIX-other" --table "0 $len linear $origin 0" || fail "create failed"
+expect 1 "Origin and destination are the same device" load "$DEV_PREFIX-other" \
+	--table "0 $len migrate $origin $origin"
+dmsetup remove "$DEV_PREFIX-other"
 setpriv --reuid=65534 --regid=65534 --clear-groups "$DMMIG" move "$disk" "$TEST_TMP/x.img" 2>/dev/null
 [ $? = 4 ] || fail "move as non-root: exit code not 4"
 

@@ -1,6 +1,6 @@
 //! The device-mapper operations dmmig needs, over the `devicemapper` crate's ioctls.
 
-use crate::error::{dm_error, Error, Result};
+use crate::error::{dm_error, ioctl_errno, Error, Result};
 use crate::table::TableLine;
 use devicemapper::{DevId, DmFlags, DmName, DmOptions, DM};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
@@ -141,7 +141,16 @@ impl Dm {
         self.dm
             .table_load(&DevId::Name(dm_name(name)?), &targets, DmOptions::default())
             .map(|_| ())
-            .map_err(|e| dm_error("load", name, e))
+            .map_err(|e| {
+                let mut error = dm_error("load", name, e);
+                // The errno says little ("Invalid argument"); the kernel logged why.
+                if let (Error::Failed(text), Ok(info)) = (&mut error, self.info(name)) {
+                    if let Some(reason) = table_refusal(info.major, info.minor) {
+                        *text = format!("{text}: the kernel says \"{reason}\"");
+                    }
+                }
+                error
+            })
     }
 
     /// Suspends a device, flushing its I/O unless `noflush`.
@@ -150,13 +159,22 @@ impl Dm {
         if noflush {
             flags |= DmFlags::DM_NOFLUSH;
         }
-        self.dm
-            .device_suspend(
+        // The kernel waits for I/O in flight interruptibly: a signal (a second Ctrl-C) makes
+        // the suspend fail with EINTR, which is no reason to give up.
+        let mut tries = 0;
+        loop {
+            let result = self.dm.device_suspend(
                 &DevId::Name(dm_name(name)?),
                 DmOptions::default().set_flags(flags),
-            )
-            .map(|_| ())
-            .map_err(|e| dm_error("suspend", name, e))
+            );
+            match result {
+                Ok(_) => return Ok(()),
+                Err(e) if tries < 10 && ioctl_errno(&e) == Some(nix::errno::Errno::EINTR) => {
+                    tries += 1;
+                }
+                Err(e) => return Err(dm_error("suspend", name, e)),
+            }
+        }
     }
 
     /// Resumes a device, making an inactive table live.
@@ -230,3 +248,33 @@ impl Dm {
         }
     }
 }
+
+/// The reason device-mapper logged for refusing a table of device `major:minor` (its lines read
+/// `device-mapper: table: M:m: <target>: <reason>`), the newest in the kernel log.
+fn table_refusal(major: u32, minor: u32) -> Option<String> {
+    use nix::fcntl::OFlag;
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut kmsg = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(OFlag::O_NONBLOCK.bits())
+        .open("/dev/kmsg")
+        .ok()?;
+    let prefix = format!("table: {major}:{minor}: ");
+    let mut newest = None;
+    let mut record = vec![0u8; 8192];
+    // One record per read, until there are no more (EAGAIN).
+    while let Ok(n) = kmsg.read(&mut record) {
+        if n == 0 {
+            break;
+        }
+        let text = String::from_utf8_lossy(&record[..n]);
+        let message = text.split_once(';').map_or(&*text, |(_, m)| m);
+        let message = message.lines().next().unwrap_or_default();
+        if let Some((_, reason)) = message.split_once(&prefix) {
+            newest = Some(reason.trim().to_string());
+        }
+    }
+    newest
+}
+

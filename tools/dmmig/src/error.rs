@@ -41,18 +41,26 @@ impl Error {
     }
 }
 
-/// Converts a devicemapper error into ours, naming the operation and the device.
+/// The errno of a failed device-mapper ioctl, if that is what the error is.
+pub fn ioctl_errno(err: &devicemapper::DmError) -> Option<nix::errno::Errno> {
+    match err {
+        devicemapper::DmError::Core(devicemapper::errors::Error::Ioctl(_, _, _, errno)) => {
+            // The crate's nix may be another version than ours: go through the number.
+            Some(nix::errno::Errno::from_raw(**errno as i32))
+        }
+        _ => None,
+    }
+}
+
+/// Converts a devicemapper error into ours, naming the operation and the device, classified
+/// by the ioctl's errno (never by the crate's message text, which dumps the ioctl header).
 pub fn dm_error(op: &str, name: &str, err: devicemapper::DmError) -> Error {
-    let text = err.to_string();
-    if text.contains("ENXIO") || text.contains("No such device") {
-        Error::NotFound(name.to_string())
-    } else if text.contains("EACCES")
-        || text.contains("EPERM")
-        || text.contains("Permission denied")
-    {
-        Error::Permission
-    } else {
-        Error::Failed(format!("{op} '{name}' failed: {text}"))
+    use nix::errno::Errno;
+    match ioctl_errno(&err) {
+        Some(Errno::ENXIO | Errno::ENODEV) => Error::NotFound(name.to_string()),
+        Some(Errno::EACCES | Errno::EPERM) => Error::Permission,
+        Some(errno) => Error::Failed(format!("{op} '{name}' failed: {}", errno.desc())),
+        None => Error::Failed(format!("{op} '{name}' failed: {err}")),
     }
 }
 

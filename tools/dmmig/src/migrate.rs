@@ -8,6 +8,7 @@
 use crate::dm::Dm;
 use crate::error::{Error, Result};
 use crate::table::TableLine;
+use dm_migrate_engine::table::{DeviceGeometry, Geometry, Options, TableArgs};
 use serde::Serialize;
 use std::fs::{self, File, OpenOptions};
 use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
@@ -65,6 +66,19 @@ impl BlockDev {
 
     fn sysfs(&self) -> PathBuf {
         PathBuf::from(format!("/sys/dev/block/{}:{}", self.major, self.minor))
+    }
+
+    /// Size and logical block size, as the target's constructor sees them.
+    fn geometry(&self) -> DeviceGeometry {
+        let read = |file: &str| {
+            fs::read_to_string(self.sysfs().join(file))
+                .ok()
+                .and_then(|s| s.trim().parse().ok())
+        };
+        DeviceGeometry {
+            sectors: read("size").unwrap_or(0),
+            logical_block_size: read("queue/logical_block_size").unwrap_or(512) as u32,
+        }
     }
 
     fn of_path(path: &Path) -> Result<Self> {
@@ -287,12 +301,28 @@ pub fn run_move(
     opts: &MoveOptions,
     stop: Arc<AtomicBool>,
 ) -> Result<Summary> {
+    let options = Options {
+        region_size: opts.region_size,
+        copy_depth: opts.depth,
+        rate: opts.rate,
+        no_switch: false,
+    };
+    // The kernel's own checks of the options, before anything is created: a bad value is
+    // refused here in the words the kernel would log.
+    let mut words = String::from("origin destination");
+    options.write(&mut words).map_err(|_| Error::Failed("table text".into()))?;
+    TableArgs::parse(&words.split_whitespace().collect::<Vec<_>>())
+        .map_err(|e| Error::Usage(format!("{e}")))?;
     let dm = Dm::open()?;
     let info = dm.info(name)?;
     let _lock = lock(name)?;
     let (original, origin) = linear_origin(&dm, name)?;
     let bytes = original.length * 512;
     let mut created = Created::default();
+    // Whether a table (live or loaded) may use the destination: from the migrate table's load
+    // until a rollback has put the original table back. Until then, what move created stays,
+    // whatever fails: removing the image of a disk that may be writing to it loses the writes.
+    let mut destination_in_use = false;
     let result = (|| {
         if let Ok(dev) = BlockDev::of_path(dest) {
             if (dev.major, dev.minor) == (info.major, info.minor) {
@@ -303,27 +333,19 @@ pub fn run_move(
             }
         }
         let destination = prepare_destination(dest, bytes, &mut created)?;
-        let mut words = Vec::new();
-        if let Some(r) = opts.region_size {
-            words.push(format!("region_size {r}"));
-        }
-        if let Some(d) = opts.depth {
-            words.push(format!("copy_depth {d}"));
-        }
-        if let Some(r) = opts.rate {
-            words.push(format!("rate {r}"));
-        }
-        let optional = words.join(" ");
-        let count = optional.split_whitespace().count();
-        let params = if count > 0 {
-            format!(
-                "{} {} {count} {optional}",
-                origin.number(),
-                destination.number()
-            )
-        } else {
-            format!("{} {}", origin.number(), destination.number())
-        };
+        // And against the devices, as the constructor will.
+        Geometry::validate(
+            &options,
+            original.length,
+            origin.geometry(),
+            destination.geometry(),
+            (origin.major, origin.minor) == (destination.major, destination.minor),
+        )
+        .map_err(|e| Error::Usage(format!("{e}")))?;
+        let mut params = format!("{} {}", origin.number(), destination.number());
+        options
+            .write(&mut params)
+            .map_err(|_| Error::Failed("table text".into()))?;
         let migrate = TableLine {
             start: 0,
             length: original.length,
@@ -331,6 +353,7 @@ pub fn run_move(
             params,
         };
         let started = Instant::now();
+        destination_in_use = true;
         let mut longest = swap_table(&dm, name, &[migrate])?;
         let sysfs = PathBuf::from(format!(
             "/sys/dev/block/{}:{}/migrate",
@@ -372,6 +395,7 @@ pub fn run_move(
                 // origin has every write.
                 Holder::Origin => {
                     swap_table(&dm, name, std::slice::from_ref(&original))?;
+                    destination_in_use = false;
                     return Err(e);
                 }
                 // It switched before it could be stopped: only the destination has the writes
@@ -392,7 +416,14 @@ pub fn run_move(
     let (destination, seconds, longest) = match result {
         Ok(done) => done,
         Err(e) => {
-            created.undo();
+            if destination_in_use {
+                eprintln!(
+                    "dmmig: '{name}' may still use {}: it is left in place (see 'dmmig table {name}')",
+                    dest.display()
+                );
+            } else {
+                created.undo();
+            }
             return Err(e);
         }
     };
