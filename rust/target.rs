@@ -612,8 +612,7 @@ impl<T: Target> Registration<T> {
             iterate_devices: Some(Callbacks::<T>::iterate_devices),
             end_io: T::HAS_END_IO.then_some(Callbacks::<T>::end_io as _),
             presuspend: T::HAS_PRESUSPEND.then_some(Callbacks::<T>::presuspend as _),
-            presuspend_undo: T::HAS_PRESUSPEND_UNDO
-                .then_some(Callbacks::<T>::presuspend_undo as _),
+            presuspend_undo: T::HAS_PRESUSPEND_UNDO.then_some(Callbacks::<T>::presuspend_undo as _),
             postsuspend: T::HAS_POSTSUSPEND.then_some(Callbacks::<T>::postsuspend as _),
             preresume: T::HAS_PRERESUME.then_some(Callbacks::<T>::preresume as _),
             resume: T::HAS_RESUME.then_some(Callbacks::<T>::resume as _),

@@ -96,11 +96,12 @@ impl ThreadMain for CopierThread {
                 return self.wait_for_stop(thread, FailReason::OutOfMemory);
             }
             let depth = depth.min(slots.len()).max(1);
-            let round = migration
-                .shared
-                .lock()
-                .tracker
-                .start_round(depth, max_regions, migration.epochs());
+            let round =
+                migration
+                    .shared
+                    .lock()
+                    .tracker
+                    .start_round(depth, max_regions, migration.epochs());
             let Some(round) = round else {
                 thread.sleep_ms(IDLE_MS);
                 continue;
@@ -160,11 +161,7 @@ fn copy_round(engine: &Engine, round: &Round, slots: &mut [IoBatch]) -> [CopyRes
         .max()
         .unwrap_or(0);
     // Every buffer has the same, non-zero size.
-    let Some(chunk) = slots
-        .first()
-        .map(|s| s.len() as u64)
-        .filter(|&c| c > 0)
-    else {
+    let Some(chunk) = slots.first().map(|s| s.len() as u64).filter(|&c| c > 0) else {
         return [CopyResult::ReadError; MAX_DEPTH];
     };
     let mut offset = 0;
@@ -173,7 +170,8 @@ fn copy_round(engine: &Engine, round: &Round, slots: &mut [IoBatch]) -> [CopyRes
             (false, &engine.origin, CopyResult::ReadError),
             (true, &engine.destination, CopyResult::WriteError),
         ] {
-            for ((batch, slot), result) in round.batches.iter().zip(slots.iter_mut()).zip(&mut results)
+            for ((batch, slot), result) in
+                round.batches.iter().zip(slots.iter_mut()).zip(&mut results)
             {
                 let Some(batch) = batch else { continue };
                 let left = bytes_of(&batch.sectors).saturating_sub(offset);

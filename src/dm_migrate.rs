@@ -34,12 +34,12 @@ use dm::target::{
 };
 use engine::message::{Message, MessageError};
 use engine::status::write_table;
-use engine::writer::SliceWriter;
 use engine::table::{DeviceGeometry, Geometry, TableArgs, TableError};
 use engine::tracker::Handover;
+use engine::writer::SliceWriter;
+use kernel::new_mutex;
 use kernel::prelude::*;
 use kernel::sync::{Arc, Mutex};
-use kernel::new_mutex;
 use migration::{Engine, HandoverError, Membership, MigrationKey, Registry};
 
 module! {
@@ -59,7 +59,10 @@ struct MigrateModule {
 
 impl kernel::Module for MigrateModule {
     fn init(module: &'static ThisModule) -> Result<Self> {
-        let registry = Arc::pin_init(new_mutex!(Registry::default(), "migrate:registry"), GFP_KERNEL)?;
+        let registry = Arc::pin_init(
+            new_mutex!(Registry::default(), "migrate:registry"),
+            GFP_KERNEL,
+        )?;
         Ok(Self {
             _registration: Registration::new(c"migrate", VERSION, module, registry)?,
         })

@@ -147,7 +147,10 @@ mod tests {
         assert!(!epochs.is_drained(drain));
         epochs.start_drain(drain);
         assert!(!epochs.exit(new), "a write of the other epoch wakes nobody");
-        assert!(epochs.exit(old), "the last write of the drained epoch wakes the copier");
+        assert!(
+            epochs.exit(old),
+            "the last write of the drained epoch wakes the copier"
+        );
         assert!(epochs.is_drained(drain));
         epochs.end_drain();
         assert_eq!(epochs.in_flight(), 0);

@@ -710,7 +710,11 @@ mod tests {
         assert_eq!(t.state(), State::Copying);
         let round = t.start_round(4, 2, &epochs).unwrap();
         let firsts: Vec<u64> = round.batches().map(|b| b.regions.start).collect();
-        assert_eq!(firsts, [0, 2, 4, 6], "the retry starts at the failed batches");
+        assert_eq!(
+            firsts,
+            [0, 2, 4, 6],
+            "the retry starts at the failed batches"
+        );
         let mut after = round.batches().map(|b| {
             let result = if b.regions.start == 0 {
                 CopyResult::Done
@@ -760,7 +764,10 @@ mod tests {
         t.set_paused(false);
         let round = t.start_round(4, 1, &epochs).unwrap();
         epochs.start_drain(round.drain);
-        assert!(!epochs.is_drained(round.drain), "the round must wait for the older write");
+        assert!(
+            !epochs.is_drained(round.drain),
+            "the round must wait for the older write"
+        );
         assert!(epochs.exit(before));
         assert!(epochs.is_drained(round.drain));
     }
@@ -833,7 +840,6 @@ mod tests {
         assert_eq!(t.route(IoKind::Write, (1 << 19) + 6, 100), Route::Origin);
     }
 
-
     #[test]
     fn write_error_fails_and_pause_stops_batches() {
         let mut t = tracker(16, false);
@@ -851,27 +857,45 @@ mod tests {
     /// One step of a random interleaving, for the model test.
     #[derive(Debug, Clone)]
     enum Op {
-        Write { sector: u64, len: u64 },
-        Read { sector: u64, len: u64 },
+        Write {
+            sector: u64,
+            len: u64,
+        },
+        Read {
+            sector: u64,
+            len: u64,
+        },
         Flush,
         /// One half of a write in flight completes; a destination half may fail.
-        Complete { pick: usize, dest_fails: bool },
+        Complete {
+            pick: usize,
+            dest_fails: bool,
+        },
         /// The copier takes a round (and flips the epochs if it took a batch).
-        StartRound { depth: usize, max: u64 },
+        StartRound {
+            depth: usize,
+            max: u64,
+        },
         /// The copier reads its round, if the epoch it waits for has drained.
         ReadRound,
         /// The copier writes the round to the destination and records the results.
-        FinishRound { results: u32 },
+        FinishRound {
+            results: u32,
+        },
         /// The copier checks for a failed mirrored write, as at the top of each loop.
         CheckFailure,
         /// The copier moves the switch on one step.
-        SwitchStep { flush_fails: bool },
+        SwitchStep {
+            flush_fails: bool,
+        },
         Pause(bool),
         Cancel,
         Fail,
         /// A table reload while suspended: an identical table shares the migration (and starts a
         /// failed one over); a table with other regions takes over from the old state.
-        Reload { identical: bool },
+        Reload {
+            identical: bool,
+        },
     }
 
     fn op(sectors: u64) -> impl Strategy<Value = Op> {
@@ -1125,24 +1149,24 @@ mod tests {
                     }
                 }
                 Op::SwitchStep { flush_fails } => match self.copier {
-                    Copier::Idle => {
-                        if self.tracker.begin_switch() {
-                            self.copier = Copier::Switching;
-                        }
+                    Copier::Idle if self.tracker.begin_switch() => {
+                        self.copier = Copier::Switching;
                     }
-                    Copier::Switching => {
-                        if Epoch::BOTH.iter().all(|&e| self.epochs.is_drained(e)) {
-                            self.copier = Copier::Idle;
-                            if self.dest_failed {
-                                self.fail(FailReason::DestinationWrite);
-                            } else if flush_fails {
-                                self.fail(FailReason::DestinationFlush);
-                            } else {
-                                if self.tracker.switch(&self.epochs) {
-                                    assert_eq!(self.dest, self.truth, "destination differs at the switch");
-                                }
-                                self.release_deferred();
+                    // The kernel waits for both epochs to drain before anything else.
+                    Copier::Switching if Epoch::BOTH.iter().all(|&e| self.epochs.is_drained(e)) => {
+                        self.copier = Copier::Idle;
+                        if self.dest_failed {
+                            self.fail(FailReason::DestinationWrite);
+                        } else if flush_fails {
+                            self.fail(FailReason::DestinationFlush);
+                        } else {
+                            if self.tracker.switch(&self.epochs) {
+                                assert_eq!(
+                                    self.dest, self.truth,
+                                    "destination differs at the switch"
+                                );
                             }
+                            self.release_deferred();
                         }
                     }
                     _ => {}
@@ -1190,7 +1214,10 @@ mod tests {
                 _ => (&self.origin, "origin"),
             };
             for s in (0..self.truth.len()).filter(|&s| stable(s)) {
-                assert_eq!(device[s], self.truth[s], "{what} lost an acknowledged write at {s}");
+                assert_eq!(
+                    device[s], self.truth[s],
+                    "{what} lost an acknowledged write at {s}"
+                );
             }
             if self.tracker.is_active() && !self.dest_failed {
                 // Every copied region, not in flight, is identical on the destination.
@@ -1227,7 +1254,10 @@ mod tests {
                     break;
                 }
                 if !self.writes.is_empty() {
-                    self.step(Op::Complete { pick: 0, dest_fails: false });
+                    self.step(Op::Complete {
+                        pick: 0,
+                        dest_fails: false,
+                    });
                     continue;
                 }
                 match self.copier {

@@ -277,4 +277,3 @@ fn table_refusal(major: u32, minor: u32) -> Option<String> {
     }
     newest
 }
-

@@ -310,7 +310,9 @@ pub fn run_move(
     // The kernel's own checks of the options, before anything is created: a bad value is
     // refused here in the words the kernel would log.
     let mut words = String::from("origin destination");
-    options.write(&mut words).map_err(|_| Error::Failed("table text".into()))?;
+    options
+        .write(&mut words)
+        .map_err(|_| Error::Failed("table text".into()))?;
     TableArgs::parse(&words.split_whitespace().collect::<Vec<_>>())
         .map_err(|e| Error::Usage(format!("{e}")))?;
     let dm = Dm::open()?;
