@@ -5,6 +5,9 @@
 #   scripts/kernel.sh          build (or reuse) the tree and print its path
 #   scripts/kernel.sh --path   print the path the tree has (or will have) without building
 #
+# KERNEL_FLAVOR=debug selects the debug kernel instead: the same configuration plus
+# scripts/kconfig/debug.config (KASAN, lockdep, kmemleak, ...), cached apart from the other.
+#
 # The tree lives outside the repository under $CACHE_ROOT, in a folder named after a hash of
 # everything that changes the result: the kernel package version, the config fragment, rustc,
 # clang and bindgen. A changed key builds a new tree; a matching one is reused, and a build that
@@ -13,12 +16,22 @@
 set -euo pipefail
 . "$(dirname "$0")/common.sh"
 
-fragment="$REPO_ROOT/scripts/kconfig/vm.config"
+flavor=${KERNEL_FLAVOR:-}
+fragments=("$REPO_ROOT/scripts/kconfig/vm.config")
+prefix=kernel
+case "$flavor" in
+"") ;;
+debug)
+	fragments+=("$REPO_ROOT/scripts/kconfig/debug.config")
+	prefix=kdebug
+	;;
+*) die "unknown KERNEL_FLAVOR '$flavor' (debug, or unset)" ;;
+esac
 
 cache_key() {
 	{
 		dpkg-query -W -f='${Version}\n' "$KERNEL_SOURCE_PACKAGE" 2>/dev/null || echo none
-		cat "$fragment"
+		cat "${fragments[@]}"
 		rustc --version 2>/dev/null || echo none
 		clang$LLVM_SUFFIX --version 2>/dev/null | head -1 || echo none
 		bindgen --version 2>/dev/null || echo none
@@ -27,7 +40,7 @@ cache_key() {
 	} | sha256sum | cut -c1-16
 }
 
-tree_dir() { echo "$CACHE_ROOT/kernel-$(cache_key)/linux"; }
+tree_dir() { echo "$CACHE_ROOT/$prefix-$(cache_key)/linux"; }
 
 if [ "${1:-}" = "--path" ]; then
 	tree_dir
@@ -56,9 +69,9 @@ fi
 
 kmake() { make -C "$tree" LLVM=$LLVM_SUFFIX "$@"; }
 
-log "configuring: tinyconfig + $(basename "$fragment")"
+log "configuring: tinyconfig + ${fragments[*]##*/}"
 kmake -s tinyconfig >/dev/null
-(cd "$tree" && ./scripts/kconfig/merge_config.sh -m .config "$fragment" >/dev/null)
+(cd "$tree" && ./scripts/kconfig/merge_config.sh -m .config "${fragments[@]}" >/dev/null)
 kmake -s olddefconfig >/dev/null
 
 # A symbol whose dependencies are not met is dropped silently by olddefconfig: check each one.
@@ -70,7 +83,7 @@ while IFS= read -r line; do
 	"# CONFIG_"*" is not set")
 		grep -qx "$line" "$tree/.config" || { echo "config: '$line' did not stick" >&2; bad=1; } ;;
 	esac
-done <"$fragment"
+done < <(cat "${fragments[@]}")
 [ $bad -eq 0 ] || die "the kernel configuration is missing symbols (see above)"
 
 kmake -s rustavailable >/dev/null || die "the kernel does not accept this Rust toolchain: make LLVM=$LLVM_SUFFIX rustavailable"
@@ -83,7 +96,7 @@ kmake -s INSTALL_MOD_PATH="$top/modroot" modules_install >/dev/null
 touch "$top/.complete"
 
 if [ "${KEEP_KERNELS:-0}" = 0 ]; then
-	for old in "$CACHE_ROOT"/kernel-*; do
+	for old in "$CACHE_ROOT/$prefix"-*; do
 		[ "$old" = "$top" ] || rm -rf "$old"
 	done
 fi

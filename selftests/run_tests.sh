@@ -17,6 +17,8 @@ mountpoint -q /sys/kernel/debug 2>/dev/null || mount -t debugfs none /sys/kernel
 kmemleak=/sys/kernel/debug/kmemleak
 planned=${#tests[@]}
 if [ -w "$kmemleak" ]; then planned=$((planned + 1)); else kmemleak=""; fi
+# The debug kernel (KASAN, lockdep: the one with kmemleak) runs everything about 4 times slower.
+[ -n "$kmemleak" ] && timeout_s=$((${timeout_s:-300} * 4))
 
 echo "TAP version 13"
 echo "1..$planned"

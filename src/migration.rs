@@ -638,8 +638,13 @@ impl Engine {
 impl MirrorDone for Engine {
     /// Records a failed destination write, before the bio ends. The write's epoch accounting is
     /// left to `end_io`, which the core calls for every bio of the target when it ends.
-    fn mirror_done(&self, _origin: Status, dest: Status) {
-        if !dest.is_ok() {
+    ///
+    /// Only a write the guest is told succeeded (the origin's half did) and the destination
+    /// missed fails the migration. A write the origin failed ends with that error: the guest
+    /// knows, and the range's contents are undefined after it whatever the destination did
+    /// (a write-zeroes both loop devices refuse, for one, as mkfs sends).
+    fn mirror_done(&self, origin: Status, dest: Status) {
+        if origin.is_ok() && !dest.is_ok() {
             self.migration.mirror_errors.fetch_add(1, Ordering::Relaxed);
             self.migration.dest_failed.store(true, Ordering::Release);
         }
