@@ -12,7 +12,7 @@ make_loop origin 64
 make_loop dest 64
 len=$(sectors "$origin")
 name=$DEV_PREFIX-st
-table="0 $len migrate $origin $dest 4 region_size 8 rate 2048"
+table="0 $len migrate $origin $dest 4 region_size 8 rate 512"
 dm_create st "$table" || fail "create failed"
 sysfs=$(dm_sysfs st)/migrate
 m() { dmsetup message "$name" 0 "$@"; }
@@ -22,7 +22,7 @@ control() {
 		case $((RANDOM % 7)) in
 		0) dmsetup suspend "$name" && sleep 0.1 && dmsetup resume "$name" ;;
 		1) m pause && sleep 0.2 && m resume ;;
-		2) m rate $((RANDOM % 2048 + 512)) ;;
+		2) m rate $((RANDOM % 768 + 256)) ;;
 		3) m depth $((RANDOM % 16 + 1)) ;;
 		4) dmsetup load "$name" --table "$table" && dmsetup suspend "$name" &&
 			dmsetup resume "$name" ;;
