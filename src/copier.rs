@@ -4,7 +4,7 @@
 //! before each round, copies the batches from the origin to the destination, and switches once
 //! everything is copied.
 
-// Every `unsafe` lives in the binding layer (`crate::dm`); this is safe Rust.
+// Safe Rust only: the binding layer (`crate::dm`) is the one place allowed `unsafe_code`.
 #![deny(unsafe_code)]
 
 use crate::dm::copy::{flush, IoBatch};

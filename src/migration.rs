@@ -10,7 +10,7 @@
 //! [`Registry`], so it goes on exactly where it was; only one of the two tables is ever live,
 //! and the old one is suspended, its I/O drained, before the new one resumes.
 
-// Every `unsafe` lives in the binding layer (`crate::dm`); this is safe Rust.
+// Safe Rust only: the binding layer (`crate::dm`) is the one place allowed `unsafe_code`.
 #![deny(unsafe_code)]
 
 use crate::dm::bio::{Bio, BioKind, BioList, BioSet, MirrorDone, Status};
