@@ -53,8 +53,11 @@ lint: setup
 	cargo fmt --all --check
 	cargo clippy --workspace --all-targets -- -D warnings
 
+# TESTS="test_a.sh test_b.sh" runs only those kselftests (all by default).
+TESTS ?=
+
 check: test-userspace tools vm-module
-	scripts/vm-test.sh $(KDIR)
+	scripts/vm-test.sh $(KDIR) $(TESTS)
 
 # The same suite on the debug kernel (KASAN, lockdep, kmemleak, hung-task detection), cached
 # apart from the test kernel: it fails on any report of theirs, and on an object the module
@@ -66,7 +69,7 @@ kernel-debug: setup
 
 check-debug: test-userspace tools kernel-debug
 	@$(MAKE) -s vm-module KDIR=$(DEBUG_KDIR)
-	VM_TIMEOUT=$${VM_TIMEOUT:-5000} scripts/vm-test.sh $(DEBUG_KDIR)
+	VM_TIMEOUT=$${VM_TIMEOUT:-5000} scripts/vm-test.sh $(DEBUG_KDIR) $(TESTS)
 
 demo: tools vm-module
 	scripts/vm.sh $(KDIR) selftests/demo.sh
