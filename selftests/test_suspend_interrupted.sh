@@ -1,6 +1,6 @@
 #!/bin/bash
 # SPDX-License-Identifier: GPL-2.0
-# A suspend that fails after the target's presuspend (interrupted while a write is held 5 s by
+# A suspend that fails after the target's presuspend (interrupted while a write is held 10 s by
 # dm-delay on the origin) restarts the copier: the copy finishes and switches, and the
 # destination holds every write.
 . "$(dirname "$0")/lib.sh"
@@ -9,16 +9,18 @@ kmodprobe dm-delay || skip "dm-delay is not available"
 make_loop disk 8
 make_loop dest 8
 len=$(sectors "$disk")
-dmsetup create "$DEV_PREFIX-slow" --table "0 $len delay $disk 0 0 $disk 0 5000" ||
+dmsetup create "$DEV_PREFIX-slow" --table "0 $len delay $disk 0 0 $disk 0 10000" ||
 	fail "delay failed"
 dm_create mig "0 $len migrate $(dm_path slow) $dest 2 rate 1024" || fail "create failed"
 head -c 4096 /dev/urandom >"$TEST_TMP/w"
 dd if="$TEST_TMP/w" of="$(dm_path mig)" bs=4k seek=1000 oflag=direct status=none &
 writer=$!
-sleep 0.5
+sleep 1
+kill -0 $writer 2>/dev/null || fail "the write is not held: the test is void"
+# The suspend waits for the held write (10 s): it is surely waiting when it is killed.
 dmsetup suspend "$DEV_PREFIX-mig" &
 suspender=$!
-sleep 1
+sleep 2
 kill -KILL $suspender
 wait $suspender 2>/dev/null && fail "the suspend was not interrupted: the test is void"
 dmsetup info "$DEV_PREFIX-mig" | grep -q '^State: *ACTIVE' || fail "device left suspended"

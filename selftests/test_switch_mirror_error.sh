@@ -2,8 +2,8 @@
 # SPDX-License-Identifier: GPL-2.0
 # A mirrored write whose destination half fails while the target switches is never acknowledged
 # and lost: the switch waits for mirrored writes in flight, sees the failure and stays on the
-# origin. The copy's last round is slow (the origin's last region reads in 3 s, dm-delay); during
-# it a write goes to the first region, whose destination sits behind dm-delay (3 s on writes)
+# origin. The copy's last round is slow (the origin's last region reads in 6 s, dm-delay); during
+# it a write goes to the first region, whose destination sits behind dm-delay (6 s on writes)
 # over a dm-flakey that fails writes for that moment only, healthy again for the switch's flush.
 . "$(dirname "$0")/lib.sh"
 load_migrate
@@ -13,12 +13,12 @@ make_loop odisk 1
 make_loop disk 1
 len=$(sectors "$odisk")
 last=$((len - 128))
-printf '0 %d linear %s 0\n%d 128 delay %s %d 3000 %s %d 0\n' \
+printf '0 %d linear %s 0\n%d 128 delay %s %d 6000 %s %d 0\n' \
 	"$last" "$odisk" "$last" "$odisk" "$last" "$odisk" "$last" |
 	dmsetup create "$DEV_PREFIX-origin" || fail "origin failed"
 origin=$(dm_path origin)
 dmsetup create "$DEV_PREFIX-dst0" --table "0 128 flakey $disk 0 3600 0" || fail "flakey failed"
-printf '0 128 delay %s 0 0 %s 0 3000\n128 %d linear %s 128\n' \
+printf '0 128 delay %s 0 0 %s 0 6000\n128 %d linear %s 128\n' \
 	"$(dm_path dst0)" "$(dm_path dst0)" $((len - 128)) "$disk" |
 	dmsetup create "$DEV_PREFIX-dst" || fail "dst failed"
 # 1 KiB/s: the copier copies its first batch (regions 0-7) and waits.
@@ -29,15 +29,15 @@ flakey() {
 		dmsetup suspend "$DEV_PREFIX-dst0" && dmsetup resume "$DEV_PREFIX-dst0" ||
 		fail "flakey reload failed"
 }
-# The last round (regions 8-15) starts now and takes 3 s.
+# The last round (regions 8-15) starts now and takes 6 s.
 dmsetup message "$DEV_PREFIX-mig" 0 rate 0 || fail "rate 0 failed"
 sleep 0.5
 [ "$(migrate_field mig 4)" = 8 ] || fail "the last round is not in flight: $(dmsetup status "$DEV_PREFIX-mig")"
 head -c 4096 /dev/urandom >"$TEST_TMP/w"
 dd if="$TEST_TMP/w" of="$(dm_path mig)" bs=4k oflag=direct status=none &
 writer=$!
-# The write's destination half waits 3 s in dm-delay, then meets a device that fails writes for
-# a moment: healthy again before the switch's flush, which waits 3 s in dm-delay too.
+# The write's destination half waits 6 s in dm-delay, then meets a device that fails writes for
+# a moment: healthy again before the switch's flush, which waits 6 s in dm-delay too.
 sleep 0.5
 flakey "0 3600 1 error_writes"
 wait $writer || fail "the write failed: the guest must see the origin's status"
