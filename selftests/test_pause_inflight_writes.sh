@@ -12,8 +12,8 @@ make_loop dest 64
 len=$(sectors "$disk")
 dmsetup create "$DEV_PREFIX-slow" --table "0 $len delay $disk 0 0 $disk 0 150" ||
 	fail "delay failed"
-# 1 MiB/s keeps the copy running across the whole write phase, also on the debug kernel.
-dm_create mig "0 $len migrate $(dm_path slow) $dest 4 region_size 128 rate 1024" ||
+# 256 KiB/s keeps the copy running across the whole write phase, also on the debug kernel.
+dm_create mig "0 $len migrate $(dm_path slow) $dest 4 region_size 128 rate 256" ||
 	fail "create failed"
 m() { dmsetup message "$DEV_PREFIX-mig" 0 "$@"; }
 cycles() {
