@@ -84,10 +84,15 @@ chmod +x "$work/initramfs/init" "$work/initramfs/sbin/modprobe"
 tsc_khz=$(awk -F: '/^cpu MHz/ { printf "%d", $2 * 1000; exit }' /proc/cpuinfo)
 clock_args="tsc=reliable${tsc_khz:+ tsc_early_khz=$tsc_khz}"
 
+# Two CPUs, so that map, end_io and the copier really run at the same time. The kernel has no
+# ACPI and finds CPUs in SeaBIOS's MP table, which lists one CPU per socket: QEMU's default
+# topology for -smp 2 (one socket, two cores) would leave the guest with a single CPU.
+smp="2,sockets=2,cores=1,threads=1"
+
 log "booting $release in QEMU (TCG): $*"
 status=0
 timeout --foreground -k 10 "$timeout_s" qemu-system-x86_64 \
-	-accel tcg -cpu max -smp 2 -m "${VM_MEM:-2G}" -nographic -no-reboot -nodefaults -serial stdio \
+	-accel tcg -cpu max -smp "$smp" -m "${VM_MEM:-2G}" -nographic -no-reboot -nodefaults -serial stdio \
 	-kernel "$kernel_image" -initrd "$work/initramfs.cpio" \
 	-append "console=ttyS0 panic=-1 oops=panic loglevel=4 quiet $clock_args" \
 	-virtfs local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap \
