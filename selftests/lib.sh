@@ -22,6 +22,7 @@ TEST_TMP=$(mktemp -d "${TMPDIR:-/tmp}/ksft-migrate.XXXXXX")
 cd "$TEST_TMP" || exit 1
 
 _loops=()
+_nullbs=()
 
 diag() { printf '# %s\n' "$*"; }
 pass() { exit $KSFT_PASS; }
@@ -45,6 +46,11 @@ cleanup() {
 	for dev in "${_loops[@]}"; do
 		losetup -d "$dev" 2>/dev/null
 	done
+	for dev in "${_nullbs[@]}"; do
+		echo 0 >"$dev/power" 2>/dev/null
+		rmdir "$dev" 2>/dev/null
+	done
+	[ -n "${_nullb_loaded:-}" ] && rmmod null_blk 2>/dev/null
 	rm -rf "$TEST_TMP"
 }
 trap cleanup EXIT
@@ -81,6 +87,36 @@ make_loop() {
 	printf -v "$var" '%s' "$dev"
 }
 
+# make_nullb VAR SIZE_MIB [ATTR=VALUE...]: creates a memory-backed null_blk device through configfs
+# (multi-queue, with one poll queue unless the attributes say otherwise), fills it with random
+# bytes and stores its path in VAR. null_blk completes bios from its own queues, so unlike brd it
+# has a real completion path; with a poll queue it serves polled I/O (REQ_POLLED).
+make_nullb() {
+	local var=$1 size=$2 dir attr dev
+	shift 2
+	if ! grep -q '^null_blk ' /proc/modules; then
+		kmodprobe null_blk nr_devices=0 || skip "null_blk is not available"
+		_nullb_loaded=1
+	fi
+	[ -d /sys/kernel/config/nullb ] || mount -t configfs configfs /sys/kernel/config 2>/dev/null
+	[ -d /sys/kernel/config/nullb ] || skip "null_blk's configfs is not available"
+	dir=/sys/kernel/config/nullb/ksft-$var-$$
+	mkdir "$dir" || fail "cannot create $dir"
+	_nullbs+=("$dir")
+	echo "$size" >"$dir/size" && echo 1 >"$dir/memory_backed" && echo 2 >"$dir/queue_mode" &&
+		echo 1 >"$dir/poll_queues" || fail "cannot configure $dir"
+	for attr in "$@"; do
+		echo "${attr#*=}" >"$dir/${attr%%=*}" || fail "cannot set $attr on $dir"
+	done
+	echo 1 >"$dir/power" || fail "cannot power on $dir"
+	# Since 6.x a configfs device is named after its folder; older kernels call it nullb<index>.
+	dev=/dev/${dir##*/}
+	[ -b "$dev" ] || dev=/dev/nullb$(cat "$dir/index")
+	[ -b "$dev" ] || fail "$dev did not appear"
+	dd if=/dev/urandom of="$dev" bs=1M count="$size" oflag=direct status=none || fail "cannot fill $dev"
+	printf -v "$var" '%s' "$dev"
+}
+
 # snapshot DEV FILE: copies a whole device to a file, to compare with later.
 snapshot() { dd if="$1" of="$2" bs=1M iflag=direct status=none || fail "cannot read $1"; }
 
@@ -93,6 +129,13 @@ devnum() { printf '%d:%d' "$((0x$(stat -c %t "$1")))" "$((0x$(stat -c %T "$1")))
 # dm_create NAME TABLE: creates a dm device from a one-line table.
 dm_create() {
 	dmsetup create "$DEV_PREFIX-$1" --table "$2"
+}
+
+# dm_reload NAME TABLE: replaces the table of a dm device made by dm_create the way dmsetup does
+# it (load, suspend, resume); a test fails if any step does.
+dm_reload() {
+	dmsetup load "$DEV_PREFIX-$1" --table "$2" && dmsetup suspend "$DEV_PREFIX-$1" &&
+		dmsetup resume "$DEV_PREFIX-$1" || fail "reload of $1 failed: $2"
 }
 
 # dm_path NAME: the block device of a dm device made by dm_create.
