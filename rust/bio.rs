@@ -356,6 +356,8 @@ impl Drop for BioSet {
 /// handed to the target (as a [`Bio`]) and owned by the list.
 pub struct BioList {
     ptr: NonNull<bindings::bio_list>,
+    /// How many bios are on the list.
+    len: usize,
 }
 
 // SAFETY: The list and the bios on it may move between threads; access needs `&mut self`.
@@ -369,6 +371,7 @@ impl BioList {
         // INVARIANT: Created just above, empty.
         Ok(Self {
             ptr: NonNull::new(ptr).ok_or(ENOMEM)?,
+            len: 0,
         })
     }
 
@@ -376,12 +379,24 @@ impl BioList {
     pub fn push(&mut self, bio: Bio) {
         // SAFETY: The list is valid; the bio is handed over to it (type invariant).
         unsafe { bindings::migrate_bio_list_add(self.ptr.as_ptr(), bio.into_raw()) };
+        self.len += 1;
+    }
+
+    /// How many bios are on the list.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether the list is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
     }
 
     /// Takes the oldest bio.
     pub fn pop(&mut self) -> Option<Bio> {
         // SAFETY: The list is valid.
         let bio = NonNull::new(unsafe { bindings::migrate_bio_list_pop(self.ptr.as_ptr()) })?;
+        self.len -= 1;
         // SAFETY: Every bio on the list was handed to the target and is now handed back.
         Some(unsafe { Bio::from_raw(bio) })
     }

@@ -11,7 +11,7 @@ use crate::dm::copy::{flush, IoBatch};
 use crate::dm::kthread::{self, ThreadContext, ThreadMain};
 use crate::engine::state::{FailReason, State};
 use crate::engine::throttle::{RateMeter, Throttle};
-use crate::engine::tracker::{AfterBatch, CopyResult, Round, MAX_DEPTH};
+use crate::engine::tracker::{AfterBatch, Batch, CopyResult, Round, MAX_DEPTH};
 use crate::migration::Engine;
 use core::sync::atomic::Ordering;
 use kernel::prelude::*;
@@ -107,30 +107,32 @@ impl ThreadMain for CopierThread {
                 continue;
             };
             engine.drain(round.drain);
-            let results = copy_round(engine, &round, &mut slots[..depth]);
             let mut failure = None;
             let mut copied = 0;
-            {
-                let mut shared = migration.shared.lock();
-                let done = round.batches.iter().zip(results.iter());
-                for (batch, &result) in done.filter_map(|(b, r)| Some((b.as_ref()?, r))) {
-                    if let AfterBatch::Fail(reason) = shared.tracker.batch_done(batch, result) {
-                        failure = Some(reason);
-                    }
-                    if result == CopyResult::Done {
-                        copied += (batch.sectors.end - batch.sectors.start) * 512;
-                    }
+            // Each batch is recorded once its last write was waited for (in slot order), and
+            // the writes deferred behind it go on then instead of after the whole round. (A
+            // copier driven by completions, batch by batch, is issue 11's pipeline.)
+            copy_round(engine, &round, &mut slots[..depth], |batch, result| {
+                let after = migration.shared.lock().tracker.batch_done(batch, result);
+                if let AfterBatch::Fail(reason) = after {
+                    failure.get_or_insert(reason);
                 }
-                let retry_ms = shared.tracker.retry_delay_ms();
-                if retry_ms > 0 {
-                    retry_at_ns = kthread::now_ns() + u64::from(retry_ms) * 1_000_000;
+                if result == CopyResult::Done {
+                    copied += (batch.sectors.end - batch.sectors.start) * 512;
                 }
+                // After a failure everything is released at once, by `Engine::fail`.
+                if failure.is_none() {
+                    engine.release_deferred();
+                }
+            });
+            let retry_ms = migration.shared.lock().tracker.retry_delay_ms();
+            if retry_ms > 0 {
+                retry_at_ns = kthread::now_ns() + u64::from(retry_ms) * 1_000_000;
             }
             meter.add(copied);
             throttle.add(copied);
-            match failure {
-                Some(reason) => engine.fail(reason),
-                None => engine.release_deferred(),
+            if let Some(reason) = failure {
+                engine.fail(reason);
             }
             // On a device that completes in the submitter (a ram disk), a round never sleeps.
             kthread::cond_resched();
@@ -149,23 +151,31 @@ impl CopierThread {
 }
 
 /// Copies the batches of a round: reads them all from the origin, then writes those read to
-/// the destination, one buffer's worth of each batch at a time, and says how each batch ended.
-/// A batch is longer than its buffer only when a region is (regions above [`BATCH_BYTES`]);
-/// the buffers stay small whatever the region size.
-fn copy_round(engine: &Engine, round: &Round, slots: &mut [IoBatch]) -> [CopyResult; MAX_DEPTH] {
+/// the destination, one buffer's worth of each batch at a time, and calls `landed` once per
+/// batch with how it ended once its last write (or its first failure) was waited for; slots
+/// are waited for in order, so a batch that landed early waits for the slots before it. A batch is longer than its buffer only when a region is (regions
+/// above [`BATCH_BYTES`]); the buffers stay small whatever the region size.
+fn copy_round(
+    engine: &Engine,
+    round: &Round,
+    slots: &mut [IoBatch],
+    mut landed: impl FnMut(&Batch, CopyResult),
+) {
     let mut results = [CopyResult::Done; MAX_DEPTH];
+    let mut reported = [false; MAX_DEPTH];
     let bytes_of = |sectors: &core::ops::Range<u64>| (sectors.end - sectors.start) * 512;
     let longest = round
         .batches()
         .map(|b| bytes_of(&b.sectors))
         .max()
         .unwrap_or(0);
-    // Every buffer has the same, non-zero size.
-    let Some(chunk) = slots.first().map(|s| s.len() as u64).filter(|&c| c > 0) else {
-        return [CopyResult::ReadError; MAX_DEPTH];
-    };
+    // Every buffer has the same size; none at all fails every batch (they are retried).
+    let chunk = slots.first().map_or(0, |s| s.len() as u64);
+    if chunk == 0 {
+        results = [CopyResult::ReadError; MAX_DEPTH];
+    }
     let mut offset = 0;
-    while offset < longest {
+    while chunk > 0 && offset < longest {
         for (write, device, error) in [
             (false, &engine.origin, CopyResult::ReadError),
             (true, &engine.destination, CopyResult::WriteError),
@@ -187,14 +197,28 @@ fn copy_round(engine: &Engine, round: &Round, slots: &mut [IoBatch]) -> [CopyRes
                     *result = error;
                 }
             }
-            // Every slot is waited for, also one whose submission failed half-way.
-            for (slot, result) in slots.iter_mut().zip(&mut results) {
-                if !slot.wait().is_ok() && *result == CopyResult::Done {
-                    *result = error;
+            // Every slot is waited for, also one whose submission failed half-way; in slot
+            // order, so the first batches of a round are reported first.
+            for (i, (slot, batch)) in slots.iter_mut().zip(round.batches.iter()).enumerate() {
+                if !slot.wait().is_ok() && results[i] == CopyResult::Done {
+                    results[i] = error;
+                }
+                let Some(batch) = batch else { continue };
+                let finished = results[i] != CopyResult::Done
+                    || (write && offset + chunk >= bytes_of(&batch.sectors));
+                if finished && !reported[i] {
+                    reported[i] = true;
+                    landed(batch, results[i]);
                 }
             }
         }
         offset += chunk;
     }
-    results
+    for (i, batch) in round.batches.iter().enumerate() {
+        if let Some(batch) = batch {
+            if !reported[i] {
+                landed(batch, results[i]);
+            }
+        }
+    }
 }

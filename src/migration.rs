@@ -524,8 +524,14 @@ impl Engine {
 
     /// Sends deferred bios on, now that what they waited for is over. Each is popped under the
     /// lock and routed again outside it.
+    ///
+    /// Only the bios on the list when this starts are taken (a bio deferred again goes to the
+    /// back and waits for the next call), so this ends also while other regions are still being
+    /// copied. Taking a bio that a concurrent call or `map` added does no harm: it is routed
+    /// again like any other.
     pub(crate) fn release_deferred(self: &Arc<Self>) {
-        loop {
+        let waiting = self.migration.shared.lock().deferred.len();
+        for _ in 0..waiting {
             let Some(bio) = self.migration.shared.lock().deferred.pop() else {
                 return;
             };
