@@ -17,8 +17,7 @@ until [ "$(migrate_field mig 7)" -ge 1 ]; do
 	sleep 0.05
 done
 # The retries wait 0.5, 1, 2 and 4 s: the origin is mended well before they run out.
-dmsetup load "$DEV_PREFIX-src" --table "0 $len linear $disk 0" &&
-	dmsetup suspend "$DEV_PREFIX-src" && dmsetup resume "$DEV_PREFIX-src" || fail "src reload failed"
+dm_reload src "0 $len linear $disk 0"
 wait_state mig switched 60
 errors=$(migrate_field mig 7)
 [ "$errors" -ge 1 ] && [ "$errors" -le 4 ] || fail "errors: $errors"

@@ -30,8 +30,7 @@ dmsetup load "$name" --table "0 $len migrate $a $b" && dmsetup resume "$name" ||
 dd if="$(dm_path sw)" of="$TEST_TMP/r" bs=64k count=16 iflag=direct status=none
 cmp -s "$TEST_TMP/w" "$TEST_TMP/r" || fail "the write since the switch is lost"
 # Moving on from the destination is a new move.
-dmsetup load "$name" --table "0 $len migrate $b $c" && dmsetup suspend "$name" &&
-	dmsetup resume "$name" || fail "a move on from the destination was refused"
+dm_reload sw "0 $len migrate $b $c"
 wait_state sw switched 60
 dd if="$(dm_path sw)" of="$TEST_TMP/r" bs=64k count=16 iflag=direct status=none
 cmp -s "$TEST_TMP/w" "$TEST_TMP/r" || fail "the write since the first switch is lost"

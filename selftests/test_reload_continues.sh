@@ -10,10 +10,8 @@ make_loop origin 32
 make_loop dest 32
 len=$(sectors "$origin")
 name=$DEV_PREFIX-rl
-reload() {
-	dmsetup table "$name" | dmsetup load "$name" && dmsetup suspend "$name" &&
-		dmsetup resume "$name" || fail "reload failed"
-}
+# reload: loads the device's own table again.
+reload() { dm_reload rl "$(dmsetup table "$name")"; }
 # 1 KiB/s: each copier copies one round of 4 batches (2 MiB, 32 regions), then waits. The new
 # table's copier copies the next round: 64 regions if it continued, 32 if it started over.
 dm_create rl "0 $len migrate $origin $dest 2 rate 1" || fail "create failed"
@@ -37,8 +35,7 @@ fio_verify_write "$(dm_path rl)" 32 "$TEST_TMP/fio.log"
 reload
 [ "$(migrate_state rl)" = switched ] || fail "state after reload: $(dmsetup status "$name")"
 # A reload with another region size, and one after a suspend with I/O queued, stay switched too.
-dmsetup load "$name" --table "0 $len migrate $origin $dest 2 region_size 1024" &&
-	dmsetup suspend "$name" && dmsetup resume "$name" || fail "reload failed"
+dm_reload rl "0 $len migrate $origin $dest 2 region_size 1024"
 [ "$(migrate_state rl)" = switched ] || fail "state after reload: $(dmsetup status "$name")"
 sleep 1
 fio_verify_only "$(dm_path rl)" 32 "$TEST_TMP/verify.log"

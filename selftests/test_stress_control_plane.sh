@@ -51,8 +51,7 @@ diag "control operations: $(cat "$TEST_TMP/control.ops"); $(dmsetup status "$nam
 [ "$(migrate_state st)" != switched ] || fail "switched before the writes ended: the test is void"
 m resume && m rate 0 || fail "resume/rate failed"
 wait_state st switched 300
-dmsetup load "$name" --table "0 $len linear $dest 0" && dmsetup suspend "$name" &&
-	dmsetup resume "$name" || fail "swap to linear failed"
+dm_reload st "0 $len linear $dest 0"
 verify=(--name=stress "${fio_job[@]}" "${job[@]}" --size=32M --offset_increment=32M --verify_only)
 fio "${verify[@]}" --filename="$(dm_path st)" --output="$TEST_TMP/verify.log" || {
 	sed 's/^/# /' "$TEST_TMP/verify.log"

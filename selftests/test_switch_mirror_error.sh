@@ -24,11 +24,7 @@ printf '0 128 delay %s 0 0 %s 0 6000\n128 %d linear %s 128\n' \
 # 1 KiB/s: the copier copies its first batch (regions 0-7) and waits.
 dm_create mig "0 $len migrate $origin $(dm_path dst) 4 copy_depth 1 rate 1" || fail "create failed"
 wait_field mig 2 "8/16" 30
-flakey() {
-	dmsetup load "$DEV_PREFIX-dst0" --table "0 128 flakey $disk 0 $1" &&
-		dmsetup suspend "$DEV_PREFIX-dst0" && dmsetup resume "$DEV_PREFIX-dst0" ||
-		fail "flakey reload failed"
-}
+flakey() { dm_reload dst0 "0 128 flakey $disk 0 $1"; }
 # The last round (regions 8-15) starts now and takes 6 s.
 dmsetup message "$DEV_PREFIX-mig" 0 rate 0 || fail "rate 0 failed"
 sleep 0.5

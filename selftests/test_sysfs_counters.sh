@@ -29,8 +29,7 @@ wait_state sys switched
 [ "$(cat "$dir/copied_bytes")" = $((len * 512)) ] || fail "copied_bytes after switch"
 [ "$(cat "$dir/pending_regions")" = 0 ] || fail "pending_regions after switch"
 # A table reload keeps the folder (the new target creates it), and removal deletes it.
-dmsetup load "$DEV_PREFIX-sys" --table "0 $len migrate $origin $dest" &&
-	dmsetup suspend "$DEV_PREFIX-sys" && dmsetup resume "$DEV_PREFIX-sys" || fail "reload failed"
+dm_reload sys "0 $len migrate $origin $dest"
 [ -f "$dir/state" ] || fail "folder gone after reload"
 sysdir=$(dm_sysfs sys)
 dmsetup remove "$DEV_PREFIX-sys" || fail "remove failed"

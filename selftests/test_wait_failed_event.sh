@@ -29,9 +29,7 @@ writer() {
 writer &
 writer_pid=$!
 sleep 0.5
-dmsetup load "$DEV_PREFIX-flaky" --table "0 $len flakey $disk 0 0 1 1 error_writes" &&
-	dmsetup suspend "$DEV_PREFIX-flaky" && dmsetup resume "$DEV_PREFIX-flaky" ||
-	fail "flakey reload failed"
+dm_reload flaky "0 $len flakey $disk 0 0 1 1 error_writes"
 wait $waiter || fail "dmsetup wait did not return: no event for the failure"
 if [ -n "${dmmig_waiter:-}" ]; then
 	wait "$dmmig_waiter" || fail "dmmig wait did not return"
