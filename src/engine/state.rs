@@ -26,6 +26,18 @@ impl FailReason {
             Self::OutOfMemory => "out_of_memory",
         }
     }
+
+    /// The reason a status line's word names.
+    pub fn parse(word: &str) -> Option<Self> {
+        [
+            Self::OriginRead,
+            Self::DestinationWrite,
+            Self::DestinationFlush,
+            Self::OutOfMemory,
+        ]
+        .into_iter()
+        .find(|reason| reason.as_str() == word)
+    }
 }
 
 /// Where a migration stands.

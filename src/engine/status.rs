@@ -18,8 +18,9 @@
 //! <origin_dev> <dest_dev> [<#opt_args> <opt_arg>...]
 //! ```
 
+use super::state::FailReason;
 use super::state::{Progress, State};
-use super::table::Options;
+use super::table::{parse_u64, Options};
 use core::fmt;
 
 impl Progress {
@@ -45,6 +46,47 @@ impl Progress {
     }
 }
 
+impl Progress {
+    /// Parses an INFO status line as [`Progress::write_info`] writes it: what userspace (dmmig)
+    /// reads the target's state from. `None` for anything else, a field more or less included.
+    pub fn parse_info(line: &str) -> Option<Self> {
+        let mut words = line.split(' ');
+        let mut next = || words.next();
+        let word = next()?;
+        let (regions, pending, inflight) = (next()?, next()?, next()?);
+        let (bytes, rate, errors, reason) = (next()?, next()?, next()?, next()?);
+        if next().is_some() {
+            return None;
+        }
+        let number = |w: &str| parse_u64(w);
+        let (copied, total) = regions.split_once('/')?;
+        let reason = match reason {
+            "-" => None,
+            r => Some(FailReason::parse(r)?),
+        };
+        let (state, paused) = match (word, reason) {
+            ("copying", None) => (State::Copying, false),
+            ("paused", None) => (State::Copying, true),
+            ("synced", None) => (State::Synced, false),
+            ("switched", None) => (State::Switched, false),
+            ("cancelled", None) => (State::Cancelled, false),
+            ("failed", Some(reason)) => (State::Failed(reason), false),
+            _ => return None,
+        };
+        Some(Self {
+            state,
+            paused,
+            total_regions: number(total)?,
+            copied_regions: number(copied)?,
+            pending_regions: number(pending)?,
+            inflight_regions: number(inflight)?,
+            copied_bytes: number(bytes)?,
+            rate_kibps: number(rate)?,
+            errors: number(errors)?,
+        })
+    }
+}
+
 /// Writes the TABLE status line: the devices by name (`major:minor`) and the options as loaded.
 pub fn write_table(
     w: &mut impl fmt::Write,
@@ -59,7 +101,6 @@ pub fn write_table(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine::state::FailReason;
     use crate::engine::table::TableArgs;
     use crate::engine::writer::SliceWriter;
     use core::fmt::Write;
@@ -155,6 +196,54 @@ mod tests {
             prop_assert_eq!(parsed.origin, "7:0");
             prop_assert_eq!(parsed.destination, "7:1");
             prop_assert_eq!(parsed.options, options);
+        }
+
+        /// The INFO line parses back to the same progress, and a line with a word missing,
+        /// added or changed into something else does not parse.
+        #[test]
+        fn info_line_round_trips(
+            state in 0usize..9,
+            paused in any::<bool>(),
+            counters in proptest::array::uniform7(any::<u64>()),
+            cut in 0usize..8,
+        ) {
+            let reasons = [
+                FailReason::OriginRead,
+                FailReason::DestinationWrite,
+                FailReason::DestinationFlush,
+                FailReason::OutOfMemory,
+            ];
+            let state = match state {
+                0 => State::Copying,
+                1 => State::Synced,
+                2 => State::Switched,
+                3 => State::Cancelled,
+                n => State::Failed(reasons[(n - 4) % reasons.len()]),
+            };
+            let [total, copied, pending, inflight, bytes, rate, errors] = counters;
+            let progress = Progress {
+                state,
+                // Only a copy is ever shown as paused.
+                paused: paused && state == State::Copying,
+                total_regions: total,
+                copied_regions: copied,
+                pending_regions: pending,
+                inflight_regions: inflight,
+                copied_bytes: bytes,
+                rate_kibps: rate,
+                errors,
+            };
+            let mut buf = [0u8; 256];
+            let line = text(|w| progress.write_info(w), &mut buf);
+            prop_assert_eq!(Progress::parse_info(line), Some(progress));
+            let words: std::vec::Vec<&str> = line.split(' ').collect();
+            let mut shorter = words.clone();
+            shorter.remove(cut);
+            prop_assert_eq!(Progress::parse_info(&shorter.join(" ")), None);
+            prop_assert_eq!(Progress::parse_info(&std::format!("{line} 0")), None);
+            let mut changed = words.clone();
+            changed[cut] = "x";
+            prop_assert_eq!(Progress::parse_info(&changed.join(" ")), None);
         }
 
         /// Whatever is written and however small the buffer, the writer never overruns it and

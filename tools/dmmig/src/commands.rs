@@ -7,6 +7,7 @@ use crate::error::{Error, Result};
 use crate::migrate::{run_move, MoveOptions};
 use crate::nodes;
 use crate::table::TableLine;
+use dm_migrate_engine::state::{Progress, State};
 use serde::Serialize;
 use std::io::{IsTerminal, Read};
 
@@ -138,31 +139,30 @@ fn ls(dm: &Dm, out: Output) -> Result<()> {
 
 /// A migrate status line in words: "copying: 45.0% (115 of 256 MiB), 20480 KiB/s, ETA 7 s".
 pub fn describe_migration(line: &TableLine) -> Option<String> {
-    let f: Vec<&str> = line.params.split(' ').collect();
-    let [state, regions, pending, _inflight, _bytes, rate, errors, reason] = f[..] else {
-        return None;
-    };
-    let (copied, total) = regions.split_once('/')?;
-    let (copied, total): (u64, u64) = (copied.parse().ok()?, total.parse().ok()?);
-    let pending: u64 = pending.parse().ok()?;
-    let rate: u64 = rate.parse().ok()?;
+    let progress = Progress::parse_info(&line.params)?;
+    let total = progress.total_regions.max(1);
     let bytes = line.length * 512;
-    let done = bytes * copied / total.max(1);
+    let done = bytes * progress.copied_regions / total;
     let mut text = format!(
-        "{state}: {:.1}% ({} of {} MiB)",
-        100.0 * copied as f64 / total.max(1) as f64,
+        "{}: {:.1}% ({} of {} MiB)",
+        progress.state_word(),
+        100.0 * progress.copied_regions as f64 / total as f64,
         done >> 20,
         bytes >> 20
     );
-    if state == "copying" && rate > 0 {
-        let left = bytes * pending / total.max(1);
-        text.push_str(&format!(", {rate} KiB/s, ETA {} s", left / 1024 / rate));
+    if progress.state == State::Copying && !progress.paused && progress.rate_kibps > 0 {
+        let left = bytes * progress.pending_regions / total;
+        text.push_str(&format!(
+            ", {} KiB/s, ETA {} s",
+            progress.rate_kibps,
+            left / 1024 / progress.rate_kibps
+        ));
     }
-    if errors != "0" {
-        text.push_str(&format!(", {errors} errors"));
+    if progress.errors != 0 {
+        text.push_str(&format!(", {} errors", progress.errors));
     }
-    if reason != "-" {
-        text.push_str(&format!(", reason: {reason}"));
+    if let State::Failed(reason) = progress.state {
+        text.push_str(&format!(", reason: {}", reason.as_str()));
     }
     Some(text)
 }

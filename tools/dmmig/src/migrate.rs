@@ -8,6 +8,7 @@
 use crate::dm::Dm;
 use crate::error::{Error, Result};
 use crate::table::TableLine;
+use dm_migrate_engine::state::{Progress, State};
 use dm_migrate_engine::table::{DeviceGeometry, Geometry, Options, TableArgs};
 use serde::Serialize;
 use std::fs::{self, File, OpenOptions};
@@ -272,15 +273,15 @@ fn settle(dm: &Dm, name: &str) -> Result<Holder> {
         return Ok(Holder::Origin);
     }
     let status = dm.status(name)?;
-    let state = status
+    let line = status
         .first()
-        .and_then(|line| line.params.split_whitespace().next())
+        .map(|line| line.params.as_str())
         .unwrap_or_default();
-    match state {
-        "switched" => Ok(Holder::Destination),
-        "failed" | "cancelled" => Ok(Holder::Origin),
-        other => Err(Error::Failed(format!(
-            "cannot stop the migration (state '{other}'): the disk is left on the migrate table"
+    match Progress::parse_info(line).map(|p| p.state) {
+        Some(State::Switched) => Ok(Holder::Destination),
+        Some(State::Failed(_) | State::Cancelled) => Ok(Holder::Origin),
+        _ => Err(Error::Failed(format!(
+            "cannot stop the migration (status '{line}'): the disk is left on the migrate table"
         ))),
     }
 }
