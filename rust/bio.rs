@@ -26,13 +26,13 @@ pub struct Status(pub u8);
 
 impl Status {
     /// Success (`BLK_STS_OK`).
-    pub const OK: Status = Status(0);
+    pub const OK: Status = Status(bindings::MIGRATE_BLK_STS_OK);
     /// An I/O error (`BLK_STS_IOERR`).
-    pub const IOERR: Status = Status(10);
+    pub const IOERR: Status = Status(bindings::MIGRATE_BLK_STS_IOERR);
 
     /// Whether this is success.
     pub fn is_ok(self) -> bool {
-        self.0 == 0
+        self == Self::OK
     }
 }
 

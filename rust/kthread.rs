@@ -133,28 +133,6 @@ impl<T: ThreadMain> Drop for KThread<T> {
     }
 }
 
-/// Allocations in the scope of this guard do not wait for I/O (`memalloc_noio_save`): while a
-/// device is suspended, an allocation that reclaims through it would wait forever.
-pub struct NoIo {
-    flags: kernel::ffi::c_uint,
-}
-
-impl NoIo {
-    /// Starts the scope.
-    pub fn enter() -> Self {
-        // SAFETY: No preconditions; `drop` restores the flags in the same task.
-        let flags = unsafe { bindings::migrate_noio_save() };
-        Self { flags }
-    }
-}
-
-impl Drop for NoIo {
-    fn drop(&mut self) {
-        // SAFETY: `flags` came from `migrate_noio_save` in this task.
-        unsafe { bindings::migrate_noio_restore(self.flags) };
-    }
-}
-
 /// Lets other tasks on this CPU run if they are due. A thread that loops without sleeping (the
 /// copier on a device that completes bios in the submitter, like brd) calls it once per round:
 /// without kernel preemption nothing else would take the CPU from it.

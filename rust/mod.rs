@@ -14,6 +14,7 @@
 //!   to two devices; [`bio::BioList`] to hold bios back; [`bio::BioSet`] for clones.
 //! - [`copy::IoBatch`] and [`copy::PageBuffer`], the copier's I/O.
 //! - [`kthread::KThread`], the copier thread.
+//! - [`memalloc::NoIo`], a scope whose allocations do not wait for I/O.
 //! - [`sysfs::SysfsDir`], the progress counters in sysfs.
 
 mod bindings;
@@ -21,5 +22,6 @@ pub mod bio;
 pub mod copy;
 pub mod device;
 pub mod kthread;
+pub mod memalloc;
 pub mod sysfs;
 pub mod target;

@@ -4,7 +4,9 @@
 
 # The pinned toolchain. A module must be built by the very rustc that built the kernel,
 # so the version is fixed here and exported for every cargo, rustc and make below.
-RUST_VERSION=1.95.0
+REPO_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+# The Rust version has one source, rust-toolchain.toml (which rustup also reads in the repository).
+RUST_VERSION=$(sed -n 's/^channel = "\(.*\)"$/\1/p' "$REPO_ROOT/rust-toolchain.toml")
 BINDGEN_VERSION=0.72.1
 LLVM_SUFFIX=-19
 KERNEL_SOURCE_PACKAGE=linux-source-6.12
@@ -14,7 +16,6 @@ export RUSTUP_TOOLCHAIN=$RUST_VERSION
 export PATH="$HOME/.cargo/bin:$PATH"
 export LIBCLANG_PATH=/usr/lib/llvm${LLVM_SUFFIX}/lib
 
-REPO_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 CACHE_ROOT=${DM_MIGRATE_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/dm-migrate}
 
 log() { printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }

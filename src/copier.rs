@@ -10,6 +10,7 @@
 use crate::dm::copy::{flush, IoBatch};
 use crate::dm::kthread::{self, ThreadContext, ThreadMain};
 use crate::engine::state::{FailReason, State};
+use crate::engine::SECTOR_SIZE;
 use crate::engine::throttle::{RateMeter, Throttle};
 use crate::engine::tracker::{AfterBatch, Batch, CopyResult, Round, MAX_DEPTH};
 use crate::migration::Engine;
@@ -36,7 +37,7 @@ impl ThreadMain for CopierThread {
     fn thread_main(&self, thread: &ThreadContext) {
         let engine = &self.engine;
         let migration = &*engine.migration;
-        let region_bytes = engine.geometry.region_sectors * 512;
+        let region_bytes = engine.geometry.region_sectors * SECTOR_SIZE;
         let max_regions = (BATCH_BYTES / region_bytes).max(1);
         // A batch is one region when regions are larger than BATCH_BYTES; it is then copied
         // through the buffer in pieces (see `copy_round`).
@@ -118,7 +119,7 @@ impl ThreadMain for CopierThread {
                     failure.get_or_insert(reason);
                 }
                 if result == CopyResult::Done {
-                    copied += (batch.sectors.end - batch.sectors.start) * 512;
+                    copied += (batch.sectors.end - batch.sectors.start) * SECTOR_SIZE;
                 }
                 // After a failure everything is released at once, by `Engine::fail`.
                 if failure.is_none() {
@@ -163,7 +164,7 @@ fn copy_round(
 ) {
     let mut results = [CopyResult::Done; MAX_DEPTH];
     let mut reported = [false; MAX_DEPTH];
-    let bytes_of = |sectors: &core::ops::Range<u64>| (sectors.end - sectors.start) * 512;
+    let bytes_of = |sectors: &core::ops::Range<u64>| (sectors.end - sectors.start) * SECTOR_SIZE;
     let longest = round
         .batches()
         .map(|b| bytes_of(&b.sectors))
@@ -189,7 +190,7 @@ fn copy_round(
                     continue;
                 }
                 let len = left.min(chunk) as usize;
-                let sector = batch.sectors.start + offset / 512;
+                let sector = batch.sectors.start + offset / SECTOR_SIZE;
                 if slot
                     .submit(device, sector, len, write, &engine.bios)
                     .is_err()

@@ -27,7 +27,8 @@ use core::fmt::Write;
 use core::sync::atomic::Ordering;
 use dm::bio::{Bio, BioSet, Status};
 use dm::device::Device;
-use dm::kthread::{KThread, NoIo};
+use dm::kthread::KThread;
+use dm::memalloc::NoIo;
 use dm::sysfs::{SysfsDir, SysfsShow};
 use dm::target::{
     CtrError, DeviceVisitor, MapResult, Registration, StatusType, Target, TargetContext,
@@ -37,6 +38,7 @@ use engine::status::write_table;
 use engine::table::{DeviceGeometry, Geometry, TableArgs, TableError};
 use engine::tracker::Handover;
 use engine::writer::SliceWriter;
+use engine::SECTOR_SIZE;
 use kernel::new_mutex;
 use kernel::prelude::*;
 use kernel::sync::{Arc, Mutex};
@@ -119,8 +121,8 @@ impl SysfsShow for Engine {
 
     fn show(&self, index: usize, out: &mut SliceWriter<'_>) {
         let progress = self.progress();
-        let region_bytes = self.geometry.region_sectors * 512;
-        let total_bytes = self.geometry.target_sectors * 512;
+        let region_bytes = self.geometry.region_sectors * SECTOR_SIZE;
+        let total_bytes = self.geometry.target_sectors * SECTOR_SIZE;
         let _ = match index {
             0 => writeln!(out, "{}", progress.state_word()),
             1 => writeln!(out, "{total_bytes}"),

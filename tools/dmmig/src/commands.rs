@@ -8,6 +8,7 @@ use crate::migrate::{run_move, MoveOptions};
 use crate::nodes;
 use crate::table::TableLine;
 use dm_migrate_engine::state::{Progress, State};
+use dm_migrate_engine::SECTOR_SIZE;
 use serde::Serialize;
 use std::io::{IsTerminal, Read};
 
@@ -141,7 +142,7 @@ fn ls(dm: &Dm, out: Output) -> Result<()> {
 pub fn describe_migration(line: &TableLine) -> Option<String> {
     let progress = Progress::parse_info(&line.params)?;
     let total = progress.total_regions.max(1);
-    let bytes = line.length * 512;
+    let bytes = line.length * SECTOR_SIZE;
     let done = bytes * progress.copied_regions / total;
     let mut text = format!(
         "{}: {:.1}% ({} of {} MiB)",

@@ -10,6 +10,7 @@ use crate::error::{Error, Result};
 use crate::table::TableLine;
 use dm_migrate_engine::state::{Progress, State};
 use dm_migrate_engine::table::{DeviceGeometry, Geometry, Options, TableArgs};
+use dm_migrate_engine::SECTOR_SIZE;
 use serde::Serialize;
 use std::fs::{self, File, OpenOptions};
 use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
@@ -185,12 +186,12 @@ fn prepare_destination(dest: &Path, bytes: u64, created: &mut Created) -> Result
     match fs::metadata(dest) {
         Ok(meta) if meta.file_type().is_block_device() => {
             let dev = BlockDev::of_path(dest)?;
-            if dev.sectors * 512 < bytes {
+            if dev.sectors * SECTOR_SIZE < bytes {
                 return Err(Error::Usage(format!(
                     "destination {} is too small: {} bytes, the disk has {bytes}; use a device \
                      at least as large",
                     dest.display(),
-                    dev.sectors * 512
+                    dev.sectors * SECTOR_SIZE
                 )));
             }
             // O_EXCL on a block device fails with EBUSY while anything holds it.
@@ -320,7 +321,7 @@ pub fn run_move(
     let info = dm.info(name)?;
     let _lock = lock(name)?;
     let (original, origin) = linear_origin(&dm, name)?;
-    let bytes = original.length * 512;
+    let bytes = original.length * SECTOR_SIZE;
     let mut created = Created::default();
     // Whether a table (live or loaded) may use the destination: from the migrate table's load
     // until a rollback has put the original table back. Until then, what move created stays,
