@@ -1,7 +1,8 @@
 #!/bin/bash
 # SPDX-License-Identifier: GPL-2.0
 # A destination that fails writes during the copy (dm-flakey) fails the migration: state
-# "failed", no I/O error for the writer, and the origin holds every write.
+# "failed", no I/O error for the writer, and the origin holds every write. A `cancel` after the
+# failure changes nothing: the state stays failed and no `cancelled` event is raised.
 . "$(dirname "$0")/lib.sh"
 command -v fio >/dev/null || skip "fio is not installed"
 load_migrate
@@ -15,6 +16,11 @@ fio_verify_write "$(dm_path mig)" 64 "$TEST_TMP/fio.log"
 wait_state mig failed 60
 [ "$(migrate_field mig 8)" = destination_write_error ] || fail "reason: $(dmsetup status "$DEV_PREFIX-mig")"
 [ "$(migrate_field mig 7)" -gt 0 ] || fail "no error counted"
+events=$(dmsetup info -c --noheadings -o events "$DEV_PREFIX-mig")
+dmsetup message "$DEV_PREFIX-mig" 0 cancel || fail "cancel after the failure was refused"
+[ "$(migrate_state mig)" = failed ] || fail "cancel changed the state: $(migrate_state mig)"
+[ "$(dmsetup info -c --noheadings -o events "$DEV_PREFIX-mig")" = "$events" ] ||
+	fail "cancel after the failure raised an event"
 fio_verify_only "$(dm_path mig)" 64 "$TEST_TMP/verify.log"
 dmsetup remove "$DEV_PREFIX-mig" || fail "remove failed"
 fio_verify_only "$origin" 64 "$TEST_TMP/verify-origin.log"
