@@ -316,7 +316,12 @@ impl<B: DerefMut<Target = [u64]>> Tracker<B> {
     /// nothing to start now (all copied or in flight, paused, stopped, or the in-flight table
     /// full). Only [`Tracker::start_round`] may take batches in the kernel.
     fn next_batch(&mut self, max_regions: u64) -> Option<Batch> {
-        if self.state != State::Copying || self.paused || self.nr_pending == 0 {
+        // Regions in flight are pending until their batch lands (`batch_done`): when every
+        // pending region is in flight there is nothing to take, and no need to scan the bitmap
+        // (twice, under the routing lock) to find that out.
+        #[cfg(test)]
+        assert!(self.nr_inflight <= self.nr_pending);
+        if self.state != State::Copying || self.paused || self.nr_pending <= self.nr_inflight {
             return None;
         }
         let slot = self.inflight.iter().position(Option::is_none)?;
