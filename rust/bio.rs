@@ -199,8 +199,8 @@ impl Bio {
     ) {
         let data = self.data();
         data.remaining.store(2, Ordering::Relaxed);
-        data.origin_status.store(0, Ordering::Relaxed);
-        data.dest_status.store(0, Ordering::Relaxed);
+        data.origin_status.store(Status::OK.0, Ordering::Relaxed);
+        data.dest_status.store(Status::OK.0, Ordering::Relaxed);
         data.context
             .store(Arc::into_raw(context).cast_mut().cast(), Ordering::Relaxed);
         let empty = self.sectors() == 0;

@@ -115,10 +115,10 @@ struct bio_set *migrate_bioset_create(unsigned int pool_size)
 	struct bio_set *bs = kzalloc(sizeof(*bs), GFP_KERNEL);
 
 	/*
-	 * map() takes two clones from this set for one mirrored bio while the submitter's
-	 * current->bio_list still holds the first: the rescuer punts those bios to a workqueue
-	 * when the mempool runs dry, instead of waiting for them forever (as dm-raid1 and
-	 * dm-clone's sets do).
+	 * map() clones from this set in submit_bio context, where the submitter's
+	 * current->bio_list may still hold earlier clones from it: the rescuer punts those bios
+	 * to a workqueue when the mempool runs dry, instead of waiting for them forever, as
+	 * bio_alloc_bioset() asks of such a set.
 	 */
 	if (bs && bioset_init(bs, pool_size, 0, BIOSET_NEED_BVECS | BIOSET_NEED_RESCUER)) {
 		kfree(bs);
