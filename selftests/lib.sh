@@ -117,6 +117,73 @@ make_nullb() {
 	printf -v "$var" '%s' "$dev"
 }
 
+# hold_cpus SECONDS: opens a window in which no new kernel thread (of normal priority, as a copier
+# thread is) can run: a real-time busy loop on every CPU for SECONDS, this script above them, and
+# the kernel's existing threads (kthreadd, workqueues, RCU) lifted above the loops so that the
+# device-mapper ioctls still work. A thread created in the window resets itself to normal
+# priority and waits for its end. Since 6.12 the deadline "fair server" runs starved normal tasks
+# 50 ms a second; it is switched off through debugfs, which only kernels with CONFIG_SCHED_DEBUG
+# have (the debug kernel): elsewhere the test skips. release_cpus waits for the loops to end and
+# puts everything back (so does the exit of the test).
+hold_cpus() {
+	local seconds=$1 stat pid comm ppid cpu prio
+	mountpoint -q /sys/kernel/debug || mount -t debugfs none /sys/kernel/debug 2>/dev/null
+	_fair_server=/sys/kernel/debug/sched/fair_server
+	[ -d "$_fair_server" ] || skip "no $_fair_server (CONFIG_SCHED_DEBUG): the CPUs cannot be held"
+	command -v chrt >/dev/null && command -v taskset >/dev/null || skip "chrt and taskset are needed"
+	_rt_runtime=$(cat /proc/sys/kernel/sched_rt_runtime_us)
+	_fair_runtime=$(cat "$_fair_server/cpu0/runtime")
+	_boosted=()
+	trap 'release_cpus; cleanup' EXIT
+	# RCU's threads go highest: a boosted thread that runs long (kmemleak's scan, left out)
+	# must not hold up grace periods, or the RCU stall detector fires.
+	for stat in /proc/[0-9]*/stat; do
+		read -r pid comm _ ppid _ <"$stat" 2>/dev/null || continue
+		[ "$pid" = 2 ] || [ "$ppid" = 2 ] || continue
+		# (stat's second field is the name in parentheses.)
+		case $comm in ("(kmemleak)") continue ;; esac
+		chrt -p "$pid" 2>/dev/null | grep -q SCHED_OTHER || continue
+		case $comm in ("(rcu"*) prio=30 ;; (*) prio=20 ;; esac
+		chrt -f -p $prio "$pid" 2>/dev/null && _boosted+=("$pid")
+	done
+	[ ${#_boosted[@]} -gt 0 ] || fail "could not raise the kernel threads' priority"
+	echo -1 >/proc/sys/kernel/sched_rt_runtime_us || fail "cannot turn off real-time throttling"
+	for cpu in "$_fair_server"/cpu*; do
+		echo 0 >"$cpu/runtime" || fail "cannot turn off the fair server of ${cpu##*/}"
+	done
+	chrt -f -p 50 $$ || fail "cannot make the test real-time"
+	_hogs=()
+	for cpu in $(seq 0 $(($(nproc) - 1))); do
+		taskset -c "$cpu" chrt -f 10 bash -c \
+			"end=\$((SECONDS + $seconds)); while [ \$SECONDS -lt \$end ]; do :; done" &
+		_hogs+=($!)
+	done
+	# The window opens when every busy loop runs at its real-time priority.
+	for pid in "${_hogs[@]}"; do
+		until chrt -p "$pid" 2>/dev/null | grep -q "priority: 10"; do sleep 0.05; done
+	done
+	sleep 0.1
+}
+
+release_cpus() {
+	local pid cpu
+	[ -n "${_fair_server:-}" ] || return 0
+	wait "${_hogs[@]}" 2>/dev/null
+	chrt -o -p 0 $$ 2>/dev/null
+	for pid in "${_boosted[@]}"; do chrt -o -p 0 "$pid" 2>/dev/null; done
+	for cpu in "$_fair_server"/cpu*; do echo "$_fair_runtime" >"$cpu/runtime"; done
+	echo "$_rt_runtime" >/proc/sys/kernel/sched_rt_runtime_us
+	_fair_server=""
+}
+
+# copier_pids: the process ids of the migrate targets' copier threads.
+copier_pids() {
+	local comm
+	for comm in /proc/[0-9]*/comm; do
+		[ "$(cat "$comm" 2>/dev/null)" = dm-migrate/copier ] && { comm=${comm%/comm}; echo "${comm#/proc/}"; }
+	done
+}
+
 # snapshot DEV FILE: copies a whole device to a file, to compare with later.
 snapshot() { dd if="$1" of="$2" bs=1M iflag=direct status=none || fail "cannot read $1"; }
 
