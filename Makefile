@@ -9,7 +9,10 @@
 # test kernel; `make module KDIR=...` needs nothing else.
 
 SHELL := /bin/bash
-LLVM ?= -19
+# The LLVM version suffix (clang-19 ...), set once in scripts/common.sh.
+ifeq ($(origin LLVM),undefined)
+LLVM := $(shell sed -n 's/^LLVM_SUFFIX=//p' scripts/common.sh)
+endif
 # The pinned Rust version, from rust-toolchain.toml (its one source): kernel trees are built
 # outside the repository, where rustup would not find that file.
 export RUSTUP_TOOLCHAIN := $(shell sed -n 's/^channel = "\(.*\)"$$/\1/p' rust-toolchain.toml)
