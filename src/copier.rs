@@ -154,8 +154,9 @@ impl CopierThread {
 /// Copies the batches of a round: reads them all from the origin, then writes those read to
 /// the destination, one buffer's worth of each batch at a time, and calls `landed` once per
 /// batch with how it ended once its last write (or its first failure) was waited for; slots
-/// are waited for in order, so a batch that landed early waits for the slots before it. A batch is longer than its buffer only when a region is (regions
-/// above [`BATCH_BYTES`]); the buffers stay small whatever the region size.
+/// are waited for in order, so a batch that landed early waits for the slots before it. A batch
+/// is longer than its buffer only when a region is (regions above [`BATCH_BYTES`]); the buffers
+/// stay small whatever the region size.
 fn copy_round(
     engine: &Engine,
     round: &Round,
