@@ -76,7 +76,7 @@ check-debug: test-userspace tools kernel-debug
 	@$(MAKE) -s vm-module KDIR=$(DEBUG_KDIR)
 	VM_TIMEOUT=$${VM_TIMEOUT:-5000} scripts/vm-test.sh $(DEBUG_KDIR) $(TESTS)
 
-# What `.ci/run` runs on the debug kernel, where the whole suite takes about an hour: the tests
+# What `.ci/run` runs on the debug kernel, where the whole suite takes about 40 minutes: the tests
 # of lifetimes (threads, tables, reloads, suspends), of the write paths' windows, and of the
 # constructor's and message parser's error paths; the kmemleak scan follows them.
 DEBUG_CI_TESTS := test_copier_out_of_memory.sh test_copier_stop_before_run.sh test_create_remove.sh \
