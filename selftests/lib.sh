@@ -178,9 +178,10 @@ release_cpus() {
 
 # copier_pids: the process ids of the migrate targets' copier threads.
 copier_pids() {
-	local comm
-	for comm in /proc/[0-9]*/comm; do
-		[ "$(cat "$comm" 2>/dev/null)" = dm-migrate/copier ] && { comm=${comm%/comm}; echo "${comm#/proc/}"; }
+	local file pid
+	for file in /proc/[0-9]*/comm; do
+		pid=${file#/proc/}
+		[ "$(cat "$file" 2>/dev/null)" = dm-migrate/copier ] && echo "${pid%/comm}"
 	done
 }
 
