@@ -11,6 +11,7 @@
 
 pub mod epoch;
 pub mod message;
+pub mod metadata;
 pub mod state;
 pub mod status;
 pub mod table;

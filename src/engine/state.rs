@@ -14,6 +14,8 @@ pub enum FailReason {
     DestinationFlush,
     /// The copier could not get the memory it copies through.
     OutOfMemory,
+    /// Writing the metadata device failed.
+    MetadataWrite,
 }
 
 impl FailReason {
@@ -24,6 +26,7 @@ impl FailReason {
             Self::DestinationWrite => "destination_write_error",
             Self::DestinationFlush => "destination_flush_error",
             Self::OutOfMemory => "out_of_memory",
+            Self::MetadataWrite => "metadata_write_error",
         }
     }
 
@@ -34,6 +37,7 @@ impl FailReason {
             Self::DestinationWrite,
             Self::DestinationFlush,
             Self::OutOfMemory,
+            Self::MetadataWrite,
         ]
         .into_iter()
         .find(|reason| reason.as_str() == word)

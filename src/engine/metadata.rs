@@ -1,0 +1,993 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! The metadata device: its on-disk format, what a crash leaves behind, and how a load reads it.
+//!
+//! Version 1, documented in `Documentation/dm-migrate.rst`. The device is cut into 4 KiB
+//! blocks, little-endian throughout:
+//!
+//! ```text
+//! block 0, 1                       superblock, two copies, each written on every update
+//! block 2 .. 2+n                   copied bitmap: 1 = the region's copy is on the destination
+//! block 2+n .. 2+2n                write-intent bitmap: 1 = mirrored writes may be half done
+//! ```
+//!
+//! where `n` is [`Layout::bitmap_blocks`]. A bitmap block is a 16-byte header (kind, crc32c,
+//! format id) and 510 words of 64 regions each. Every block carries a crc32c; a bitmap block's
+//! also covers its index and the format id, so that a block from another format or place does
+//! not pass.
+//!
+//! After a crash a region is copied again unless its copied bit is set and its intent bit is
+//! clear. Each bit is safe on its own: a copied bit is written only after a destination flush
+//! that covers the copy; an intent bit is durable before the first mirrored write to its region
+//! is sent, and cleared only once every mirrored write to it has completed and the destination
+//! was flushed. A bitmap block that fails its checksum (a torn write) reads as "copy all its
+//! regions again", which is always safe while the origin holds the data.
+//!
+//! The superblock says which phase the migration is in. It is written to both copies, one after
+//! the other, and a phase counts as durable only once both writes completed: so a crash leaves
+//! either copy valid with a state that is safe to act on, and a single copy damaged later still
+//! leaves the other one. A copy that fails its checksum is refused all the same: nothing that
+//! came from this target damages a complete copy, so it is a fault to look at, not to guess past.
+
+use super::state::FailReason;
+use super::SECTOR_SIZE;
+
+/// The size of a metadata block, also the unit of every metadata write.
+pub const BLOCK_SIZE: usize = 4096;
+/// Sectors per metadata block.
+pub const BLOCK_SECTORS: u64 = BLOCK_SIZE as u64 / SECTOR_SIZE;
+/// The superblock's magic number.
+pub const MAGIC: [u8; 8] = *b"DMMIGRAT";
+/// The format version this code writes and reads.
+pub const VERSION: u32 = 1;
+/// The bitmap words in one bitmap block.
+pub const WORDS_PER_BLOCK: usize = 510;
+/// The regions one bitmap block covers.
+pub const REGIONS_PER_BLOCK: u64 = WORDS_PER_BLOCK as u64 * 64;
+/// The bytes before the bitmap words in a bitmap block.
+const BITMAP_HEADER: usize = 16;
+/// The superblock copies.
+pub const SUPERBLOCK_COPIES: u64 = 2;
+
+/// The phase of a migration, as the superblock records it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// Copying, or in sync and mirroring: the origin holds every write.
+    Copying,
+    /// Switched: the destination holds every write; the origin is stale.
+    Switched,
+    /// Cancelled: the origin holds every write; the bitmaps are stale.
+    Cancelled,
+    /// Failed: the origin holds every write; the bitmaps are stale.
+    Failed,
+}
+
+impl Phase {
+    fn code(self) -> u32 {
+        match self {
+            Self::Copying => 1,
+            Self::Switched => 2,
+            Self::Cancelled => 3,
+            Self::Failed => 4,
+        }
+    }
+
+    fn from_code(code: u32) -> Option<Self> {
+        [Self::Copying, Self::Switched, Self::Cancelled, Self::Failed]
+            .into_iter()
+            .find(|p| p.code() == code)
+    }
+
+    /// The word for logs and `dmmig inspect`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Copying => "copying",
+            Self::Switched => "switched",
+            Self::Cancelled => "cancelled",
+            Self::Failed => "failed",
+        }
+    }
+}
+
+/// Which bitmap a bitmap block belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BitmapKind {
+    /// Regions whose copy is durable on the destination.
+    Copied,
+    /// Regions whose mirrored writes may not have landed on both devices.
+    Intent,
+}
+
+impl BitmapKind {
+    fn magic(self) -> u32 {
+        match self {
+            Self::Copied => u32::from_le_bytes(*b"CPYD"),
+            Self::Intent => u32::from_le_bytes(*b"INTN"),
+        }
+    }
+}
+
+/// What the metadata must agree with: the migration's shape and its devices' sizes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Identity {
+    /// The target's length in sectors.
+    pub target_sectors: u64,
+    /// The region size in sectors.
+    pub region_sectors: u64,
+    /// The origin device's size in sectors.
+    pub origin_sectors: u64,
+    /// The destination device's size in sectors.
+    pub destination_sectors: u64,
+}
+
+impl Identity {
+    /// The number of regions.
+    pub fn nr_regions(&self) -> u64 {
+        self.target_sectors.div_ceil(self.region_sectors.max(1))
+    }
+}
+
+/// The superblock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Superblock {
+    /// Counts updates; of two valid copies, the higher one is the newer.
+    pub generation: u64,
+    /// Where the migration stands.
+    pub phase: Phase,
+    /// Why it failed, for a failed phase.
+    pub fail_reason: Option<FailReason>,
+    /// A number chosen when the device was formatted; every bitmap block carries it.
+    pub format_id: u64,
+    /// The migration the metadata describes.
+    pub identity: Identity,
+}
+
+/// Why metadata was refused, each with the reason the kernel log gives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MetadataError {
+    /// The metadata device cannot hold the bitmaps of this migration.
+    TooSmall,
+    /// A superblock copy has the magic but fails its checksum.
+    CorruptSuperblock(u64),
+    /// A superblock copy is neither blank nor a dm-migrate superblock.
+    NotMetadata(u64),
+    /// A superblock of a format version this code does not know.
+    UnsupportedVersion(u32),
+    /// The superblock has an unknown phase or impossible fields.
+    BadSuperblock,
+    /// The superblock describes a target of another length.
+    TargetLengthMismatch,
+    /// The superblock describes another region size.
+    RegionSizeMismatch,
+    /// The superblock describes an origin of another size.
+    OriginMismatch,
+    /// The superblock describes a destination of another size.
+    DestinationMismatch,
+    /// A region the metadata says is copied differs on the two devices: they are not the pair
+    /// the metadata was written for.
+    ContentMismatch,
+    /// Reading the metadata device failed.
+    ReadError,
+    /// Writing the metadata device failed.
+    WriteError,
+}
+
+impl MetadataError {
+    /// The reason, a capitalised phrase without a period.
+    pub fn message(self) -> &'static str {
+        match self {
+            Self::TooSmall => "Metadata device too small for this migration",
+            Self::CorruptSuperblock(0) => "Metadata superblock copy 0 fails its checksum",
+            Self::CorruptSuperblock(_) => "Metadata superblock copy 1 fails its checksum",
+            Self::NotMetadata(_) => {
+                "Metadata device holds something else: not blank, no superblock"
+            }
+            Self::UnsupportedVersion(_) => "Metadata format version not supported",
+            Self::BadSuperblock => "Metadata superblock has invalid fields",
+            Self::TargetLengthMismatch => "Metadata is for a target of another length",
+            Self::RegionSizeMismatch => "Metadata is for another region size",
+            Self::OriginMismatch => "Metadata is for an origin of another size",
+            Self::DestinationMismatch => "Metadata is for a destination of another size",
+            Self::ContentMismatch => {
+                "Metadata is for another pair: a region it says is copied differs"
+            }
+            Self::ReadError => "Error reading the metadata device",
+            Self::WriteError => "Error writing the metadata device",
+        }
+    }
+}
+
+/// Where things are on a metadata device for a number of regions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Layout {
+    /// Blocks per bitmap.
+    pub bitmap_blocks: u64,
+}
+
+impl Layout {
+    /// The layout for `nr_regions` regions.
+    pub fn new(nr_regions: u64) -> Self {
+        Self {
+            bitmap_blocks: nr_regions.div_ceil(REGIONS_PER_BLOCK).max(1),
+        }
+    }
+
+    /// The first block of a bitmap.
+    pub fn first_block(&self, kind: BitmapKind) -> u64 {
+        match kind {
+            BitmapKind::Copied => SUPERBLOCK_COPIES,
+            BitmapKind::Intent => SUPERBLOCK_COPIES + self.bitmap_blocks,
+        }
+    }
+
+    /// The sector of a bitmap's `index`-th block.
+    pub fn bitmap_sector(&self, kind: BitmapKind, index: u64) -> u64 {
+        (self.first_block(kind) + index) * BLOCK_SECTORS
+    }
+
+    /// The sector of a superblock copy.
+    pub fn superblock_sector(copy: u64) -> u64 {
+        copy * BLOCK_SECTORS
+    }
+
+    /// The smallest metadata device, in sectors.
+    pub fn device_sectors(&self) -> u64 {
+        (SUPERBLOCK_COPIES + 2 * self.bitmap_blocks) * BLOCK_SECTORS
+    }
+}
+
+/// The crc32c (Castagnoli) table, built at compile time.
+const CRC32C_TABLE: [u32; 256] = {
+    let mut table = [0u32; 256];
+    let mut i = 0;
+    while i < 256 {
+        let mut crc = i as u32;
+        let mut bit = 0;
+        while bit < 8 {
+            crc = if crc & 1 != 0 {
+                (crc >> 1) ^ 0x82f6_3b78
+            } else {
+                crc >> 1
+            };
+            bit += 1;
+        }
+        table[i] = crc;
+        i += 1;
+    }
+    table
+};
+
+/// Continues a crc32c over `bytes`; start from `!0` and invert the result, as [`crc32c`] does.
+fn crc32c_update(mut crc: u32, bytes: &[u8]) -> u32 {
+    for &b in bytes {
+        crc = CRC32C_TABLE[((crc ^ u32::from(b)) & 0xff) as usize] ^ (crc >> 8);
+    }
+    crc
+}
+
+/// The crc32c of `bytes` (the same value as the kernel's `~crc32c(~0, ...)`).
+pub fn crc32c(bytes: &[u8]) -> u32 {
+    !crc32c_update(!0, bytes)
+}
+
+fn put_u32(buf: &mut [u8], at: usize, value: u32) {
+    buf[at..at + 4].copy_from_slice(&value.to_le_bytes());
+}
+
+fn put_u64(buf: &mut [u8], at: usize, value: u64) {
+    buf[at..at + 8].copy_from_slice(&value.to_le_bytes());
+}
+
+fn get_u32(buf: &[u8], at: usize) -> u32 {
+    let mut b = [0; 4];
+    b.copy_from_slice(&buf[at..at + 4]);
+    u32::from_le_bytes(b)
+}
+
+fn get_u64(buf: &[u8], at: usize) -> u64 {
+    let mut b = [0; 8];
+    b.copy_from_slice(&buf[at..at + 8]);
+    u64::from_le_bytes(b)
+}
+
+// Superblock field offsets.
+const SB_MAGIC: usize = 0;
+const SB_VERSION: usize = 8;
+const SB_CRC: usize = 12;
+const SB_GENERATION: usize = 16;
+const SB_PHASE: usize = 24;
+const SB_FAIL_REASON: usize = 28;
+const SB_FORMAT_ID: usize = 32;
+const SB_TARGET_SECTORS: usize = 40;
+const SB_REGION_SECTORS: usize = 48;
+const SB_ORIGIN_SECTORS: usize = 56;
+const SB_DESTINATION_SECTORS: usize = 64;
+const SB_BITMAP_BLOCKS: usize = 72;
+const SB_END: usize = 80;
+
+fn fail_reason_code(reason: Option<FailReason>) -> u32 {
+    match reason {
+        None => 0,
+        Some(FailReason::OriginRead) => 1,
+        Some(FailReason::DestinationWrite) => 2,
+        Some(FailReason::DestinationFlush) => 3,
+        Some(FailReason::OutOfMemory) => 4,
+        Some(FailReason::MetadataWrite) => 5,
+    }
+}
+
+fn fail_reason_from(code: u32) -> Option<Option<FailReason>> {
+    Some(match code {
+        0 => None,
+        1 => Some(FailReason::OriginRead),
+        2 => Some(FailReason::DestinationWrite),
+        3 => Some(FailReason::DestinationFlush),
+        4 => Some(FailReason::OutOfMemory),
+        5 => Some(FailReason::MetadataWrite),
+        _ => return None,
+    })
+}
+
+/// How a superblock copy reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SuperblockCopy {
+    /// All zeros: never written.
+    Blank,
+    /// A valid superblock.
+    Valid(Superblock),
+}
+
+impl Superblock {
+    /// Writes the superblock into a block buffer.
+    pub fn encode(&self, buf: &mut [u8; BLOCK_SIZE]) {
+        buf.fill(0);
+        buf[SB_MAGIC..SB_MAGIC + 8].copy_from_slice(&MAGIC);
+        put_u32(buf, SB_VERSION, VERSION);
+        put_u64(buf, SB_GENERATION, self.generation);
+        put_u32(buf, SB_PHASE, self.phase.code());
+        put_u32(buf, SB_FAIL_REASON, fail_reason_code(self.fail_reason));
+        put_u64(buf, SB_FORMAT_ID, self.format_id);
+        put_u64(buf, SB_TARGET_SECTORS, self.identity.target_sectors);
+        put_u64(buf, SB_REGION_SECTORS, self.identity.region_sectors);
+        put_u64(buf, SB_ORIGIN_SECTORS, self.identity.origin_sectors);
+        put_u64(
+            buf,
+            SB_DESTINATION_SECTORS,
+            self.identity.destination_sectors,
+        );
+        put_u64(
+            buf,
+            SB_BITMAP_BLOCKS,
+            Layout::new(self.identity.nr_regions()).bitmap_blocks,
+        );
+        let crc = crc32c(&buf[..]);
+        put_u32(buf, SB_CRC, crc);
+    }
+
+    /// Reads superblock copy `copy` from a block buffer.
+    pub fn decode(copy: u64, buf: &[u8; BLOCK_SIZE]) -> Result<SuperblockCopy, MetadataError> {
+        if buf.iter().all(|&b| b == 0) {
+            return Ok(SuperblockCopy::Blank);
+        }
+        if buf[SB_MAGIC..SB_MAGIC + 8] != MAGIC {
+            return Err(MetadataError::NotMetadata(copy));
+        }
+        let mut check = *buf;
+        put_u32(&mut check, SB_CRC, 0);
+        if crc32c(&check) != get_u32(buf, SB_CRC) {
+            return Err(MetadataError::CorruptSuperblock(copy));
+        }
+        let version = get_u32(buf, SB_VERSION);
+        if version != VERSION {
+            return Err(MetadataError::UnsupportedVersion(version));
+        }
+        let identity = Identity {
+            target_sectors: get_u64(buf, SB_TARGET_SECTORS),
+            region_sectors: get_u64(buf, SB_REGION_SECTORS),
+            origin_sectors: get_u64(buf, SB_ORIGIN_SECTORS),
+            destination_sectors: get_u64(buf, SB_DESTINATION_SECTORS),
+        };
+        let phase = Phase::from_code(get_u32(buf, SB_PHASE)).ok_or(MetadataError::BadSuperblock)?;
+        let fail_reason =
+            fail_reason_from(get_u32(buf, SB_FAIL_REASON)).ok_or(MetadataError::BadSuperblock)?;
+        if !identity.region_sectors.is_power_of_two()
+            || identity.target_sectors == 0
+            || get_u64(buf, SB_BITMAP_BLOCKS) != Layout::new(identity.nr_regions()).bitmap_blocks
+            || buf[SB_END..].iter().any(|&b| b != 0)
+        {
+            return Err(MetadataError::BadSuperblock);
+        }
+        Ok(SuperblockCopy::Valid(Superblock {
+            generation: get_u64(buf, SB_GENERATION),
+            phase,
+            fail_reason,
+            format_id: get_u64(buf, SB_FORMAT_ID),
+            identity,
+        }))
+    }
+
+    /// The superblock of a device from its two copies: the valid one with the higher generation,
+    /// `None` when both are blank (a new device). A copy that fails to decode refuses the whole
+    /// device (see the module documentation).
+    pub fn choose(
+        copies: [Result<SuperblockCopy, MetadataError>; 2],
+    ) -> Result<Option<Superblock>, MetadataError> {
+        let [a, b] = copies;
+        Ok(match (a?, b?) {
+            (SuperblockCopy::Blank, SuperblockCopy::Blank) => None,
+            (SuperblockCopy::Valid(s), SuperblockCopy::Blank)
+            | (SuperblockCopy::Blank, SuperblockCopy::Valid(s)) => Some(s),
+            (SuperblockCopy::Valid(s), SuperblockCopy::Valid(t)) => {
+                Some(if t.generation > s.generation { t } else { s })
+            }
+        })
+    }
+
+    /// Checks that the superblock describes `identity`, and that a device of `device_sectors`
+    /// holds its bitmaps.
+    pub fn check(&self, identity: &Identity, device_sectors: u64) -> Result<(), MetadataError> {
+        let ours = &self.identity;
+        if ours.target_sectors != identity.target_sectors {
+            return Err(MetadataError::TargetLengthMismatch);
+        }
+        if ours.region_sectors != identity.region_sectors {
+            return Err(MetadataError::RegionSizeMismatch);
+        }
+        if ours.origin_sectors != identity.origin_sectors {
+            return Err(MetadataError::OriginMismatch);
+        }
+        if ours.destination_sectors != identity.destination_sectors {
+            return Err(MetadataError::DestinationMismatch);
+        }
+        if device_sectors < Layout::new(identity.nr_regions()).device_sectors() {
+            return Err(MetadataError::TooSmall);
+        }
+        Ok(())
+    }
+}
+
+/// Writes bitmap block `index` of `kind` with `words` (at most [`WORDS_PER_BLOCK`]; the rest is
+/// zero) into a block buffer.
+pub fn encode_bitmap_block(
+    kind: BitmapKind,
+    format_id: u64,
+    index: u64,
+    words: &[u64],
+    buf: &mut [u8; BLOCK_SIZE],
+) {
+    buf.fill(0);
+    put_u32(buf, 0, kind.magic());
+    put_u64(buf, 8, format_id);
+    for (i, word) in words.iter().take(WORDS_PER_BLOCK).enumerate() {
+        put_u64(buf, BITMAP_HEADER + 8 * i, *word);
+    }
+    let crc = !crc32c_update(crc32c_update(!0, &buf[..]), &index.to_le_bytes());
+    put_u32(buf, 4, crc);
+}
+
+/// Reads bitmap block `index` of `kind` into `words`; returns false (and fills `words` with
+/// ones, "every region") when the block fails its checksum or belongs elsewhere.
+pub fn decode_bitmap_block(
+    kind: BitmapKind,
+    format_id: u64,
+    index: u64,
+    buf: &[u8; BLOCK_SIZE],
+    words: &mut [u64],
+) -> bool {
+    let mut check = *buf;
+    put_u32(&mut check, 4, 0);
+    let crc = !crc32c_update(crc32c_update(!0, &check), &index.to_le_bytes());
+    let valid =
+        get_u32(buf, 0) == kind.magic() && get_u64(buf, 8) == format_id && get_u32(buf, 4) == crc;
+    for (i, word) in words.iter_mut().take(WORDS_PER_BLOCK).enumerate() {
+        *word = if valid {
+            get_u64(buf, BITMAP_HEADER + 8 * i)
+        } else {
+            u64::MAX
+        };
+    }
+    valid
+}
+
+/// The pending word a recovery starts from: a region is copied again unless it is copied and
+/// its intent bit is clear.
+pub fn pending_word(copied: u64, intent: u64) -> u64 {
+    !copied | intent
+}
+
+/// The write-intent log in memory: which regions may take a mirrored write now, and what the
+/// intent bitmap on the metadata device must say. `B` is a bitmap of one bit per region.
+///
+/// A region is in at most one of four states, and the on-disk bit is 1 in all but the first:
+///
+/// - clean: a mirrored write must first make its bit durable (it is *wanted*, and the write
+///   waits);
+/// - durable: mirrored writes go at once and mark the region *touched*;
+/// - sending: its bit is being written; writes still wait;
+/// - clearing: chosen to be cleared (untouched for a whole commit interval); a write takes it
+///   back to durable at once, since its bit is still 1 on disk.
+///
+/// Wanted regions are collected while a write of the bitmap is in flight and go out with the
+/// next one. A clear is only written after every mirrored write admitted before the previous
+/// commit has completed and the destination was flushed (the caller's part, see
+/// [`IntentLog::start_clear`]).
+pub struct IntentLog<B> {
+    durable: B,
+    wanted: B,
+    sending: B,
+    clearing: B,
+    touched: B,
+    nr_wanted: u64,
+}
+
+/// What [`IntentLog::admit`] decided for a mirrored write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admit {
+    /// Every region's intent is durable: the write may go.
+    Go,
+    /// Some region's intent must be written first: the write waits for the metadata thread.
+    Wait,
+}
+
+fn bit(region: u64) -> (usize, u64) {
+    ((region / 64) as usize, 1 << (region % 64))
+}
+
+impl<B: core::ops::DerefMut<Target = [u64]>> IntentLog<B> {
+    /// An empty log over five zeroed bitmaps of the same size.
+    pub fn new(
+        mut durable: B,
+        mut wanted: B,
+        mut sending: B,
+        mut clearing: B,
+        mut touched: B,
+    ) -> Self {
+        for b in [
+            &mut durable,
+            &mut wanted,
+            &mut sending,
+            &mut clearing,
+            &mut touched,
+        ] {
+            b.fill(0);
+        }
+        Self {
+            durable,
+            wanted,
+            sending,
+            clearing,
+            touched,
+            nr_wanted: 0,
+        }
+    }
+
+    /// Starts from an on-disk intent bitmap (after a crash its regions are copied again, and
+    /// their bits are cleared by the first commits).
+    pub fn load(&mut self, word: usize, on_disk: u64) {
+        self.clearing[word] = on_disk;
+    }
+
+    /// Decides for a mirrored write over `regions`; `copied` says which regions the copier has
+    /// copied (a pending region is copied again later, so a write to it needs no intent).
+    pub fn admit(&mut self, regions: core::ops::Range<u64>, copied: impl Fn(u64) -> bool) -> Admit {
+        let mut admit = Admit::Go;
+        for region in regions {
+            if !copied(region) {
+                continue;
+            }
+            let (w, b) = bit(region);
+            if self.durable[w] & b != 0 {
+                self.touched[w] |= b;
+            } else if self.clearing[w] & b != 0 {
+                self.clearing[w] &= !b;
+                self.durable[w] |= b;
+                self.touched[w] |= b;
+            } else {
+                if self.wanted[w] & b == 0 {
+                    self.wanted[w] |= b;
+                    self.nr_wanted += 1;
+                }
+                admit = Admit::Wait;
+            }
+        }
+        admit
+    }
+
+    /// Whether writes wait for an intent write.
+    pub fn has_wanted(&self) -> bool {
+        self.nr_wanted > 0
+    }
+
+    /// Starts a write of the wanted bits: they become *sending*. Returns false when nothing is
+    /// wanted or a write is still in flight (its end must be recorded first).
+    pub fn start_send(&mut self) -> bool {
+        if self.nr_wanted == 0 || self.sending.iter().any(|&w| w != 0) {
+            return false;
+        }
+        core::mem::swap(&mut self.wanted, &mut self.sending);
+        self.nr_wanted = 0;
+        true
+    }
+
+    /// Records that the bitmap holding the sending bits is durable: their writes may go.
+    pub fn sent(&mut self) {
+        for (d, s) in self.durable.iter_mut().zip(self.sending.iter_mut()) {
+            *d |= *s;
+            *s = 0;
+        }
+    }
+
+    /// Starts a clear: durable regions untouched since the last one become *clearing*, and the
+    /// touched marks start over. The caller flips the mirrored writes' epoch in the same step
+    /// (under the same lock), drains the epoch it left, flushes the destination, and then calls
+    /// [`IntentLog::cleared`] and writes the bitmap. Safety comes from the drain: every write
+    /// to a clearing region was admitted before the flip (a later one takes the region back to
+    /// durable). Leaving out the regions touched in the last interval only spares hot regions a
+    /// bitmap write each interval.
+    pub fn start_clear(&mut self) {
+        for ((d, c), t) in self
+            .durable
+            .iter_mut()
+            .zip(self.clearing.iter_mut())
+            .zip(self.touched.iter_mut())
+        {
+            let clear = *d & !*t;
+            *c |= clear;
+            *d &= !clear;
+            *t = 0;
+        }
+    }
+
+    /// Ends a clear begun by [`IntentLog::start_clear`]: the clearing regions (those no write
+    /// took back meanwhile) are clean from now on; the next bitmap write records it.
+    pub fn cleared(&mut self) {
+        self.clearing.fill(0);
+    }
+
+    /// Everything clean, for a quiesced device (no write in flight, destination flushed).
+    pub fn clear_all(&mut self) {
+        debug_assert!(self.nr_wanted == 0);
+        for b in [&mut self.durable, &mut self.clearing, &mut self.touched] {
+            b.fill(0);
+        }
+    }
+
+    /// The intent bitmap's word `word` as the disk must have it now: every region that may have
+    /// (or is about to have) a mirrored write in flight, or whose clear is not yet written.
+    pub fn on_disk_word(&self, word: usize) -> u64 {
+        self.durable[word] | self.sending[word] | self.clearing[word] | self.wanted[word]
+    }
+
+    /// The number of regions whose intent bit the disk must have set now.
+    pub fn dirty_regions(&self) -> u64 {
+        (0..self.durable.len())
+            .map(|w| u64::from(self.on_disk_word(w).count_ones()))
+            .sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use std::vec;
+    use std::vec::Vec;
+
+    fn identity() -> Identity {
+        Identity {
+            target_sectors: 1 << 20,
+            region_sectors: 128,
+            origin_sectors: 1 << 20,
+            destination_sectors: (1 << 20) + 8,
+        }
+    }
+
+    fn superblock(generation: u64, phase: Phase) -> Superblock {
+        Superblock {
+            generation,
+            phase,
+            fail_reason: None,
+            format_id: 0x1234_5678_9abc_def0,
+            identity: identity(),
+        }
+    }
+
+    fn encoded(sb: &Superblock) -> [u8; BLOCK_SIZE] {
+        let mut buf = [0; BLOCK_SIZE];
+        sb.encode(&mut buf);
+        buf
+    }
+
+    #[test]
+    fn crc32c_matches_the_standard_check_value() {
+        assert_eq!(crc32c(b"123456789"), 0xe306_9283);
+        assert_eq!(crc32c(b""), 0);
+    }
+
+    #[test]
+    fn superblock_round_trips() {
+        let mut sb = superblock(7, Phase::Failed);
+        sb.fail_reason = Some(FailReason::MetadataWrite);
+        assert_eq!(
+            Superblock::decode(0, &encoded(&sb)),
+            Ok(SuperblockCopy::Valid(sb))
+        );
+        assert_eq!(
+            Superblock::decode(1, &[0; BLOCK_SIZE]),
+            Ok(SuperblockCopy::Blank)
+        );
+    }
+
+    #[test]
+    fn superblock_damage_is_named() {
+        let good = encoded(&superblock(3, Phase::Copying));
+        for at in [0, 9, 13, 17, 25, 41, 100, 4095] {
+            let mut bad = good;
+            bad[at] ^= 0x10;
+            let e = Superblock::decode(1, &bad).unwrap_err();
+            let expected = if at < 8 {
+                MetadataError::NotMetadata(1)
+            } else {
+                MetadataError::CorruptSuperblock(1)
+            };
+            assert_eq!(e, expected, "byte {at}");
+        }
+        let mut other = [0u8; BLOCK_SIZE];
+        other[..4].copy_from_slice(b"XFSB");
+        assert_eq!(
+            Superblock::decode(0, &other),
+            Err(MetadataError::NotMetadata(0))
+        );
+    }
+
+    #[test]
+    fn the_newer_valid_copy_wins_and_a_bad_copy_refuses() {
+        let old = Superblock::decode(0, &encoded(&superblock(4, Phase::Copying)));
+        let new = Superblock::decode(1, &encoded(&superblock(5, Phase::Switched)));
+        let blank = Ok(SuperblockCopy::Blank);
+        assert_eq!(
+            Superblock::choose([old, new]).unwrap().unwrap().phase,
+            Phase::Switched
+        );
+        assert_eq!(
+            Superblock::choose([new, old]).unwrap().unwrap().phase,
+            Phase::Switched
+        );
+        assert_eq!(
+            Superblock::choose([old, blank])
+                .unwrap()
+                .unwrap()
+                .generation,
+            4
+        );
+        assert_eq!(Superblock::choose([blank, blank]).unwrap(), None);
+        assert_eq!(
+            Superblock::choose([old, Err(MetadataError::CorruptSuperblock(1))]),
+            Err(MetadataError::CorruptSuperblock(1))
+        );
+    }
+
+    #[test]
+    fn identity_and_size_are_checked() {
+        let sb = superblock(1, Phase::Copying);
+        let need = Layout::new(identity().nr_regions()).device_sectors();
+        assert_eq!(sb.check(&identity(), need), Ok(()));
+        assert_eq!(
+            sb.check(&identity(), need - 1),
+            Err(MetadataError::TooSmall)
+        );
+        let mut other = identity();
+        other.destination_sectors += 1;
+        assert_eq!(
+            sb.check(&other, need),
+            Err(MetadataError::DestinationMismatch)
+        );
+        other = identity();
+        other.region_sectors = 256;
+        assert_eq!(
+            sb.check(&other, need),
+            Err(MetadataError::RegionSizeMismatch)
+        );
+    }
+
+    #[test]
+    fn layout_places_the_bitmaps_after_the_superblocks() {
+        let layout = Layout::new(REGIONS_PER_BLOCK + 1);
+        assert_eq!(layout.bitmap_blocks, 2);
+        assert_eq!(layout.bitmap_sector(BitmapKind::Copied, 0), 16);
+        assert_eq!(layout.bitmap_sector(BitmapKind::Intent, 1), 5 * 8);
+        assert_eq!(layout.device_sectors(), 6 * 8);
+        assert_eq!(Layout::new(1).device_sectors(), 4 * 8);
+    }
+
+    #[test]
+    fn bitmap_blocks_round_trip_and_stray_blocks_read_as_all_dirty() {
+        let words: Vec<u64> = (0..WORDS_PER_BLOCK as u64).map(|i| i * 0x0101).collect();
+        let mut buf = [0; BLOCK_SIZE];
+        encode_bitmap_block(BitmapKind::Copied, 9, 3, &words, &mut buf);
+        let mut out = vec![0; WORDS_PER_BLOCK];
+        assert!(decode_bitmap_block(
+            BitmapKind::Copied,
+            9,
+            3,
+            &buf,
+            &mut out
+        ));
+        assert_eq!(out, words);
+        for (kind, format, index) in [
+            (BitmapKind::Intent, 9, 3),
+            (BitmapKind::Copied, 8, 3),
+            (BitmapKind::Copied, 9, 4),
+        ] {
+            assert!(!decode_bitmap_block(kind, format, index, &buf, &mut out));
+            assert!(out.iter().all(|&w| w == u64::MAX));
+        }
+        let mut torn = buf;
+        torn[2048..].fill(0);
+        assert!(!decode_bitmap_block(
+            BitmapKind::Copied,
+            9,
+            3,
+            &torn,
+            &mut out
+        ));
+    }
+
+    fn log(words: usize) -> IntentLog<Vec<u64>> {
+        IntentLog::new(
+            vec![0; words],
+            vec![0; words],
+            vec![0; words],
+            vec![0; words],
+            vec![0; words],
+        )
+    }
+
+    #[test]
+    fn a_first_write_waits_for_its_intent_and_later_ones_do_not() {
+        let mut l = log(1);
+        let copied = |_| true;
+        assert_eq!(l.admit(3..5, copied), Admit::Wait);
+        assert_eq!(l.on_disk_word(0), 0b11000);
+        assert!(l.start_send());
+        assert_eq!(l.admit(4..5, copied), Admit::Wait, "still being written");
+        l.sent();
+        assert_eq!(l.admit(3..4, copied), Admit::Go);
+        // Region 4 was wanted again while sending: it goes with the next write, which finds
+        // the bit already set.
+        assert!(l.start_send());
+        l.sent();
+        assert_eq!(l.admit(3..5, copied), Admit::Go);
+        assert_eq!(l.admit(7..8, |r| r != 7), Admit::Go, "pending: no intent");
+        assert_eq!(l.dirty_regions(), 2);
+    }
+
+    #[test]
+    fn a_clear_needs_an_untouched_interval_and_a_write_takes_it_back() {
+        let mut l = log(1);
+        let copied = |_| true;
+        assert_eq!(l.admit(0..2, copied), Admit::Wait);
+        assert!(l.start_send());
+        l.sent();
+        assert_eq!(l.admit(0..2, copied), Admit::Go);
+        l.start_clear();
+        l.cleared();
+        assert_eq!(l.on_disk_word(0), 0b11, "touched in the last interval");
+        assert_eq!(l.admit(1..2, copied), Admit::Go);
+        l.start_clear();
+        assert_eq!(l.on_disk_word(0), 0b11, "not cleared before the flush");
+        assert_eq!(l.admit(0..1, copied), Admit::Go, "taken back from clearing");
+        l.cleared();
+        assert_eq!(l.on_disk_word(0), 0b11, "1 touched, 0 taken back");
+        l.start_clear();
+        l.cleared();
+        assert_eq!(l.on_disk_word(0), 0b01, "1 untouched for an interval");
+        l.start_clear();
+        l.cleared();
+        assert_eq!(l.on_disk_word(0), 0);
+        assert_eq!(l.admit(1..2, copied), Admit::Wait);
+    }
+
+    /// A reference model of the intent log's one promise: a region is never clean on disk
+    /// while a mirrored write to it may be in flight, or after one whose destination half was
+    /// not yet made durable by a flush. Writes are admitted, sent, completed; the metadata
+    /// thread sends and clears; the disk's bitmap is only what was written.
+    #[derive(Debug, Clone)]
+    enum Op {
+        Write(u64),
+        Complete,
+        Send,
+        SendDone,
+        StartClear,
+        DrainFlushAndClear,
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            4 => (0u64..8).prop_map(Op::Write),
+            3 => Just(Op::Complete),
+            2 => Just(Op::Send),
+            2 => Just(Op::SendDone),
+            1 => Just(Op::StartClear),
+            1 => Just(Op::DrainFlushAndClear),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn no_unsettled_write_is_ever_clean_on_disk(ops in proptest::collection::vec(op(), 1..200)) {
+            let mut l = log(1);
+            // The disk's intent word, and the one being written.
+            let mut disk = 0u64;
+            let mut in_write: Option<u64> = None;
+            // Writes waiting for their intent, and writes in flight with the epoch they were
+            // admitted in.
+            let mut waiting: Vec<u64> = Vec::new();
+            let mut in_flight: Vec<(u64, u64)> = Vec::new();
+            // Regions whose last write completed but was not yet flushed.
+            let mut unflushed = 0u64;
+            let mut epoch = 0u64;
+            let mut clearing = false;
+            for op in ops {
+                match op {
+                    Op::Write(r) => {
+                        if l.admit(r..r + 1, |_| true) == Admit::Go {
+                            in_flight.push((r, epoch));
+                        } else {
+                            waiting.push(r);
+                        }
+                    }
+                    Op::Complete => {
+                        if let Some((r, _)) = in_flight.first().copied() {
+                            in_flight.remove(0);
+                            unflushed |= 1 << r;
+                        }
+                    }
+                    Op::Send => {
+                        if in_write.is_none() && l.start_send() {
+                            in_write = Some(l.on_disk_word(0));
+                        }
+                    }
+                    Op::SendDone => {
+                        if let Some(word) = in_write.take() {
+                            disk = word;
+                            l.sent();
+                            // The metadata thread releases the waiting writes, which route
+                            // again.
+                            for r in core::mem::take(&mut waiting) {
+                                if l.admit(r..r + 1, |_| true) == Admit::Go {
+                                    in_flight.push((r, epoch));
+                                } else {
+                                    waiting.push(r);
+                                }
+                            }
+                        }
+                    }
+                    Op::StartClear => {
+                        if !clearing && in_write.is_none() {
+                            l.start_clear();
+                            epoch += 1;
+                            clearing = true;
+                        }
+                    }
+                    Op::DrainFlushAndClear => {
+                        // Only once the epoch before the flip has drained.
+                        if clearing && in_write.is_none()
+                            && in_flight.iter().all(|&(_, e)| e >= epoch)
+                        {
+                            unflushed = 0;
+                            l.cleared();
+                            disk = l.on_disk_word(0);
+                            clearing = false;
+                        }
+                    }
+                }
+                // The promise, checked after every step (a crash may come at any of them).
+                for &(r, _) in &in_flight {
+                    prop_assert!(disk & (1 << r) != 0, "write to {} in flight, clean on disk", r);
+                }
+                prop_assert_eq!(unflushed & !disk, 0, "unflushed write clean on disk");
+            }
+        }
+    }
+}
