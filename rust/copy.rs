@@ -145,3 +145,59 @@ pub fn flush(device: &Device) -> Result {
     // SAFETY: The device is open.
     kernel::error::to_result(unsafe { bindings::migrate_flush(device.bdev()) })
 }
+
+/// One metadata block in a page of its own, read and written synchronously.
+pub struct MetaBlock {
+    page: Page,
+}
+
+/// The size of a [`MetaBlock`].
+pub const META_BLOCK_SIZE: usize = 4096;
+
+impl MetaBlock {
+    /// Allocates a block.
+    pub fn new() -> Result<Self> {
+        const { assert!(META_BLOCK_SIZE <= PAGE_SIZE) };
+        Ok(Self {
+            page: Page::alloc_page(GFP_KERNEL)?,
+        })
+    }
+
+    /// Reads the block at `sector` of `device` into `out`.
+    pub fn read(&mut self, device: &Device, sector: u64, out: &mut [u8; META_BLOCK_SIZE]) -> Result {
+        self.io(device, sector, false, false)?;
+        // SAFETY: `out` is valid for writes of its whole length, which the page holds; nobody
+        // else uses the page (`&mut self`).
+        unsafe { self.page.read_raw(out.as_mut_ptr(), 0, META_BLOCK_SIZE) }
+    }
+
+    /// Writes `data` to the block at `sector` of `device`; with `fua`, it is durable when this
+    /// returns.
+    pub fn write(
+        &mut self,
+        device: &Device,
+        sector: u64,
+        data: &[u8; META_BLOCK_SIZE],
+        fua: bool,
+    ) -> Result {
+        // SAFETY: `data` is valid for reads of its whole length, which the page holds; nobody
+        // else uses the page (`&mut self`).
+        unsafe { self.page.write_raw(data.as_ptr(), 0, META_BLOCK_SIZE) }?;
+        self.io(device, sector, true, fua)
+    }
+
+    fn io(&mut self, device: &Device, sector: u64, write: bool, fua: bool) -> Result {
+        // SAFETY: The device is open; the page is ours and outlives the call, which waits for
+        // the I/O.
+        kernel::error::to_result(unsafe {
+            bindings::migrate_page_io(
+                device.bdev(),
+                sector,
+                self.page.as_ptr().cast(),
+                META_BLOCK_SIZE as u32,
+                write,
+                fua,
+            )
+        })
+    }
+}

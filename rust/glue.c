@@ -244,6 +244,29 @@ int migrate_flush(struct block_device *bdev)
 	return blkdev_issue_flush(bdev);
 }
 
+/*
+ * One synchronous read or write of the start of a page: the metadata device's I/O. The bio
+ * lives on the stack (no allocation, so it is safe also while the mapped device is
+ * suspended); a FUA write is durable when this returns.
+ */
+int migrate_page_io(struct block_device *bdev, sector_t sector, struct page *page,
+		    unsigned int len, bool write, bool fua)
+{
+	blk_opf_t opf = write ? REQ_OP_WRITE | REQ_SYNC : REQ_OP_READ;
+	struct bio_vec bvec;
+	struct bio bio;
+	int ret;
+
+	if (write && fua)
+		opf |= REQ_FUA;
+	bio_init(&bio, bdev, &bvec, 1, opf);
+	bio.bi_iter.bi_sector = sector;
+	__bio_add_page(&bio, page, len, 0);
+	ret = submit_bio_wait(&bio);
+	bio_uninit(&bio);
+	return ret;
+}
+
 struct task_struct *migrate_kthread_create_parked(int (*fn)(void *), void *data, const char *name)
 {
 	struct task_struct *task = kthread_create(fn, data, "dm-migrate/%s", name);

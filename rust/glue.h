@@ -63,6 +63,8 @@ int migrate_io_batch_add(struct migrate_io_batch *batch, struct block_device *bd
 			 struct bio_set *bs);
 u8 migrate_io_batch_wait(struct migrate_io_batch *batch);
 int migrate_flush(struct block_device *bdev);
+int migrate_page_io(struct block_device *bdev, sector_t sector, struct page *page,
+		    unsigned int len, bool write, bool fua);
 
 /* The copier thread. */
 struct task_struct *migrate_kthread_create_parked(int (*fn)(void *), void *data, const char *name);

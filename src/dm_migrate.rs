@@ -19,9 +19,13 @@ pub mod dm;
 pub mod engine;
 
 mod copier;
+mod meta_thread;
 mod migration;
+mod persist;
 
 use copier::CopierThread;
+use meta_thread::MetaThread;
+use persist::Loaded;
 use core::ffi::CStr;
 use core::fmt::Write;
 use core::sync::atomic::Ordering;
@@ -77,6 +81,9 @@ struct Migrate {
     /// The copier: created parked with the target, running between resume and suspend.
     #[pin]
     copier: Mutex<KThread<CopierThread>>,
+    /// The metadata thread, with a metadata device: running between resume and postsuspend.
+    #[pin]
+    meta_thread: Mutex<Option<KThread<MetaThread>>>,
     /// The progress counters in sysfs, present while the device is resumed.
     #[pin]
     sysfs: Mutex<Option<SysfsDir<Engine>>>,
@@ -154,7 +161,17 @@ impl Migrate {
         }
         let name = self.engine.handle.device_name();
         let outcome = match self.membership.go_live(self.engine.options.no_switch) {
-            Ok(handover) => {
+            Ok(handover) => 'live: {
+                if let Some(handover) = handover {
+                    if let Err(e) = self.engine.persist_handover(handover) {
+                        pr_err!(
+                            "{}: {}: cannot record the reload; not resuming\n",
+                            name,
+                            e.message().to_str().unwrap_or("")
+                        );
+                        break 'live Err(EIO);
+                    }
+                }
                 let what = match handover {
                     None => "",
                     Some(Handover::Continued) => "continuing where the copy was",
@@ -185,7 +202,8 @@ impl Migrate {
 /// ```text
 /// <origin_dev> <dest_dev> [<#opt_args> <opt_arg>...]
 ///
-/// opt_arg: region_size <sectors> | copy_depth <n> | rate <KiB/s> | no_switch
+/// opt_arg: region_size <sectors> | copy_depth <n> | rate <KiB/s> | no_switch |
+///          metadata <dev> | commit_interval <ms>
 /// ```
 ///
 /// The words are parsed by the engine (`engine::table`), which owns the grammar and every error
@@ -217,6 +235,18 @@ impl Target for Migrate {
             geometry_of(&destination),
             origin.devt() == destination.devt(),
         )?;
+        let metadata = match table.metadata {
+            Some(path) => {
+                let device = ti
+                    .get_device(path)
+                    .map_err(|_| TableError::MetadataOpen)?;
+                if device.devt() == origin.devt() || device.devt() == destination.devt() {
+                    return Err(TableError::MetadataSameDevice.into());
+                }
+                Some(device)
+            }
+            None => None,
+        };
         let handle = ti.handle();
         let key = MigrationKey {
             device: handle.device_id(),
@@ -225,6 +255,7 @@ impl Target for Migrate {
             destination: destination.devt(),
             target_sectors: geometry.target_sectors,
             region_sectors: geometry.region_sectors,
+            metadata: metadata.as_ref().map_or(0, |m| m.devt()),
         };
         let membership = Membership::join(
             registry,
@@ -241,6 +272,7 @@ impl Target for Migrate {
             Engine::new(
                 origin,
                 destination,
+                metadata,
                 ti.begin(),
                 geometry,
                 table.options,
@@ -261,9 +293,46 @@ impl Target for Migrate {
         )
         .map_err(|_| TableError::OutOfMemory)?;
         let copier = KThread::new_parked(c"copier", copier).map_err(|_| TableError::OutOfMemory)?;
+        let meta_thread = if engine.metadata.is_some() {
+            let context = Arc::new(
+                MetaThread {
+                    engine: engine.clone(),
+                },
+                GFP_KERNEL,
+            )
+            .map_err(|_| TableError::OutOfMemory)?;
+            Some(KThread::new_parked(c"metadata", context).map_err(|_| TableError::OutOfMemory)?)
+        } else {
+            None
+        };
+        // A target that starts the migration takes its state from the metadata device; one
+        // that joins the migration of an identical table shares its state in memory, which is
+        // newer than the device.
+        if membership.is_new() {
+            let loaded = engine
+                .load_metadata(dm::kthread::now_ns())
+                .map_err(TableError::Metadata)?;
+            if engine.metadata.is_some() {
+                let progress = engine.progress();
+                let what = match loaded {
+                    Loaded::New => "new metadata",
+                    Loaded::Copying => "resuming the copy",
+                    Loaded::Switched => "switched already",
+                    Loaded::StartedOver => "failed or cancelled before: starting the copy over",
+                };
+                pr_info!(
+                    "{}: Metadata: {}, {}/{} regions copied\n",
+                    engine.handle.device_name(),
+                    what,
+                    progress.copied_regions,
+                    progress.total_regions
+                );
+            }
+        }
         KBox::pin_init(
             pin_init!(Migrate {
                 copier <- new_mutex!(copier, "migrate:copier"),
+                meta_thread <- new_mutex!(meta_thread, "migrate:meta_thread"),
                 sysfs <- new_mutex!(None, "migrate:sysfs"),
                 engine,
                 membership,
@@ -292,6 +361,13 @@ impl Target for Migrate {
     }
 
     fn postsuspend(&self) {
+        // Every write has ended by now (the core waited for them, those that waited for an
+        // intent included): the metadata thread can stop, and a last commit records the copy
+        // with every intent bit clear.
+        if let Some(thread) = self.meta_thread.lock().as_mut() {
+            thread.park();
+        }
+        self.engine.meta_commit(true);
         // With `no_switch`, userspace may swap to the destination while suspended: make what
         // the copy and the mirrored writes put there durable first.
         if self.engine.migration.state() == engine::state::State::Synced
@@ -320,6 +396,9 @@ impl Target for Migrate {
             }
         }
         drop(sysfs);
+        if let Some(thread) = self.meta_thread.lock().as_mut() {
+            thread.unpark();
+        }
         self.copier.lock().unpark();
     }
 
@@ -339,6 +418,7 @@ impl Target for Migrate {
                 out,
                 engine.origin.name(),
                 engine.destination.name(),
+                engine.metadata.as_ref().map_or("", |m| m.name()),
                 &engine.options,
             ),
             StatusType::Ima => out.write_fmt(format_args!(

@@ -19,19 +19,30 @@ use crate::dm::device::Device;
 use crate::dm::target::{MapResult, TargetHandle};
 use crate::engine::epoch::{Counted, Epoch, WriteEpochs};
 use crate::engine::message::MessageError;
+use crate::engine::metadata::{Admit, BitmapKind, IntentLog, MetadataError, Phase};
 use crate::engine::state::{FailReason, Progress, State};
 use crate::engine::table::{Geometry, Options, TableError};
 use crate::engine::tracker::{bitmap_words, CancelOutcome, Handover, IoKind, Route, Tracker};
+use crate::persist::{Loaded, MetaStore};
 use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
 use kernel::prelude::*;
 use kernel::sync::{Arc, CondVar, Mutex, SpinLock};
-use kernel::{new_condvar, new_spinlock};
+use kernel::{new_condvar, new_mutex, new_spinlock};
 
-/// What the lock protects: the region tracker and the bios waiting for a copy to land.
+/// What the lock protects: the region tracker, the write-intent log, and the bios waiting for
+/// a copy or an intent to land.
 pub(crate) struct Shared {
     pub(crate) tracker: Tracker<KVVec<u64>>,
+    /// Present when the migration keeps its state on a metadata device.
+    intent: Option<IntentLog<KVVec<u64>>>,
     deferred: BioList,
 }
+
+/// A bio's tag holds two counted writes (`engine::epoch::Counted`): the copy epoch in the low
+/// bits, the intent epoch (mirrored writes, with a metadata device) above this shift.
+const INTENT_TAG_SHIFT: u8 = 4;
+/// The bits of a tag below [`INTENT_TAG_SHIFT`].
+const TAG_MASK: u8 = (1 << INTENT_TAG_SHIFT) - 1;
 
 /// `Migration::final_route`: failed or cancelled, everything to the origin.
 const FINAL_ORIGIN: u8 = 1;
@@ -52,6 +63,18 @@ pub(crate) struct Migration {
     /// Only for waiting on `drained`; the epoch counters are atomics.
     #[pin]
     drain_lock: SpinLock<()>,
+    /// Mirrored writes in flight, per epoch: a write-intent bit is cleared only after the
+    /// epoch its last write was admitted in has drained (`engine::metadata::IntentLog`).
+    intent_epochs: WriteEpochs,
+    /// The metadata device's state, when there is one. Its lock is also the *phase lock*:
+    /// every change of phase (switch, failure, cancel, start over) writes the phase and changes
+    /// the tracker's state under it, in that order, so the device never says less than what
+    /// the routing already acts on.
+    #[pin]
+    meta: Mutex<Option<MetaStore>>,
+    /// Wakes the metadata thread when a write waits for its intent, under `shared`.
+    #[pin]
+    meta_wake: CondVar,
     /// Set by a failed destination write of a mirrored bio (in completion context) before the
     /// bio ends. The copier turns it into the failure; until then the status reports it.
     dest_failed: AtomicBool,
@@ -65,11 +88,27 @@ pub(crate) struct Migration {
 
 impl Migration {
     /// A migration of `geometry` with every region pending.
-    fn new(geometry: &Geometry, no_switch: bool) -> Result<Arc<Self>, TableError> {
+    fn new(
+        geometry: &Geometry,
+        no_switch: bool,
+        metadata: bool,
+    ) -> Result<Arc<Self>, TableError> {
         use TableError::OutOfMemory;
         // One bit per region, from kvmalloc: no large contiguous allocation for large devices.
         let words = usize::try_from(bitmap_words(geometry.nr_regions)).map_err(|_| OutOfMemory)?;
-        let bitmap = KVVec::from_elem(0u64, words, GFP_KERNEL).map_err(|_| OutOfMemory)?;
+        let new_bitmap = || KVVec::from_elem(0u64, words, GFP_KERNEL).map_err(|_| OutOfMemory);
+        let bitmap = new_bitmap()?;
+        let intent = if metadata {
+            Some(IntentLog::new(
+                new_bitmap()?,
+                new_bitmap()?,
+                new_bitmap()?,
+                new_bitmap()?,
+                new_bitmap()?,
+            ))
+        } else {
+            None
+        };
         let tracker = Tracker::new(
             bitmap,
             geometry.target_sectors,
@@ -79,6 +118,7 @@ impl Migration {
         .ok_or(OutOfMemory)?;
         let shared = Shared {
             tracker,
+            intent,
             deferred: BioList::new().map_err(|_| OutOfMemory)?,
         };
         Arc::pin_init(
@@ -87,6 +127,9 @@ impl Migration {
                 epochs: WriteEpochs::new(),
                 drained <- new_condvar!("migrate:drained"),
                 drain_lock <- new_spinlock!((), "migrate:drain_lock"),
+                intent_epochs: WriteEpochs::new(),
+                meta <- new_mutex!(None, "migrate:meta"),
+                meta_wake <- new_condvar!("migrate:meta_wake"),
                 dest_failed: AtomicBool::new(false),
                 mirror_errors: AtomicU64::new(0),
                 final_route: AtomicU8::new(0),
@@ -134,6 +177,8 @@ pub(crate) struct MigrationKey {
     pub(crate) destination: u32,
     pub(crate) target_sectors: u64,
     pub(crate) region_sectors: u64,
+    /// The metadata device, 0 for none.
+    pub(crate) metadata: u32,
 }
 
 /// A migration, how many targets use it, and when a target last took it live.
@@ -186,6 +231,7 @@ pub(crate) struct Membership {
     key: MigrationKey,
     table: usize,
     migration: Arc<Migration>,
+    is_new: bool,
 }
 
 impl Membership {
@@ -206,18 +252,26 @@ impl Membership {
         }
         put(&mut registry_ref.tables, table)?;
         let migration = match Self::find_or_add(registry_ref, key, geometry, no_switch) {
-            Ok(migration) => migration,
+            Ok(found) => found,
             Err(e) => {
                 registry_ref.forget_table(table);
                 return Err(e);
             }
         };
+        let (migration, is_new) = migration;
         Ok(Self {
             registry: registry.clone(),
             key,
             table,
             migration,
+            is_new,
         })
+    }
+
+    /// Whether this target started the migration (rather than joining one of an identical
+    /// table): only then is its state loaded from the metadata device.
+    pub(crate) fn is_new(&self) -> bool {
+        self.is_new
     }
 
     /// The migration of `key`, with one more user, or a new one.
@@ -226,7 +280,7 @@ impl Membership {
         key: MigrationKey,
         geometry: &Geometry,
         no_switch: bool,
-    ) -> Result<Arc<Migration>, TableError> {
+    ) -> Result<(Arc<Migration>, bool), TableError> {
         if let Some(entry) = registry
             .migrations
             .iter_mut()
@@ -234,9 +288,9 @@ impl Membership {
             .find(|entry| entry.key == key)
         {
             entry.users += 1;
-            return Ok(entry.migration.clone());
+            return Ok((entry.migration.clone(), false));
         }
-        let migration = Migration::new(geometry, no_switch)?;
+        let migration = Migration::new(geometry, no_switch, key.metadata != 0)?;
         let entry = Entry {
             key,
             migration: migration.clone(),
@@ -245,7 +299,7 @@ impl Membership {
             stands_for: None,
         };
         put(&mut registry.migrations, entry)?;
-        Ok(migration)
+        Ok((migration, true))
     }
 
     /// The migration.
@@ -319,6 +373,9 @@ impl Membership {
             if !shared.tracker.restart() {
                 return Ok(Some(Handover::Continued));
             }
+            if let Some(intent) = shared.intent.as_mut() {
+                intent.reset();
+            }
             migration.dest_failed.store(false, Ordering::Release);
             migration.final_route.store(0, Ordering::Release);
             return Ok(Some(Handover::StartedOver));
@@ -335,6 +392,9 @@ impl Membership {
         // This migration may have been live before another took its place: whatever its
         // bitmap says is stale, so it is set anew.
         let handover = shared.tracker.after_reload(last_state);
+        if let Some(intent) = shared.intent.as_mut() {
+            intent.reset();
+        }
         migration.dest_failed.store(false, Ordering::Release);
         migration.final_route.store(
             if handover == Handover::Switched {
@@ -377,6 +437,8 @@ impl Drop for Membership {
 pub(crate) struct Engine {
     pub(crate) origin: Device,
     pub(crate) destination: Device,
+    /// The metadata device, if the table has one.
+    pub(crate) metadata: Option<Device>,
     /// The target's first sector in the mapped device.
     begin: u64,
     pub(crate) geometry: Geometry,
@@ -396,6 +458,7 @@ impl Engine {
     pub(crate) fn new(
         origin: Device,
         destination: Device,
+        metadata: Option<Device>,
         begin: u64,
         geometry: Geometry,
         options: Options,
@@ -406,6 +469,7 @@ impl Engine {
         Self {
             origin,
             destination,
+            metadata,
             begin,
             geometry,
             rate_kibps: AtomicU64::new(options.rate.unwrap_or(0)),
@@ -450,7 +514,23 @@ impl Engine {
             return MapResult::Remapped(bio);
         }
         let mut shared = migration.shared.lock();
-        let route = shared.tracker.route(kind, sector, sectors);
+        let Shared {
+            tracker, intent, ..
+        } = &mut *shared;
+        let mut route = tracker.route(kind, sector, sectors);
+        // The first mirrored write to a copied region waits until its intent bit is durable:
+        // after a crash, the region is then copied again whichever half landed.
+        let mut intent_counted = false;
+        if let (Route::Both, IoKind::Write, Some(intent)) = (route, kind, intent.as_mut()) {
+            let regions = tracker.regions_of(sector, sectors);
+            match intent.admit(regions, |region| !tracker.is_pending(region)) {
+                Admit::Go => intent_counted = true,
+                Admit::Wait => {
+                    route = Route::Defer;
+                    migration.meta_wake.notify_all();
+                }
+            }
+        }
         match shared.tracker.state() {
             State::Switched => migration.final_route.store(FINAL_DEST, Ordering::Release),
             State::Failed(_) | State::Cancelled => {
@@ -463,11 +543,15 @@ impl Engine {
         let counted = kind == IoKind::Write
             && shared.tracker.is_active()
             && matches!(route, Route::Origin | Route::Both);
-        bio.set_tag(if counted {
+        let mut tag = if counted {
             migration.epochs.enter().to_tag()
         } else {
             0
-        });
+        };
+        if intent_counted {
+            tag |= migration.intent_epochs.enter().to_tag() << INTENT_TAG_SHIFT;
+        }
+        bio.set_tag(tag);
         match route {
             Route::Defer => {
                 shared.deferred.push(bio);
@@ -499,9 +583,15 @@ impl Engine {
     /// Ends the accounting of a bio routed by `dispatch`; called from `end_io` for every bio
     /// the target ends, remapped, mirrored or re-dispatched.
     pub(crate) fn write_done(&self, tag: u8) {
-        if let Some(write) = Counted::from_tag(tag) {
-            if self.migration.epochs.exit(write) {
-                self.migration.drained.notify_all();
+        let migration = &*self.migration;
+        if let Some(write) = Counted::from_tag(tag & TAG_MASK) {
+            if migration.epochs.exit(write) {
+                migration.drained.notify_all();
+            }
+        }
+        if let Some(write) = Counted::from_tag(tag >> INTENT_TAG_SHIFT) {
+            if migration.intent_epochs.exit(write) {
+                migration.drained.notify_all();
             }
         }
     }
@@ -547,7 +637,7 @@ impl Engine {
     /// migration fails; process context. The first failure logs and raises the `failed` event;
     /// later ones change nothing.
     pub(crate) fn fail(self: &Arc<Self>, reason: FailReason) {
-        let failed = self.migration.shared.lock().tracker.fail(reason);
+        let failed = self.end_phase(Phase::Failed, Some(reason), |tracker| tracker.fail(reason));
         if failed {
             pr_err!(
                 "{}: Migration failed ({}); staying on the origin\n",
@@ -559,6 +649,37 @@ impl Engine {
         self.release_deferred();
     }
 
+    /// Ends an active migration on the origin (`phase` failed or cancelled) by `end`, under the
+    /// phase lock: the phase is written to the metadata device first, so that after a crash
+    /// the stale bitmaps are never trusted for writes that went to the origin alone. A phase
+    /// that cannot be written is logged; the migration ends all the same (everything stays on
+    /// the origin). Returns what `end` returned, or false for a migration that is not active.
+    fn end_phase(
+        &self,
+        phase: Phase,
+        reason: Option<FailReason>,
+        end: impl FnOnce(&mut Tracker<KVVec<u64>>) -> bool,
+    ) -> bool {
+        let migration = &*self.migration;
+        let mut meta = migration.meta.lock();
+        if !migration.shared.lock().tracker.is_active() {
+            return false;
+        }
+        if let (Some(store), Some(device)) = (meta.as_mut(), &self.metadata) {
+            if let Err(e) = store.write_phase(device, phase, reason) {
+                pr_err!(
+                    "{}: {}: the {} phase is not recorded\n",
+                    self.handle.device_name(),
+                    e.message().to_str().unwrap_or(""),
+                    phase.as_str()
+                );
+            }
+        }
+        let ended = end(&mut migration.shared.lock().tracker);
+        drop(meta);
+        ended
+    }
+
     /// Turns a failed mirrored write into the failure of the migration.
     pub(crate) fn check_mirror_failure(self: &Arc<Self>) {
         if self.migration.dest_failed() {
@@ -568,7 +689,15 @@ impl Engine {
 
     /// Cancels the migration (the `cancel` message): everything stays on the origin.
     pub(crate) fn cancel(self: &Arc<Self>) -> Result<(), MessageError> {
-        let outcome = self.migration.shared.lock().tracker.cancel();
+        let mut outcome = CancelOutcome::AlreadyEnded;
+        self.end_phase(Phase::Cancelled, None, |tracker| {
+            outcome = tracker.cancel();
+            outcome == CancelOutcome::Cancelled
+        });
+        if outcome == CancelOutcome::AlreadyEnded {
+            // `end_phase` does not ask an ended migration; a switched one says so.
+            outcome = self.migration.shared.lock().tracker.cancel();
+        }
         match outcome {
             CancelOutcome::Switched => return Err(MessageError::AlreadySwitched),
             CancelOutcome::AlreadyEnded => {}
@@ -584,19 +713,184 @@ impl Engine {
         Ok(())
     }
 
+    /// Loads the migration's state from the metadata device, for a target that started the
+    /// migration (`Membership::is_new`) before it goes live; formats a blank device. Refuses
+    /// metadata that does not describe this migration.
+    pub(crate) fn load_metadata(&self, format_id: u64) -> Result<Loaded, MetadataError> {
+        let Some(device) = &self.metadata else {
+            return Ok(Loaded::New);
+        };
+        let migration = &*self.migration;
+        let identity = crate::engine::metadata::Identity {
+            target_sectors: self.geometry.target_sectors,
+            region_sectors: self.geometry.region_sectors,
+            origin_sectors: self.origin.sectors(),
+            destination_sectors: self.destination.sectors(),
+        };
+        let mut meta = migration.meta.lock();
+        let (store, loaded) =
+            MetaStore::open(device, &self.origin, &self.destination, identity, format_id)?;
+        let mut shared = migration.shared.lock();
+        let Shared {
+            tracker, intent, ..
+        } = &mut *shared;
+        match loaded {
+            Loaded::New | Loaded::StartedOver => {}
+            Loaded::Copying => {
+                tracker.restore(|word| store.pending_word(word));
+                if let Some(intent) = intent.as_mut() {
+                    for word in 0..tracker.nr_words() {
+                        intent.load(word, store.intent_word(word));
+                    }
+                }
+            }
+            Loaded::Switched => {
+                tracker.after_reload(State::Switched);
+                migration.final_route.store(FINAL_DEST, Ordering::Release);
+            }
+        }
+        drop(shared);
+        *meta = Some(store);
+        Ok(loaded)
+    }
+
+    /// Records on the metadata device what a table reload's hand-over did to the migration
+    /// (`Membership::go_live`), before the target goes live.
+    pub(crate) fn persist_handover(&self, handover: Handover) -> Result<(), MetadataError> {
+        let Some(device) = &self.metadata else {
+            return Ok(());
+        };
+        let mut meta = self.migration.meta.lock();
+        let Some(store) = meta.as_mut() else {
+            return Ok(());
+        };
+        match handover {
+            Handover::Continued => Ok(()),
+            Handover::StartedOver => store.reset(device),
+            Handover::Switched => store.write_phase(device, Phase::Switched, None),
+        }
+    }
+
+    /// Makes the wanted intent bits durable and lets the writes that waited for them go. The
+    /// metadata thread's first job; a write error fails the migration.
+    pub(crate) fn meta_send(self: &Arc<Self>) {
+        let Some(device) = &self.metadata else { return };
+        let migration = &*self.migration;
+        let mut meta = migration.meta.lock();
+        let Some(store) = meta.as_mut() else { return };
+        {
+            let mut shared = migration.shared.lock();
+            let Shared {
+                tracker, intent, ..
+            } = &mut *shared;
+            let Some(intent) = intent.as_mut() else { return };
+            if !tracker.is_active() || !intent.start_send() {
+                return;
+            }
+            for word in 0..tracker.nr_words() {
+                store.next[word] = intent.on_disk_word(word);
+            }
+        }
+        let result = store.write_bitmap(device, BitmapKind::Intent);
+        drop(meta);
+        if result.is_err() {
+            // The waiting writes go to the origin alone once the migration has failed.
+            return self.fail(FailReason::MetadataWrite);
+        }
+        if let Some(intent) = migration.shared.lock().intent.as_mut() {
+            intent.sent();
+        }
+        self.release_deferred();
+    }
+
+    /// Commits progress to the metadata device: the regions copied so far (after a destination
+    /// flush that covers their copies), and the clearing of intent bits whose writes have all
+    /// landed (after a drain of the mirrored writes admitted before, and the same flush). With
+    /// `quiesced` (no write in flight or waiting: postsuspend), every intent bit is cleared.
+    pub(crate) fn meta_commit(self: &Arc<Self>, quiesced: bool) {
+        let Some(device) = &self.metadata else { return };
+        let migration = &*self.migration;
+        let mut meta = migration.meta.lock();
+        let Some(store) = meta.as_mut() else { return };
+        let (epoch, clearing) = {
+            let mut shared = migration.shared.lock();
+            let Shared {
+                tracker, intent, ..
+            } = &mut *shared;
+            let Some(intent) = intent.as_mut() else { return };
+            if !tracker.is_active() {
+                return;
+            }
+            for word in 0..tracker.nr_words() {
+                store.next[word] = tracker.copied_word(word);
+            }
+            if quiesced {
+                intent.clear_all();
+            } else {
+                intent.start_clear();
+            }
+            (migration.intent_epochs.flip(), intent.is_clearing() || quiesced)
+        };
+        // Also when there is nothing to write: a flip must be drained before the next one.
+        self.drain_epochs(&migration.intent_epochs, epoch);
+        if !store.differs(BitmapKind::Copied) && !clearing {
+            return;
+        }
+        if flush(&self.destination).is_err() {
+            drop(meta);
+            return self.fail(FailReason::DestinationFlush);
+        }
+        let mut result = store.write_bitmap(device, BitmapKind::Copied);
+        if result.is_ok() {
+            let mut shared = migration.shared.lock();
+            let Shared {
+                tracker, intent, ..
+            } = &mut *shared;
+            if let Some(intent) = intent.as_mut() {
+                intent.cleared();
+                for word in 0..tracker.nr_words() {
+                    store.next[word] = intent.on_disk_word(word);
+                }
+            }
+            drop(shared);
+            result = store.write_bitmap(device, BitmapKind::Intent);
+        }
+        drop(meta);
+        if result.is_err() {
+            self.fail(FailReason::MetadataWrite);
+        }
+    }
+
+    /// Sleeps up to `ms` milliseconds, or until a write waits for its intent.
+    pub(crate) fn meta_wait(&self, ms: u32) {
+        let migration = &*self.migration;
+        let mut shared = migration.shared.lock();
+        if shared.intent.as_ref().is_some_and(|i| i.has_wanted()) {
+            return;
+        }
+        let _ = migration
+            .meta_wake
+            .wait_interruptible_timeout(&mut shared, kernel::time::msecs_to_jiffies(ms));
+    }
+
     /// Waits until every write counted in `epoch` has completed.
     pub(crate) fn drain(&self, epoch: Epoch) {
+        self.drain_epochs(&self.migration.epochs, epoch);
+    }
+
+    /// Waits until every write counted in `epoch` of `epochs` has completed.
+    fn drain_epochs(&self, epochs: &WriteEpochs, epoch: Epoch) {
         let migration = &*self.migration;
-        migration.epochs.start_drain(epoch);
+        epochs.start_drain(epoch);
         let mut guard = migration.drain_lock.lock();
-        while !migration.epochs.is_drained(epoch) {
+        while !epochs.is_drained(epoch) {
             // The last write may end between the check and the wait, and its wake-up is then
             // lost: the one-jiffy timeout bounds what that costs. A stop request only wakes
             // the thread early; the writes still have to land.
             let _ = migration.drained.wait_interruptible_timeout(&mut guard, 1);
         }
         drop(guard);
-        migration.epochs.end_drain();
+        epochs.end_drain();
     }
 
     /// Switches all I/O to the destination, quiesced: new writes wait while every write in
@@ -619,8 +913,21 @@ impl Engine {
             if migration.dest_failed() {
                 return self.fail(FailReason::DestinationWrite);
             }
+            // The phase lock: `switched` is durable before anything goes to the destination
+            // alone, and no failure or cancel slips in between.
+            let mut meta = migration.meta.lock();
+            if let (Some(store), Some(device)) = (meta.as_mut(), &self.metadata) {
+                if migration.shared.lock().tracker.is_switching()
+                    && store.write_phase(device, Phase::Switched, None).is_err()
+                {
+                    drop(meta);
+                    return self.fail(FailReason::MetadataWrite);
+                }
+            }
             let mut shared = migration.shared.lock();
-            if shared.tracker.switch(&migration.epochs) {
+            let switched = shared.tracker.switch(&migration.epochs);
+            drop(meta);
+            if switched {
                 migration.final_route.store(FINAL_DEST, Ordering::Release);
                 drop(shared);
                 pr_info!(

@@ -174,25 +174,25 @@ pub enum MetadataError {
 
 impl MetadataError {
     /// The reason, a capitalised phrase without a period.
-    pub fn message(self) -> &'static str {
+    pub fn message(self) -> &'static core::ffi::CStr {
         match self {
-            Self::TooSmall => "Metadata device too small for this migration",
-            Self::CorruptSuperblock(0) => "Metadata superblock copy 0 fails its checksum",
-            Self::CorruptSuperblock(_) => "Metadata superblock copy 1 fails its checksum",
+            Self::TooSmall => c"Metadata device too small for this migration",
+            Self::CorruptSuperblock(0) => c"Metadata superblock copy 0 fails its checksum",
+            Self::CorruptSuperblock(_) => c"Metadata superblock copy 1 fails its checksum",
             Self::NotMetadata(_) => {
-                "Metadata device holds something else: not blank, no superblock"
+                c"Metadata device holds something else: not blank, no superblock"
             }
-            Self::UnsupportedVersion(_) => "Metadata format version not supported",
-            Self::BadSuperblock => "Metadata superblock has invalid fields",
-            Self::TargetLengthMismatch => "Metadata is for a target of another length",
-            Self::RegionSizeMismatch => "Metadata is for another region size",
-            Self::OriginMismatch => "Metadata is for an origin of another size",
-            Self::DestinationMismatch => "Metadata is for a destination of another size",
+            Self::UnsupportedVersion(_) => c"Metadata format version not supported",
+            Self::BadSuperblock => c"Metadata superblock has invalid fields",
+            Self::TargetLengthMismatch => c"Metadata is for a target of another length",
+            Self::RegionSizeMismatch => c"Metadata is for another region size",
+            Self::OriginMismatch => c"Metadata is for an origin of another size",
+            Self::DestinationMismatch => c"Metadata is for a destination of another size",
             Self::ContentMismatch => {
-                "Metadata is for another pair: a region it says is copied differs"
+                c"Metadata is for another pair: a region it says is copied differs"
             }
-            Self::ReadError => "Error reading the metadata device",
-            Self::WriteError => "Error writing the metadata device",
+            Self::ReadError => c"Error reading the metadata device",
+            Self::WriteError => c"Error writing the metadata device",
         }
     }
 }
@@ -598,6 +598,11 @@ impl<B: core::ops::DerefMut<Target = [u64]>> IntentLog<B> {
         self.nr_wanted > 0
     }
 
+    /// Whether a clear is under way (regions chosen to be cleared by the next bitmap write).
+    pub fn is_clearing(&self) -> bool {
+        self.clearing.iter().any(|&w| w != 0)
+    }
+
     /// Starts a write of the wanted bits: they become *sending*. Returns false when nothing is
     /// wanted or a write is still in flight (its end must be recorded first).
     pub fn start_send(&mut self) -> bool {
@@ -642,6 +647,21 @@ impl<B: core::ops::DerefMut<Target = [u64]>> IntentLog<B> {
     /// took back meanwhile) are clean from now on; the next bitmap write records it.
     pub fn cleared(&mut self) {
         self.clearing.fill(0);
+    }
+
+    /// Forgets everything, for a copy that starts over (every region pending: none needs an
+    /// intent) while no write is in flight or waiting.
+    pub fn reset(&mut self) {
+        for b in [
+            &mut self.durable,
+            &mut self.wanted,
+            &mut self.sending,
+            &mut self.clearing,
+            &mut self.touched,
+        ] {
+            b.fill(0);
+        }
+        self.nr_wanted = 0;
     }
 
     /// Everything clean, for a quiesced device (no write in flight, destination flushed).

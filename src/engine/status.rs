@@ -90,10 +90,11 @@ pub fn write_table(
     w: &mut impl fmt::Write,
     origin: &str,
     destination: &str,
+    metadata: &str,
     options: &Options,
 ) -> fmt::Result {
     write!(w, "{origin} {destination}")?;
-    options.write(w)
+    options.write(w, metadata)
 }
 
 #[cfg(test)]
@@ -140,7 +141,7 @@ mod tests {
         let mut buf = [0u8; 128];
         assert_eq!(
             text(
-                |w| write_table(w, "7:0", "7:1", &Options::default()),
+                |w| write_table(w, "7:0", "7:1", "7:2", &Options::default()),
                 &mut buf
             ),
             "7:0 7:1"
@@ -150,7 +151,7 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(
-            text(|w| write_table(w, "7:0", "7:1", &opts), &mut buf),
+            text(|w| write_table(w, "7:0", "7:1", "7:2", &opts), &mut buf),
             "7:0 7:1 2 region_size 256"
         );
     }
@@ -175,15 +176,19 @@ mod tests {
             depth in proptest::option::of(1u32..=16),
             rate in proptest::option::of(any::<u64>()),
             no_switch in any::<bool>(),
+            metadata in any::<bool>(),
+            commit in proptest::option::of(1u64..=3_600_000),
         ) {
             let options = Options {
                 region_size: region.map(|shift| 1u64 << shift),
                 copy_depth: depth,
                 rate,
                 no_switch,
+                metadata,
+                commit_interval: commit.filter(|_| metadata),
             };
             let mut buf = [0u8; 256];
-            let line = text(|w| write_table(w, "7:0", "7:1", &options), &mut buf);
+            let line = text(|w| write_table(w, "7:0", "7:1", "7:2", &options), &mut buf);
             let mut words = [""; 16];
             let mut n = 0;
             for word in line.split(' ') {
@@ -193,6 +198,7 @@ mod tests {
             let parsed = TableArgs::parse(&words[..n]).unwrap();
             prop_assert_eq!(parsed.origin, "7:0");
             prop_assert_eq!(parsed.destination, "7:1");
+            prop_assert_eq!(parsed.metadata, metadata.then_some("7:2"));
             prop_assert_eq!(parsed.options, options);
         }
 
@@ -211,6 +217,7 @@ mod tests {
                 FailReason::DestinationWrite,
                 FailReason::DestinationFlush,
                 FailReason::OutOfMemory,
+                FailReason::MetadataWrite,
             ];
             let state = match state {
                 0 => State::Copying,

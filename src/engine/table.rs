@@ -14,6 +14,10 @@
 //!   copy_depth <n>          Copy batches in flight at once, 1 to 16. Default 4.
 //!   rate <KiB/s>            Copy rate limit; 0 (the default) is unlimited.
 //!   no_switch               Stay mirrored and in sync instead of switching to the destination.
+//!   metadata <dev>          Keep the migration's state on this device, so that it survives a
+//!                           crash (`super::metadata`). Without one, a crash loses the progress.
+//!   commit_interval <ms>    How often copied regions are committed to the metadata device,
+//!                           1 to 3600000. Default 1000.
 //! ```
 //!
 //! `#opt_args` counts words, so `2 region_size 256` sets one option. Keywords are
@@ -35,6 +39,10 @@ pub const DEFAULT_COPY_DEPTH: u32 = 4;
 /// 64 TiB device at the default 64 KiB regions has 2^30), well below the `INT_MAX` that
 /// `kvmalloc` refuses.
 pub const MAX_REGIONS: u64 = 1 << 30;
+/// The default commit interval in milliseconds.
+pub const DEFAULT_COMMIT_INTERVAL_MS: u64 = 1000;
+/// The longest commit interval in milliseconds (an hour).
+pub const MAX_COMMIT_INTERVAL_MS: u64 = 3_600_000;
 /// The most copy batches in flight.
 pub const MAX_COPY_DEPTH: u32 = super::tracker::MAX_DEPTH as u32;
 
@@ -68,6 +76,16 @@ pub enum TableError {
     CopyDepthInvalid,
     /// `rate` is not a plain decimal number.
     RateInvalid,
+    /// `commit_interval` is not a number from 1 to [`MAX_COMMIT_INTERVAL_MS`].
+    CommitIntervalInvalid,
+    /// `commit_interval` without a metadata device.
+    CommitIntervalWithoutMetadata,
+    /// The metadata device could not be opened.
+    MetadataOpen,
+    /// The metadata device is the origin or the destination.
+    MetadataSameDevice,
+    /// The metadata device's contents were refused.
+    Metadata(super::metadata::MetadataError),
     /// The origin device could not be opened.
     OriginOpen,
     /// The destination device could not be opened.
@@ -110,6 +128,11 @@ impl TableError {
             }
             Self::CopyDepthInvalid => c"Invalid copy depth (1 to 16)",
             Self::RateInvalid => c"Invalid rate",
+            Self::CommitIntervalInvalid => c"Invalid commit interval (1 to 3600000 ms)",
+            Self::CommitIntervalWithoutMetadata => c"commit_interval needs a metadata device",
+            Self::MetadataOpen => c"Error opening metadata device",
+            Self::MetadataSameDevice => c"Metadata device is the origin or the destination",
+            Self::Metadata(e) => e.message(),
             Self::OriginOpen => c"Error opening origin device",
             Self::DestinationOpen => c"Error opening destination device",
             Self::SameDevice => c"Origin and destination are the same device",
@@ -152,6 +175,10 @@ pub struct Options {
     pub rate: Option<u64>,
     /// `no_switch`.
     pub no_switch: bool,
+    /// `metadata <dev>` (the device itself is in [`TableArgs::metadata`]).
+    pub metadata: bool,
+    /// `commit_interval <ms>`.
+    pub commit_interval: Option<u64>,
 }
 
 impl Options {
@@ -165,21 +192,35 @@ impl Options {
         self.copy_depth.unwrap_or(DEFAULT_COPY_DEPTH)
     }
 
+    /// The commit interval in milliseconds, the default when none was given.
+    pub fn commit_interval_ms(&self) -> u64 {
+        self.commit_interval.unwrap_or(DEFAULT_COMMIT_INTERVAL_MS)
+    }
+
     /// The number of words these options take on a table line, the `#opt_args` value.
     pub fn word_count(&self) -> usize {
         2 * (usize::from(self.region_size.is_some())
             + usize::from(self.copy_depth.is_some())
-            + usize::from(self.rate.is_some()))
+            + usize::from(self.rate.is_some())
+            + usize::from(self.metadata)
+            + usize::from(self.commit_interval.is_some()))
             + usize::from(self.no_switch)
     }
 
-    /// Writes ` <#opt_args> <opt_arg>...`, or nothing when no option was given.
-    pub fn write(&self, w: &mut impl fmt::Write) -> fmt::Result {
+    /// Writes ` <#opt_args> <opt_arg>...`, or nothing when no option was given; `metadata`
+    /// names the metadata device when the options have one.
+    pub fn write(&self, w: &mut impl fmt::Write, metadata: &str) -> fmt::Result {
         let count = self.word_count();
         if count == 0 {
             return Ok(());
         }
         write!(w, " {count}")?;
+        if self.metadata {
+            write!(w, " metadata {metadata}")?;
+        }
+        if let Some(ms) = self.commit_interval {
+            write!(w, " commit_interval {ms}")?;
+        }
         if let Some(sectors) = self.region_size {
             write!(w, " region_size {sectors}")?;
         }
@@ -210,6 +251,8 @@ pub struct TableArgs<'a> {
     pub origin: &'a str,
     /// The destination device as given.
     pub destination: &'a str,
+    /// The metadata device as given, if any.
+    pub metadata: Option<&'a str>,
     /// The optional arguments.
     pub options: Options,
 }
@@ -242,6 +285,7 @@ impl<'a> TableArgs<'a> {
             return Err(TableError::ArgumentCount);
         };
         let mut options = Options::default();
+        let mut metadata = None;
         if let [count, words @ ..] = rest {
             let count = parse_u64(count).ok_or(TableError::OptionalCountInvalid)?;
             if usize::try_from(count).ok() != Some(words.len()) {
@@ -269,6 +313,23 @@ impl<'a> TableArgs<'a> {
                         return Err(TableError::DuplicateOption);
                     }
                     options.rate = Some(parse_u64(value).ok_or(TableError::RateInvalid)?);
+                } else if keyword.eq_ignore_ascii_case("metadata") {
+                    let value = value()?;
+                    if metadata.is_some() {
+                        return Err(TableError::DuplicateOption);
+                    }
+                    metadata = Some(*value);
+                    options.metadata = true;
+                } else if keyword.eq_ignore_ascii_case("commit_interval") {
+                    let value = value()?;
+                    if options.commit_interval.is_some() {
+                        return Err(TableError::DuplicateOption);
+                    }
+                    options.commit_interval = Some(
+                        parse_u64(value)
+                            .filter(|ms| (1..=MAX_COMMIT_INTERVAL_MS).contains(ms))
+                            .ok_or(TableError::CommitIntervalInvalid)?,
+                    );
                 } else if keyword.eq_ignore_ascii_case("no_switch") {
                     if options.no_switch {
                         return Err(TableError::DuplicateOption);
@@ -279,9 +340,13 @@ impl<'a> TableArgs<'a> {
                 }
             }
         }
+        if options.commit_interval.is_some() && !options.metadata {
+            return Err(TableError::CommitIntervalWithoutMetadata);
+        }
         Ok(Self {
             origin,
             destination,
+            metadata,
             options,
         })
     }
@@ -393,10 +458,16 @@ mod tests {
                 region_size: Some(16),
                 copy_depth: Some(8),
                 rate: Some(1024),
-                no_switch: true
+                no_switch: true,
+                ..Default::default()
             }
         );
         assert_eq!(args.options.word_count(), 7);
+        let args = parse("a b 4 metadata /dev/m commit_interval 250").unwrap();
+        assert_eq!(args.metadata, Some("/dev/m"));
+        assert!(args.options.metadata);
+        assert_eq!(args.options.commit_interval_ms(), 250);
+        assert_eq!(parse("a b 0").unwrap().options.commit_interval_ms(), 1000);
     }
 
     #[test]
@@ -438,6 +509,15 @@ mod tests {
             ("a b 2 rate -1", RateInvalid),
             ("a b 2 no_switch no_switch", DuplicateOption),
             ("a b 1 rate", MissingValue),
+            ("a b 1 metadata", MissingValue),
+            ("a b 4 metadata m metadata n", DuplicateOption),
+            ("a b 2 commit_interval 100", CommitIntervalWithoutMetadata),
+            ("a b 4 metadata m commit_interval 0", CommitIntervalInvalid),
+            (
+                "a b 4 metadata m commit_interval 3600001",
+                CommitIntervalInvalid,
+            ),
+            ("a b 4 metadata m commit_interval 1s", CommitIntervalInvalid),
         ];
         for (line, expected) in cases {
             assert_eq!(parse(line), Err(expected), "line {line:?}");

@@ -210,7 +210,8 @@ impl<B: DerefMut<Target = [u64]>> Tracker<B> {
         Some(tracker)
     }
 
-    fn is_pending(&self, region: u64) -> bool {
+    /// Whether `region` still has to be copied (in flight included).
+    pub fn is_pending(&self, region: u64) -> bool {
         // Regions are below `nr_regions`, whose word count fits `usize` (checked in `new`).
         self.pending[(region / 64) as usize] & (1 << (region % 64)) != 0
     }
@@ -251,7 +252,7 @@ impl<B: DerefMut<Target = [u64]>> Tracker<B> {
     }
 
     /// The regions a sector range touches; empty for an empty range.
-    fn regions_of(&self, sector: u64, sectors: u64) -> Range<u64> {
+    pub fn regions_of(&self, sector: u64, sectors: u64) -> Range<u64> {
         if sectors == 0 {
             return 0..0;
         }
@@ -562,6 +563,48 @@ impl<B: DerefMut<Target = [u64]>> Tracker<B> {
         Handover::Switched
     }
 
+    /// Word `word` of the pending bitmap: the regions not copied (or in flight).
+    pub fn pending_word(&self, word: usize) -> u64 {
+        self.pending[word]
+    }
+
+    /// Word `word` of the copied bitmap: the regions whose copy landed.
+    pub fn copied_word(&self, word: usize) -> u64 {
+        let copied = !self.pending[word];
+        let first = word as u64 * 64;
+        match self.nr_regions.saturating_sub(first) {
+            n if n >= 64 => copied,
+            n => copied & ((1u64 << n) - 1),
+        }
+    }
+
+    /// The number of words of the bitmaps.
+    pub fn nr_words(&self) -> usize {
+        // Fits: checked in `new`.
+        bitmap_words(self.nr_regions) as usize
+    }
+
+    /// Starts from what the metadata device recorded: `pending(word)` gives the regions to
+    /// copy, and nothing is in flight. Bits past the last region are ignored.
+    pub fn restore(&mut self, pending: impl Fn(usize) -> u64) {
+        let words = self.nr_words();
+        let mut nr_pending = 0;
+        for word in 0..words {
+            let mut value = pending(word);
+            if word + 1 == words && !self.nr_regions.is_multiple_of(64) {
+                value &= (1u64 << (self.nr_regions % 64)) - 1;
+            }
+            self.pending[word] = value;
+            nr_pending += u64::from(value.count_ones());
+        }
+        self.nr_pending = nr_pending;
+        self.inflight = Default::default();
+        self.nr_inflight = 0;
+        self.cursor = 0;
+        self.state = State::Copying;
+        self.settle();
+    }
+
     /// Whether to stay in sync rather than switch, from the table that runs the migration now.
     pub fn set_no_switch(&mut self, no_switch: bool) {
         self.no_switch = no_switch;
@@ -665,6 +708,18 @@ mod tests {
         assert_eq!(t.route(IoKind::Read, 0, 1), Route::Destination);
         assert_eq!(t.route(IoKind::Write, 0, 1), Route::Destination);
         assert_eq!(t.cancel(), CancelOutcome::Switched);
+    }
+
+    #[test]
+    fn restore_starts_from_the_recorded_bitmap() {
+        let mut t = tracker(4 * 70, false);
+        t.restore(|w| if w == 0 { 0b101 } else { u64::MAX });
+        assert_eq!(t.progress(0).pending_regions, 2 + 6);
+        assert_eq!(t.next_batch(8).unwrap().regions, 0..1);
+        assert_eq!(t.next_batch(8).unwrap().regions, 2..3);
+        assert_eq!(t.next_batch(8).unwrap().regions, 64..70);
+        t.restore(|_| 0);
+        assert_eq!(t.state(), State::Synced);
     }
 
     #[test]

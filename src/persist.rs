@@ -1,0 +1,306 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! The metadata device's I/O: loading what a crash left, and writing phases and bitmaps.
+//!
+//! The format and what each bit promises are in `engine::metadata`; this reads and writes
+//! blocks, synchronously, from the contexts that may sleep (the constructor, preresume,
+//! postsuspend, the metadata thread, the switch and the failure paths).
+
+// Safe Rust only: the binding layer (`crate::dm`) is the one place allowed `unsafe_code`.
+#![deny(unsafe_code)]
+
+use crate::dm::copy::{MetaBlock, META_BLOCK_SIZE};
+use crate::dm::device::Device;
+use crate::engine::metadata::{
+    decode_bitmap_block, encode_bitmap_block, pending_word, BitmapKind, Identity, Layout,
+    MetadataError, Phase, Superblock, BLOCK_SIZE, SUPERBLOCK_COPIES, WORDS_PER_BLOCK,
+};
+use crate::engine::state::FailReason;
+use crate::engine::SECTOR_SIZE;
+use kernel::prelude::*;
+
+/// How many copied regions a load compares on the origin and the destination.
+const CONTENT_SAMPLES: u64 = 8;
+
+const _: () = assert!(BLOCK_SIZE == META_BLOCK_SIZE);
+
+/// What a load found on the metadata device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Loaded {
+    /// Blank: formatted now, every region to copy.
+    New,
+    /// A copy in progress: the store's bitmaps say which regions are done.
+    Copying,
+    /// Switched: everything goes to the destination.
+    Switched,
+    /// Failed or cancelled before: the copy starts over (the bitmaps were reset).
+    StartedOver,
+}
+
+/// The metadata device as this migration last wrote it.
+pub(crate) struct MetaStore {
+    superblock: Superblock,
+    layout: Layout,
+    block: MetaBlock,
+    buf: KBox<[u8; BLOCK_SIZE]>,
+    /// The copied and intent bitmaps as on the device.
+    disk_copied: KVVec<u64>,
+    disk_intent: KVVec<u64>,
+    /// What the next bitmap write puts there, filled by the caller.
+    pub(crate) next: KVVec<u64>,
+}
+
+fn alloc_words(words: usize) -> Result<KVVec<u64>, MetadataError> {
+    // Allocation failure is reported as the table's out-of-memory by the caller's mapping;
+    // here it can only be told apart as a read error, which refuses the table all the same.
+    KVVec::from_elem(0u64, words, GFP_KERNEL).map_err(|_| MetadataError::ReadError)
+}
+
+impl MetaStore {
+    /// Loads the metadata of a migration of `identity` from `metadata`, or formats a blank
+    /// device. Returns the store and what it found; for [`Loaded::Copying`], the caller takes
+    /// the bitmaps with [`MetaStore::pending_word`] and [`MetaStore::intent_word`].
+    pub(crate) fn open(
+        metadata: &Device,
+        origin: &Device,
+        destination: &Device,
+        identity: Identity,
+        format_id: u64,
+    ) -> Result<(Self, Loaded), MetadataError> {
+        let nr_regions = identity.nr_regions();
+        let layout = Layout::new(nr_regions);
+        if metadata.sectors() < layout.device_sectors() {
+            return Err(MetadataError::TooSmall);
+        }
+        let words = (layout.bitmap_blocks as usize) * WORDS_PER_BLOCK;
+        let mut store = Self {
+            superblock: Superblock {
+                generation: 0,
+                phase: Phase::Copying,
+                fail_reason: None,
+                format_id,
+                identity,
+            },
+            layout,
+            block: MetaBlock::new().map_err(|_| MetadataError::ReadError)?,
+            buf: KBox::new([0; BLOCK_SIZE], GFP_KERNEL).map_err(|_| MetadataError::ReadError)?,
+            disk_copied: alloc_words(words)?,
+            disk_intent: alloc_words(words)?,
+            next: alloc_words(words)?,
+        };
+        let mut copies = [Ok(crate::engine::metadata::SuperblockCopy::Blank); 2];
+        for (copy, slot) in copies.iter_mut().enumerate() {
+            let copy = copy as u64;
+            store.read(metadata, Layout::superblock_sector(copy))?;
+            *slot = Superblock::decode(copy, &store.buf);
+        }
+        let Some(superblock) = Superblock::choose(copies)? else {
+            store.format(metadata)?;
+            return Ok((store, Loaded::New));
+        };
+        superblock.check(&identity, metadata.sectors())?;
+        store.superblock = superblock;
+        match superblock.phase {
+            Phase::Switched => Ok((store, Loaded::Switched)),
+            Phase::Failed | Phase::Cancelled => {
+                store.reset(metadata)?;
+                Ok((store, Loaded::StartedOver))
+            }
+            Phase::Copying => {
+                store.read_bitmap(metadata, BitmapKind::Copied)?;
+                store.read_bitmap(metadata, BitmapKind::Intent)?;
+                store.check_content(origin, destination)?;
+                Ok((store, Loaded::Copying))
+            }
+        }
+    }
+
+    fn read(&mut self, device: &Device, sector: u64) -> Result<(), MetadataError> {
+        self.block
+            .read(device, sector, &mut self.buf)
+            .map_err(|_| MetadataError::ReadError)
+    }
+
+    fn write_block(&mut self, device: &Device, sector: u64) -> Result<(), MetadataError> {
+        self.block
+            .write(device, sector, &self.buf, true)
+            .map_err(|_| MetadataError::WriteError)
+    }
+
+    fn read_bitmap(&mut self, device: &Device, kind: BitmapKind) -> Result<(), MetadataError> {
+        for index in 0..self.layout.bitmap_blocks {
+            self.read(device, self.layout.bitmap_sector(kind, index))?;
+            let start = index as usize * WORDS_PER_BLOCK;
+            let format_id = self.superblock.format_id;
+            let Self {
+                buf,
+                disk_copied,
+                disk_intent,
+                ..
+            } = self;
+            let words = match kind {
+                BitmapKind::Copied => &mut disk_copied[start..start + WORDS_PER_BLOCK],
+                BitmapKind::Intent => &mut disk_intent[start..start + WORDS_PER_BLOCK],
+            };
+            if !decode_bitmap_block(kind, format_id, index, &**buf, words) {
+                pr_warn!(
+                    "Metadata {:?} bitmap block {} fails its checksum (a torn write?): its \
+                     regions will be copied again\n",
+                    kind,
+                    index
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// Compares a few regions the metadata says are copied and clean on the two devices: a
+    /// difference means the metadata was written for another pair.
+    fn check_content(&mut self, origin: &Device, destination: &Device) -> Result<(), MetadataError> {
+        let identity = self.superblock.identity;
+        let nr_regions = identity.nr_regions();
+        let region_bytes = identity.region_sectors * SECTOR_SIZE;
+        let compare = region_bytes.min(BLOCK_SIZE as u64) as usize;
+        let clean: u64 = (0..nr_regions.div_ceil(64) as usize)
+            .map(|w| u64::from((!pending_word(self.disk_copied[w], self.disk_intent[w])).count_ones()))
+            .sum();
+        if clean == 0 {
+            return Ok(());
+        }
+        let mut theirs = KVVec::from_elem(0u8, BLOCK_SIZE, GFP_KERNEL)
+            .map_err(|_| MetadataError::ReadError)?;
+        let mut nth = 0;
+        let step = clean.div_ceil(CONTENT_SAMPLES).max(1);
+        for region in 0..nr_regions {
+            let (w, b) = ((region / 64) as usize, 1u64 << (region % 64));
+            if pending_word(self.disk_copied[w], self.disk_intent[w]) & b != 0 {
+                continue;
+            }
+            nth += 1;
+            if (nth - 1) % step != 0 {
+                continue;
+            }
+            let sector = region * identity.region_sectors;
+            // A whole block must lie inside both devices.
+            let end = sector + BLOCK_SIZE as u64 / SECTOR_SIZE;
+            if end > origin.sectors() || end > destination.sectors() {
+                continue;
+            }
+            self.read(origin, sector)?;
+            for (t, b) in theirs.iter_mut().zip(self.buf.iter()) {
+                *t = *b;
+            }
+            self.read(destination, sector)?;
+            let last = (identity.target_sectors - sector).saturating_mul(SECTOR_SIZE);
+            let len = compare.min(last as usize);
+            if theirs[..len] != self.buf[..len] {
+                pr_err!(
+                    "Region {} is copied by the metadata but differs on the two devices\n",
+                    region
+                );
+                return Err(MetadataError::ContentMismatch);
+            }
+        }
+        Ok(())
+    }
+
+    /// Formats a blank device: clean bitmaps, then the superblock.
+    fn format(&mut self, device: &Device) -> Result<(), MetadataError> {
+        self.write_zero_bitmaps(device)?;
+        self.write_phase(device, Phase::Copying, None)
+    }
+
+    /// Starts the copy over on the device: the old bitmaps are marked stale first (a crash
+    /// half-way must not trust them), then cleared, then the phase says copying again.
+    pub(crate) fn reset(&mut self, device: &Device) -> Result<(), MetadataError> {
+        if self.superblock.phase == Phase::Copying {
+            self.write_phase(device, Phase::Cancelled, None)?;
+        }
+        self.write_zero_bitmaps(device)?;
+        self.write_phase(device, Phase::Copying, None)
+    }
+
+    fn write_zero_bitmaps(&mut self, device: &Device) -> Result<(), MetadataError> {
+        let format_id = self.superblock.format_id;
+        for kind in [BitmapKind::Copied, BitmapKind::Intent] {
+            for index in 0..self.layout.bitmap_blocks {
+                encode_bitmap_block(kind, format_id, index, &[], &mut self.buf);
+                self.write_block(device, self.layout.bitmap_sector(kind, index))?;
+            }
+        }
+        self.disk_copied.fill(0);
+        self.disk_intent.fill(0);
+        Ok(())
+    }
+
+    /// Records a phase: both superblock copies, one after the other, each durable (FUA)
+    /// before the next; the phase counts only once both are written.
+    pub(crate) fn write_phase(
+        &mut self,
+        device: &Device,
+        phase: Phase,
+        fail_reason: Option<FailReason>,
+    ) -> Result<(), MetadataError> {
+        let mut superblock = self.superblock;
+        superblock.generation += 1;
+        superblock.phase = phase;
+        superblock.fail_reason = fail_reason;
+        for copy in 0..SUPERBLOCK_COPIES {
+            superblock.encode(&mut self.buf);
+            self.write_block(device, Layout::superblock_sector(copy))?;
+        }
+        self.superblock = superblock;
+        Ok(())
+    }
+
+    /// Word `word` of the pending bitmap a load found: copied regions with no intent are done.
+    pub(crate) fn pending_word(&self, word: usize) -> u64 {
+        pending_word(self.disk_copied[word], self.disk_intent[word])
+    }
+
+    /// Word `word` of the intent bitmap a load found.
+    pub(crate) fn intent_word(&self, word: usize) -> u64 {
+        self.disk_intent[word]
+    }
+
+    /// Writes the blocks of bitmap `kind` where [`MetaStore::next`] differs from the device,
+    /// each durable when this returns. Returns how many blocks it wrote.
+    pub(crate) fn write_bitmap(
+        &mut self,
+        device: &Device,
+        kind: BitmapKind,
+    ) -> Result<u64, MetadataError> {
+        let format_id = self.superblock.format_id;
+        let mut written = 0;
+        for index in 0..self.layout.bitmap_blocks {
+            let range = index as usize * WORDS_PER_BLOCK..(index as usize + 1) * WORDS_PER_BLOCK;
+            let disk = match kind {
+                BitmapKind::Copied => &self.disk_copied,
+                BitmapKind::Intent => &self.disk_intent,
+            };
+            if disk[range.clone()] == self.next[range.clone()] {
+                continue;
+            }
+            encode_bitmap_block(kind, format_id, index, &self.next[range.clone()], &mut self.buf);
+            self.write_block(device, self.layout.bitmap_sector(kind, index))?;
+            let disk = match kind {
+                BitmapKind::Copied => &mut self.disk_copied,
+                BitmapKind::Intent => &mut self.disk_intent,
+            };
+            for (d, n) in disk[range.clone()].iter_mut().zip(&self.next[range]) {
+                *d = *n;
+            }
+            written += 1;
+        }
+        Ok(written)
+    }
+
+    /// Whether bitmap `kind` on the device differs from [`MetaStore::next`].
+    pub(crate) fn differs(&self, kind: BitmapKind) -> bool {
+        let disk = match kind {
+            BitmapKind::Copied => &self.disk_copied,
+            BitmapKind::Intent => &self.disk_intent,
+        };
+        disk[..] != self.next[..]
+    }
+}
