@@ -367,6 +367,7 @@ impl Target for Migrate {
         if let Some(thread) = self.meta_thread.lock().as_mut() {
             thread.park();
         }
+        self.engine.check_mirror_failure();
         self.engine.meta_commit(true);
         // With `no_switch`, userspace may swap to the destination while suspended: make what
         // the copy and the mirrored writes put there durable first.

@@ -38,6 +38,9 @@ pub(crate) struct Shared {
     deferred: BioList,
 }
 
+/// The longest the metadata thread sleeps at once, in milliseconds.
+const META_MAX_SLEEP_MS: u32 = 100;
+
 /// A bio's tag holds two counted writes (`engine::epoch::Counted`): the copy epoch in the low
 /// bits, the intent epoch (mirrored writes, with a metadata device) above this shift.
 const INTENT_TAG_SHIFT: u8 = 4;
@@ -784,7 +787,13 @@ impl Engine {
                 tracker, intent, ..
             } = &mut *shared;
             let Some(intent) = intent.as_mut() else { return };
-            if !tracker.is_active() || !intent.start_send() {
+            if !tracker.is_active() {
+                // Ended: its waiting writes are routed again (by the end's own release) to one
+                // device, with no intent.
+                intent.drop_wanted();
+                return;
+            }
+            if !intent.start_send() {
                 return;
             }
             for word in 0..tracker.nr_words() {
@@ -833,7 +842,23 @@ impl Engine {
         };
         // Also when there is nothing to write: a flip must be drained before the next one.
         self.drain_epochs(&migration.intent_epochs, epoch);
+        // A mirrored write that missed the destination: its region must stay dirty, and the
+        // migration fails (the copier would find it too, but maybe after this commit).
+        if migration.dest_failed() {
+            drop(meta);
+            return self.fail(FailReason::DestinationWrite);
+        }
         if !store.differs(BitmapKind::Copied) && !clearing {
+            return;
+        }
+        // The origin too: what the copies read and the mirrored writes put there must not be
+        // lost to its cache in a crash while the destination keeps it, or a clean region would
+        // read differently after the switch.
+        if flush(&self.origin).is_err() {
+            pr_warn!(
+                "{}: Flushing the origin failed; progress not committed\n",
+                self.handle.device_name()
+            );
             return;
         }
         if flush(&self.destination).is_err() {
@@ -861,13 +886,18 @@ impl Engine {
         }
     }
 
-    /// Sleeps up to `ms` milliseconds, or until a write waits for its intent.
+    /// Sleeps up to `ms` milliseconds (at most [`META_MAX_SLEEP_MS`]), or until a write waits
+    /// for its intent.
     pub(crate) fn meta_wait(&self, ms: u32) {
         let migration = &*self.migration;
         let mut shared = migration.shared.lock();
-        if shared.intent.as_ref().is_some_and(|i| i.has_wanted()) {
+        if shared.tracker.is_active() && shared.intent.as_ref().is_some_and(|i| i.has_wanted()) {
             return;
         }
+        // A park or stop request that came while the thread was busy did not wake it from
+        // this wait (the condition variable is not the thread's own sleep): the bound is how
+        // long such a request waits.
+        let ms = ms.min(META_MAX_SLEEP_MS);
         let _ = migration
             .meta_wake
             .wait_interruptible_timeout(&mut shared, kernel::time::msecs_to_jiffies(ms));

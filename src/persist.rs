@@ -213,7 +213,8 @@ impl MetaStore {
     /// Starts the copy over on the device: the old bitmaps are marked stale first (a crash
     /// half-way must not trust them), then cleared, then the phase says copying again.
     pub(crate) fn reset(&mut self, device: &Device) -> Result<(), MetadataError> {
-        if self.superblock.phase == Phase::Copying {
+        // Also over `switched`: the device must not route anywhere while half reset.
+        if !matches!(self.superblock.phase, Phase::Cancelled | Phase::Failed) {
             self.write_phase(device, Phase::Cancelled, None)?;
         }
         self.write_zero_bitmaps(device)?;
@@ -245,6 +246,9 @@ impl MetaStore {
         superblock.generation += 1;
         superblock.phase = phase;
         superblock.fail_reason = fail_reason;
+        // A generation is used once, also when its write fails half-way: the next phase never
+        // ties with a copy of this one.
+        self.superblock.generation = superblock.generation;
         for copy in 0..SUPERBLOCK_COPIES {
             superblock.encode(&mut self.buf);
             self.write_block(device, Layout::superblock_sector(copy))?;

@@ -465,8 +465,9 @@ pub fn encode_bitmap_block(
     put_u32(buf, 4, crc);
 }
 
-/// Reads bitmap block `index` of `kind` into `words`; returns false (and fills `words` with
-/// ones, "every region") when the block fails its checksum or belongs elsewhere.
+/// Reads bitmap block `index` of `kind` into `words`; returns false when the block fails its
+/// checksum or belongs elsewhere, and then fills `words` with what makes every region of the
+/// block be copied again: no region copied, every region dirty.
 pub fn decode_bitmap_block(
     kind: BitmapKind,
     format_id: u64,
@@ -479,11 +480,15 @@ pub fn decode_bitmap_block(
     let crc = !crc32c_update(crc32c_update(!0, &check), &index.to_le_bytes());
     let valid =
         get_u32(buf, 0) == kind.magic() && get_u64(buf, 8) == format_id && get_u32(buf, 4) == crc;
+    let unknown = match kind {
+        BitmapKind::Copied => 0,
+        BitmapKind::Intent => u64::MAX,
+    };
     for (i, word) in words.iter_mut().take(WORDS_PER_BLOCK).enumerate() {
         *word = if valid {
             get_u64(buf, BITMAP_HEADER + 8 * i)
         } else {
-            u64::MAX
+            unknown
         };
     }
     valid
@@ -664,9 +669,15 @@ impl<B: core::ops::DerefMut<Target = [u64]>> IntentLog<B> {
         self.nr_wanted = 0;
     }
 
+    /// Drops the wanted marks: for a migration that has ended, whose waiting writes are routed
+    /// again without an intent.
+    pub fn drop_wanted(&mut self) {
+        self.wanted.fill(0);
+        self.nr_wanted = 0;
+    }
+
     /// Everything clean, for a quiesced device (no write in flight, destination flushed).
     pub fn clear_all(&mut self) {
-        debug_assert!(self.nr_wanted == 0);
         for b in [&mut self.durable, &mut self.clearing, &mut self.touched] {
             b.fill(0);
         }
@@ -821,7 +832,7 @@ mod tests {
     }
 
     #[test]
-    fn bitmap_blocks_round_trip_and_stray_blocks_read_as_all_dirty() {
+    fn bitmap_blocks_round_trip_and_stray_blocks_mean_copy_again() {
         let words: Vec<u64> = (0..WORDS_PER_BLOCK as u64).map(|i| i * 0x0101).collect();
         let mut buf = [0; BLOCK_SIZE];
         encode_bitmap_block(BitmapKind::Copied, 9, 3, &words, &mut buf);
@@ -840,17 +851,49 @@ mod tests {
             (BitmapKind::Copied, 9, 4),
         ] {
             assert!(!decode_bitmap_block(kind, format, index, &buf, &mut out));
-            assert!(out.iter().all(|&w| w == u64::MAX));
         }
+        // A torn block of either bitmap makes every region it covers pending.
         let mut torn = buf;
         torn[2048..].fill(0);
+        let mut copied = vec![7; WORDS_PER_BLOCK];
         assert!(!decode_bitmap_block(
             BitmapKind::Copied,
             9,
             3,
             &torn,
-            &mut out
+            &mut copied
         ));
+        encode_bitmap_block(BitmapKind::Intent, 9, 3, &words, &mut buf);
+        torn = buf;
+        torn[100] ^= 1;
+        let mut intent = vec![7; WORDS_PER_BLOCK];
+        assert!(!decode_bitmap_block(
+            BitmapKind::Intent,
+            9,
+            3,
+            &torn,
+            &mut intent
+        ));
+        let mut good = vec![0; WORDS_PER_BLOCK];
+        assert!(decode_bitmap_block(
+            BitmapKind::Intent,
+            9,
+            3,
+            &buf,
+            &mut good
+        ));
+        for w in 0..WORDS_PER_BLOCK {
+            assert_eq!(
+                pending_word(copied[w], good[w]),
+                u64::MAX,
+                "torn copied block"
+            );
+            assert_eq!(
+                pending_word(words[w], intent[w]),
+                u64::MAX,
+                "torn intent block"
+            );
+        }
     }
 
     fn log(words: usize) -> IntentLog<Vec<u64>> {
