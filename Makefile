@@ -27,7 +27,7 @@ KERNEL_DEP :=
 endif
 
 .PHONY: all setup kernel kernel-debug module vm-module tools test-userspace lint check check-debug check-debug-ci \
-	demo copy-throughput bench bench-smoke clean
+	demo crash-test copy-throughput bench bench-smoke clean
 
 all: module
 
@@ -91,6 +91,12 @@ check-debug-ci:
 
 demo: tools vm-module
 	scripts/vm.sh $(KDIR) selftests/demo.sh
+
+# Real crashes: QEMU killed (SIGKILL) at random times during a dmmig move under a verifying
+# writer, a boot, dmmig recover, and every acknowledged write checked; CRASH_KILLS kills (12).
+# The table of kills goes to Documentation/crash-test.md.
+crash-test: tools vm-module
+	scripts/crash-test.sh $(KDIR) $${CRASH_KILLS:-12} Documentation/crash-test.md
 
 # Idle copy throughput next to a dd O_DIRECT copy of the same ram disks, in one VM run.
 copy-throughput: vm-module

@@ -18,7 +18,8 @@ out=$VM_RESULTS
 : >"$out/bench.jsonl"
 MODULE=${MODULE:-$REPO_ROOT/dm-migrate.ko}
 kmod() { modprobe -d "$KMOD_ROOT" "$@"; }
-kmod brd rd_nr=2 rd_size=$((MIB * 1024))
+# ram2 holds metadata (migrate's, dm-raid1's disk log): brd allocates only what is written.
+kmod brd rd_nr=3 rd_size=$((MIB * 1024))
 kmod dm-clone
 kmod dm-mirror
 insmod "$MODULE"
@@ -367,5 +368,80 @@ for region in 8 128 2048; do
 	dmsetup remove bench
 	emit "{\"figure\":\"memory\",\"region_kib\":$((region / 2)),\"measured_kib_per_tib\":$((before - after)),\"bitmap_kib_per_tib\":$(((tib / region + 7) / 8 / 1024))}"
 done
+
+# 7. The cost of the metadata device (issue 10): guest 4 KiB random writes while in sync (migrate
+# with no_switch; dm-raid1 once its resync is done), with and without the metadata: migrate's
+# write-intent log against dm-raid1's disk log, its peer (dm-raid1 marks a region dirty in its
+# log before the first write to it, as we set an intent bit). Then the same while copying, at
+# migrate's rate limit. The metadata is on a ram disk (ram2), like the data. ROUNDS rounds, the
+# runs of a round back to back; the figure is the median round.
+mdev=/dev/ram2
+wipe_meta() { dd if=/dev/zero of=$mdev bs=1M count=1 oflag=direct status=none; }
+synced_table() {
+	case $1 in
+	migrate) echo "0 $sectors migrate $src $dst 2 no_switch" ;;
+	migrate+metadata) echo "0 $sectors migrate $src $dst 4 metadata $mdev no_switch" ;;
+	mirror-core) echo "0 $sectors mirror core 1 1024 2 $src 0 $dst 0" ;;
+	mirror-disk) echo "0 $sectors mirror disk 2 $mdev 1024 2 $src 0 $dst 0" ;;
+	esac
+}
+in_sync() {
+	case $1 in
+	migrate*) [ "$(dmsetup status bench | awk '{ print $4 }')" = synced ] ;;
+	mirror*) dmsetup status bench | awk '{ split($7, f, "/"); exit !(f[1] == f[2]) }' ;;
+	esac
+}
+for _ in $(seq "$ROUNDS"); do
+	for peer in migrate migrate+metadata mirror-core mirror-disk; do
+		wipe_meta
+		echo 100 >$throttle
+		dmsetup create bench --table "$(synced_table $peer)"
+		until in_sync $peer; do sleep 0.2; done
+		fio_log /dev/mapper/bench randwrite "$FIO_S" "$TMPDIR/md"
+		dmsetup remove bench
+		emit_io "{\"figure\":\"metadata_runs\",\"peer\":\"$peer\",\"window\":\"in sync\"}" "$TMPDIR/md"_clat.1.log
+	done
+	for peer in migrate migrate+metadata; do
+		wipe_meta
+		table="0 $sectors migrate $src $dst 2 rate $rate_kibps"
+		[ $peer = migrate+metadata ] && table="0 $sectors migrate $src $dst 4 metadata $mdev rate $rate_kibps"
+		dmsetup create bench --table "$table"
+		fio_log /dev/mapper/bench randwrite "$FIO_S" "$TMPDIR/md"
+		dmsetup remove bench
+		emit_io "{\"figure\":\"metadata_runs\",\"peer\":\"$peer\",\"window\":\"copying\"}" "$TMPDIR/md"_clat.1.log
+	done
+done
+python3 - "$out/bench.jsonl" >>"$out/bench.jsonl.median" <<'PY'
+import json, sys
+runs = [json.loads(l) for l in open(sys.argv[1]) if '"metadata_runs"' in l]
+for key in sorted({(r["window"], r["peer"]) for r in runs}):
+    mine = sorted((r for r in runs if (r["window"], r["peer"]) == key), key=lambda r: r["iops"])
+    print(json.dumps(dict(mine[len(mine) // 2], figure="metadata_overhead", rounds=len(mine))))
+PY
+while read -r line; do emit "$line"; done <"$out/bench.jsonl.median"
+rm -f "$out/bench.jsonl.median"
+
+# 8. Resuming: a copy with metadata stopped at 70% (the device removed; a crash costs at most one
+# commit interval more) and loaded again, time to sync, against the same copy from scratch.
+wipe_meta
+t0=$(now)
+dmsetup create bench --table "0 $sectors migrate $src $dst 4 metadata $mdev no_switch"
+until in_sync migrate; do sleep 0.05; done
+scratch=$(elapsed "$t0")
+dmsetup remove bench
+wipe_meta
+dmsetup create bench --table "0 $sectors migrate $src $dst 4 metadata $mdev rate $rate_kibps"
+total=$(dmsetup status bench | awk '{ split($5, f, "/"); print f[2] }')
+until [ "$(dmsetup status bench | awk '{ split($5, f, "/"); print f[1] }')" -ge $((total * 7 / 10)) ]; do
+	sleep 0.05
+done
+dmsetup remove bench
+t0=$(now)
+dmsetup create bench --table "0 $sectors migrate $src $dst 4 metadata $mdev no_switch"
+resumed=$(dmsetup status bench | awk '{ split($5, f, "/"); print f[1] }')
+until in_sync migrate; do sleep 0.05; done
+resume=$(elapsed "$t0")
+dmsetup remove bench
+emit "{\"figure\":\"resume\",\"scratch_s\":$scratch,\"resume_s\":$resume,\"resumed_regions\":$resumed,\"total_regions\":$total,\"mib\":$MIB}"
 rm -f "$out"/*.ready
 echo "# bench done"

@@ -10,6 +10,7 @@
 # when VM_KEEP_RESULTS=DIR names one). The console (kernel warnings and the command's output) goes to
 # stdout. Exits with the command's status, or 125 when the guest crashed, hung past VM_TIMEOUT
 # seconds (default 1200) or printed a kernel BUG, Oops or WARNING.
+# VM_EXTRA_ARGS adds QEMU arguments (disks for make crash-test).
 set -euo pipefail
 . "$(dirname "$0")/common.sh"
 
@@ -97,6 +98,7 @@ timeout --foreground -k 10 "$timeout_s" qemu-system-x86_64 \
 	-append "console=ttyS0 panic=-1 oops=panic loglevel=4 quiet $clock_args" \
 	-virtfs local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap \
 	-virtfs "local,path=$results,mount_tag=results,security_model=none" \
+	${VM_EXTRA_ARGS:-} \
 	</dev/null 2>&1 | tee "$work/console.log" || status=$?
 
 if grep -qE 'Kernel panic|BUG:|Oops|WARNING:|general protection|Call Trace:' "$work/console.log"; then

@@ -137,8 +137,11 @@ crash_verify() {
 crash_recover() {
 	local expect=$1 table
 	table="0 $crash_len migrate $(dm_path lo) $(dm_path ld) 2 metadata $(dm_path lm)"
+	dmesg -C
 	dm_create mg "$table" || fail "the table was refused after the crash: $(dmesg | tail -2)"
 	recovered_status=$(dmsetup status "$DEV_PREFIX-mg")
+	# What the metadata gave the target, before its copier went on.
+	recovered_copied=$(dmesg | sed -n 's/.*Metadata: [a-z ]*, \([0-9]*\)\/.*/\1/p' | tail -1)
 	# What the device holds when it comes back, before anything else writes to it.
 	snapshot "$(dm_path mg)" "$TEST_TMP/recovered"
 	case $expect in
@@ -146,6 +149,7 @@ crash_recover() {
 		fail "not switched after a crash after the switch: $recovered_status" ;;
 	esac
 	wait_state mg switched 60
+	finished_status=$(dmsetup status "$DEV_PREFIX-mg")
 	crash_verify "$(dm_path mg)"
 	dmsetup remove "$DEV_PREFIX-mg" || fail "remove failed"
 	crash_verify "$(dm_path ld)"
@@ -170,7 +174,13 @@ crash_point() {
 	total=$(migrate_field mg 2 | cut -d/ -f2)
 	crash_writers 2
 	case $phase in
-	early) sleep "0.$((RANDOM % 9 + 1))" ;;
+	early)
+		# Once the writers write (python starts slowly in the VM).
+		until [ -s "$TEST_TMP/writer.0.log" ] && [ -s "$TEST_TMP/writer.1.log" ]; do
+			sleep 0.05
+		done
+		sleep "0.$((RANDOM % 5))"
+		;;
 	mid)
 		until copied=$(migrate_field mg 2 | cut -d/ -f1) && [ "$copied" -ge $((total * 3 / 10)) ]; do
 			sleep 0.1

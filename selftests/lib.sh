@@ -20,6 +20,8 @@ DEV_PREFIX=ksft-migrate
 TEST_TMP=$(mktemp -d "${TMPDIR:-/tmp}/ksft-migrate.XXXXXX")
 # Tools that write state files (fio) need a writable working directory; the tree may be read-only.
 cd "$TEST_TMP" || exit 1
+# Where dmmig move records a move for dmmig recover (the VM's /var/lib is read-only).
+export DMMIG_STATE_DIR=$TEST_TMP/dmmig-state
 
 _loops=()
 _nullbs=()
@@ -295,6 +297,8 @@ fio_job=(--ioengine=libaio --direct=1 --iodepth=8 --numjobs=4 --bsrange=4k-1m
 fio_verify_write() {
 	local target=$1 size=$2 log=$3
 	shift 3
+	# fio would make a file of a missing path and test that.
+	[ -b "$target" ] || fail "$target is not a block device"
 	fio --name=migrate "${fio_job[@]}" --size=$((size / 4))M --offset_increment=$((size / 4))M \
 		--filename="$target" --output="$log" "$@" || {
 		sed 's/^/# /' "$log"
@@ -308,6 +312,7 @@ fio_verify_write() {
 fio_verify_only() {
 	local target=$1 size=$2 log=$3
 	shift 3
+	[ -b "$target" ] || fail "$target is not a block device"
 	fio --name=migrate "${fio_job[@]}" --size=$((size / 4))M --offset_increment=$((size / 4))M \
 		--filename="$target" --output="$log" --verify_only "$@" || {
 		sed 's/^/# /' "$log"

@@ -4,7 +4,7 @@
 # middle. Loading the same table with the same metadata afterwards resumes the copy and ends with
 # every acknowledged write on the destination (see crash.sh).
 . "$(dirname "$0")/lib.sh"
-. "$(dirname "$0")/crash.sh"
+. "$SELFTEST_DIR/crash.sh" || fail "cannot read crash.sh"
 command -v python3 >/dev/null || skip "python3 is not installed"
 load_migrate
 crash_setup

@@ -4,7 +4,7 @@
 # writes go to the destination alone. A crash after the switch must load switched (the origin is
 # stale); every acknowledged write is on the destination afterwards (see crash.sh).
 . "$(dirname "$0")/lib.sh"
-. "$(dirname "$0")/crash.sh"
+. "$SELFTEST_DIR/crash.sh" || fail "cannot read crash.sh"
 command -v python3 >/dev/null || skip "python3 is not installed"
 load_migrate
 crash_setup

@@ -3,7 +3,7 @@
 # A host crash while in sync with no_switch, writes mirrored to both devices: the write-intent
 # bits make every region a write was in flight to be copied again (see crash.sh).
 . "$(dirname "$0")/lib.sh"
-. "$(dirname "$0")/crash.sh"
+. "$SELFTEST_DIR/crash.sh" || fail "cannot read crash.sh"
 command -v python3 >/dev/null || skip "python3 is not installed"
 load_migrate
 crash_setup

@@ -24,6 +24,8 @@ sed 's/^/# /' "$TEST_TMP/move.log"
 wait $writer || { sed 's/^/# /' "$TEST_TMP/fio.log"; fail "fio failed during the move"; }
 grep -q 'err= 0' "$TEST_TMP/fio.log" || fail "fio reported errors"
 [ -e "$old_img" ] && fail "the old image is still there"
+[ -e "$new_img.dmmig-meta" ] && fail "the metadata file is still there"
+[ -n "$(ls -A "$DMMIG_STATE_DIR" 2>/dev/null)" ] && fail "the record of the move is still there"
 losetup -a | grep -q "$old_img" && fail "the old image is still attached"
 new=$(losetup -j "$new_img" | cut -d: -f1)
 [ -n "$new" ] || fail "the new image is not attached"

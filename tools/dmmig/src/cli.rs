@@ -120,6 +120,38 @@ pub enum Command {
         /// Do not draw the progress bar.
         #[arg(long)]
         no_progress: bool,
+        /// Keep the migration's state on this device (or new file) instead of a file next to
+        /// the new image (or in the state folder, /var/lib/dmmig or $DMMIG_STATE_DIR).
+        #[arg(long, conflicts_with = "no_metadata")]
+        metadata: Option<std::path::PathBuf>,
+        /// No metadata device: a host crash during the move loses its progress, and one after
+        /// the switch needs the admin to put the disk on the destination.
+        #[arg(long)]
+        no_metadata: bool,
+    },
+    /// Finish a move after a crash or reboot: resume the copy from the metadata, or swap to the
+    /// destination if it had switched; then retire the old image as move would.
+    Recover {
+        /// The dm device: NAME or /dev/mapper/NAME (created if it does not exist).
+        device: String,
+        /// The origin (image file or block device); default: what move recorded.
+        #[arg(long)]
+        origin: Option<std::path::PathBuf>,
+        /// The destination (image file or block device); default: what move recorded.
+        #[arg(long)]
+        dest: Option<std::path::PathBuf>,
+        /// The metadata (file or block device); default: what move recorded.
+        #[arg(long)]
+        metadata: Option<std::path::PathBuf>,
+        /// Do not draw the progress bar.
+        #[arg(long)]
+        no_progress: bool,
+    },
+    /// Print what a migration's metadata device or file records: phase, generation, copied,
+    /// dirty and still-to-copy regions.
+    Inspect {
+        /// The metadata file or block device.
+        metadata: std::path::PathBuf,
     },
     /// Pause a running migration (writes stay mirrored).
     Pause {
@@ -209,6 +241,8 @@ mod tests {
             depth,
             keep_source,
             no_progress,
+            metadata,
+            no_metadata,
         } = cli.command
         else {
             panic!()
@@ -217,6 +251,21 @@ mod tests {
         assert_eq!(destination, std::path::PathBuf::from("/srv/new.img"));
         assert_eq!((rate, region_size, depth), (Some(1024), Some(256), Some(8)));
         assert!(keep_source && no_progress);
+        assert_eq!((metadata, no_metadata), (None, false));
+        assert!(matches!(
+            parse(&["recover", "disk", "--metadata", "/m"])
+                .unwrap()
+                .command,
+            Command::Recover {
+                metadata: Some(_),
+                origin: None,
+                ..
+            }
+        ));
+        assert!(matches!(
+            parse(&["inspect", "/m"]).unwrap().command,
+            Command::Inspect { .. }
+        ));
     }
 
     #[test]
@@ -225,6 +274,8 @@ mod tests {
             &["move", "disk"][..],
             &["move", "disk", "x", "--depth", "17"],
             &["move", "disk", "x", "--rate", "fast"],
+            &["move", "disk", "x", "--metadata", "/m", "--no-metadata"],
+            &["inspect"],
             &["message", "disk", "0"],
             &["message", "disk", "x", "pause"],
             &["create", "d", "--table", "t", "--notable"],

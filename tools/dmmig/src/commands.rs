@@ -4,7 +4,7 @@
 use crate::cli::Command;
 use crate::dm::{Dm, Info};
 use crate::error::{Error, Result};
-use crate::migrate::{run_move, MoveOptions};
+use crate::migrate::{run_move, run_recover, MoveOptions, RecoverOptions};
 use crate::nodes;
 use crate::table::TableLine;
 use dm_migrate_engine::state::{Progress, State};
@@ -64,6 +64,8 @@ pub fn run(command: Command, json: bool) -> Result<()> {
             depth,
             keep_source,
             no_progress,
+            metadata,
+            no_metadata,
         } => {
             let options = MoveOptions {
                 rate,
@@ -71,8 +73,59 @@ pub fn run(command: Command, json: bool) -> Result<()> {
                 depth,
                 keep_source,
                 no_progress,
+                metadata,
+                no_metadata,
             };
             do_move(out, &device, &destination, &options)
+        }
+        Command::Recover {
+            device,
+            origin,
+            dest,
+            metadata,
+            no_progress,
+        } => {
+            let options = RecoverOptions {
+                origin,
+                destination: dest,
+                metadata,
+                no_progress,
+            };
+            do_recover(out, &device, &options)
+        }
+        Command::Inspect { metadata } => {
+            let seen = crate::metadata::inspect(&metadata)?;
+            if json {
+                return out.print_json(&seen);
+            }
+            println!(
+                "{}: version {}, phase {}{}, generation {}",
+                seen.path,
+                seen.version,
+                seen.phase,
+                seen.fail_reason
+                    .as_deref()
+                    .map(|r| format!(" ({r})"))
+                    .unwrap_or_default(),
+                seen.generation
+            );
+            if seen.phase != "blank" {
+                println!(
+                    "{} regions of {} sectors: {} copied, {} dirty, {} to copy on recovery; \
+                     {} bad bitmap blocks",
+                    seen.regions,
+                    seen.region_sectors,
+                    seen.copied_regions,
+                    seen.dirty_regions,
+                    seen.to_copy_regions,
+                    seen.bad_blocks
+                );
+                println!(
+                    "target {} sectors, origin {} sectors, destination {} sectors",
+                    seen.target_sectors, seen.origin_sectors, seen.destination_sectors
+                );
+            }
+            Ok(())
         }
         Command::Pause { name } => dm.message(&name, 0, "pause").map(drop),
         Command::Continue { name } => dm.message(&name, 0, "resume").map(drop),
@@ -204,6 +257,27 @@ fn do_move(out: Output, device: &str, dest: &std::path::Path, options: &MoveOpti
         summary.seconds,
         summary.mean_mib_per_s,
         summary.longest_pause_ms
+    );
+    if let Some(image) = &summary.removed_image {
+        println!("removed the old image {image}");
+    }
+    Ok(())
+}
+
+fn do_recover(out: Output, device: &str, options: &RecoverOptions) -> Result<()> {
+    let name = device_name(device)?;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(signal, stop.clone())
+            .map_err(|e| Error::Failed(format!("cannot handle signals: {e}")))?;
+    }
+    let summary = run_recover(name, options, stop)?;
+    if out.json {
+        return out.print_json(&summary);
+    }
+    println!(
+        "recovered {} ({} bytes): on {} after {:.1} s",
+        summary.device, summary.bytes, summary.destination, summary.seconds
     );
     if let Some(image) = &summary.removed_image {
         println!("removed the old image {image}");

@@ -5,6 +5,7 @@ pub mod cli;
 pub mod commands;
 pub mod dm;
 pub mod error;
+pub mod metadata;
 pub mod migrate;
 pub mod nodes;
 pub mod table;

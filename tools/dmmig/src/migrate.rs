@@ -11,7 +11,7 @@ use crate::table::TableLine;
 use dm_migrate_engine::state::{Progress, State};
 use dm_migrate_engine::table::{DeviceGeometry, Geometry, Options, TableArgs};
 use dm_migrate_engine::SECTOR_SIZE;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::fs::{self, File, OpenOptions};
 use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
@@ -32,6 +32,84 @@ pub struct MoveOptions {
     pub keep_source: bool,
     /// Print no progress bar.
     pub no_progress: bool,
+    /// The metadata device or file to use instead of the default one.
+    pub metadata: Option<PathBuf>,
+    /// Run without a metadata device: a crash then loses the copy's progress.
+    pub no_metadata: bool,
+}
+
+/// What `move` records for `recover`: enough to load the migrate table again after a reboot.
+/// Written atomically before the migrate table is loaded, removed when the move has ended.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct MoveRecord {
+    /// The dm device.
+    pub name: String,
+    /// Its length in sectors.
+    pub length: u64,
+    /// The origin: an image file (attached to a loop device again after a reboot) or a block
+    /// device.
+    pub origin: PathBuf,
+    /// The destination, likewise.
+    pub destination: PathBuf,
+    /// The metadata file or device.
+    pub metadata: PathBuf,
+    /// Whether `move` created the metadata (and removes it at the end).
+    pub metadata_created: bool,
+    /// Region size, copy depth and rate of the migrate table.
+    pub region_size: Option<u64>,
+    pub depth: Option<u32>,
+    pub rate: Option<u64>,
+    /// Keep the old image at the end.
+    pub keep_source: bool,
+}
+
+/// Where `move` keeps its records (`DMMIG_STATE_DIR`, default `/var/lib/dmmig`): it must
+/// survive a reboot.
+pub fn state_dir() -> PathBuf {
+    std::env::var_os("DMMIG_STATE_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/var/lib/dmmig"))
+}
+
+impl MoveRecord {
+    fn path(name: &str) -> PathBuf {
+        state_dir().join(format!("{name}.json"))
+    }
+
+    /// Reads the record of a move of `name`.
+    pub fn read(name: &str) -> Result<Self> {
+        let path = Self::path(name);
+        let text = fs::read_to_string(&path).map_err(|e| {
+            Error::Usage(format!(
+                "no record of a move of '{name}' ({}: {e}); give --origin, --dest and --metadata",
+                path.display()
+            ))
+        })?;
+        serde_json::from_str(&text)
+            .map_err(|e| Error::Failed(format!("{} is damaged: {e}", path.display())))
+    }
+
+    /// Writes the record atomically (a temporary file, synced, renamed over, the folder synced).
+    fn write(&self) -> Result<()> {
+        let dir = state_dir();
+        let fail = |e: std::io::Error| {
+            Error::Failed(format!("cannot record the move in {}: {e}", dir.display()))
+        };
+        fs::create_dir_all(&dir).map_err(fail)?;
+        let path = Self::path(&self.name);
+        let tmp = path.with_extension("json.tmp");
+        let text = serde_json::to_string_pretty(self)
+            .map_err(|e| Error::Failed(format!("cannot format the record: {e}")))?;
+        let mut file = File::create(&tmp).map_err(fail)?;
+        std::io::Write::write_all(&mut file, text.as_bytes()).map_err(fail)?;
+        file.sync_all().map_err(fail)?;
+        fs::rename(&tmp, &path).map_err(fail)?;
+        File::open(&dir).and_then(|d| d.sync_all()).map_err(fail)
+    }
+
+    fn remove(name: &str) {
+        let _ = fs::remove_file(Self::path(name));
+    }
 }
 
 /// What `move` reports at the end.
@@ -166,10 +244,25 @@ fn linear_origin(dm: &Dm, name: &str) -> Result<(TableLine, BlockDev)> {
 struct Created {
     image: Option<PathBuf>,
     loop_dev: Option<PathBuf>,
+    meta_image: Option<PathBuf>,
+    meta_loop: Option<PathBuf>,
 }
 
 impl Created {
+    /// Removes the metadata `move` made, once no table uses it.
+    fn remove_metadata(&mut self) {
+        if let Some(dev) = self.meta_loop.take() {
+            if let Ok(l) = loopdev::LoopDevice::open(&dev) {
+                let _ = l.detach();
+            }
+        }
+        if let Some(file) = self.meta_image.take() {
+            let _ = fs::remove_file(file);
+        }
+    }
+
     fn undo(&mut self) {
+        self.remove_metadata();
         if let Some(dev) = self.loop_dev.take() {
             if let Ok(l) = loopdev::LoopDevice::open(&dev) {
                 let _ = l.detach();
@@ -177,6 +270,94 @@ impl Created {
         }
         if let Some(image) = self.image.take() {
             let _ = fs::remove_file(image);
+        }
+    }
+}
+
+/// Attaches an image file to a free loop device; returns the loop device's path.
+fn attach_loop(image: &Path) -> Result<PathBuf> {
+    let control = loopdev::LoopControl::open()
+        .map_err(|e| Error::Failed(format!("cannot open /dev/loop-control: {e}")))?;
+    let device = control
+        .next_free()
+        .map_err(|e| Error::Failed(format!("no free loop device: {e}")))?;
+    device
+        .attach_file(image)
+        .map_err(|e| Error::Failed(format!("cannot attach {}: {e}", image.display())))?;
+    device
+        .path()
+        .ok_or_else(|| Error::Failed("loop device has no path".into()))
+}
+
+/// The metadata of a move: a small file next to a new image (or in the state folder), loop-
+/// attached, or a device given with `--metadata`, checked for size and wiped of an old
+/// migration's superblocks (a new move starts from scratch). Anything else on the device
+/// refuses the move: it is not overwritten.
+fn prepare_metadata(
+    name: &str,
+    dest: &Path,
+    dest_is_new: bool,
+    given: Option<&Path>,
+    bytes_needed: u64,
+    created: &mut Created,
+) -> Result<(BlockDev, PathBuf)> {
+    let path = match given {
+        Some(path) => path.to_path_buf(),
+        None if dest_is_new => {
+            let mut file = dest.as_os_str().to_owned();
+            file.push(".dmmig-meta");
+            PathBuf::from(file)
+        }
+        None => state_dir().join(format!("{name}.meta")),
+    };
+    match fs::metadata(&path) {
+        Ok(meta) if meta.file_type().is_block_device() => {
+            let dev = BlockDev::of_path(&path)?;
+            if dev.sectors * SECTOR_SIZE < bytes_needed {
+                return Err(Error::Usage(format!(
+                    "metadata device {} is too small: {} bytes, this move needs {bytes_needed}",
+                    path.display(),
+                    dev.sectors * SECTOR_SIZE
+                )));
+            }
+            if let Err(e) = crate::metadata::inspect(&path) {
+                return Err(Error::Usage(format!(
+                    "{e}; a metadata device must be blank or hold dm-migrate metadata"
+                )));
+            }
+            let mut file = OpenOptions::new()
+                .write(true)
+                .custom_flags(nix::libc::O_EXCL)
+                .open(&path)
+                .map_err(|_| {
+                    Error::Usage(format!("metadata device {} is in use", path.display()))
+                })?;
+            std::io::Write::write_all(&mut file, &[0u8; 8192])
+                .and_then(|_| file.sync_all())
+                .map_err(|e| Error::Failed(format!("cannot wipe {}: {e}", path.display())))?;
+            Ok((dev, path))
+        }
+        Ok(_) => Err(Error::Usage(format!(
+            "{} exists; give a block device or a path that does not exist yet for the metadata",
+            path.display()
+        ))),
+        Err(_) => {
+            if let Some(dir) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+                fs::create_dir_all(dir)
+                    .map_err(|e| Error::Usage(format!("cannot use {}: {e}", dir.display())))?;
+            }
+            let file = File::options()
+                .write(true)
+                .create_new(true)
+                .open(&path)
+                .map_err(|e| Error::Usage(format!("cannot create {}: {e}", path.display())))?;
+            created.meta_image = Some(path.clone());
+            file.set_len(bytes_needed)
+                .and_then(|_| file.sync_all())
+                .map_err(|e| Error::Failed(format!("cannot size {}: {e}", path.display())))?;
+            let loop_dev = attach_loop(&path)?;
+            created.meta_loop = Some(loop_dev.clone());
+            Ok((BlockDev::of_path(&loop_dev)?, path))
         }
     }
 }
@@ -296,6 +477,65 @@ fn swap_table(dm: &Dm, name: &str, table: &[TableLine]) -> Result<Duration> {
     Ok(start.elapsed())
 }
 
+/// Follows a migration until it switches, with a progress bar unless `no_progress`; fails when
+/// it fails or is cancelled, or when `stop` is set.
+fn wait_for_switch(
+    dm: &Dm,
+    name: &str,
+    no_progress: bool,
+    bytes: u64,
+    stop: &AtomicBool,
+) -> Result<()> {
+    let info = dm.info(name)?;
+    let sysfs = PathBuf::from(format!(
+        "/sys/dev/block/{}:{}/migrate",
+        info.major, info.minor
+    ));
+    let bar = progress_bar(no_progress, bytes);
+    let outcome = loop {
+        if stop.load(Ordering::Relaxed) {
+            break Err(Error::Failed("interrupted".into()));
+        }
+        let state = counter(&sysfs, "state").unwrap_or_default();
+        if let Some(bar) = &bar {
+            let copied = counter(&sysfs, "copied_bytes")
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(0);
+            let rate = counter(&sysfs, "rate_kibps").unwrap_or_default();
+            bar.set_position(copied);
+            bar.set_message(format!("{state} {rate} KiB/s"));
+        }
+        match state.as_str() {
+            "switched" => break Ok(()),
+            "failed" | "cancelled" => {
+                let status = dm
+                    .status(name)?
+                    .first()
+                    .map(|l| l.params.clone())
+                    .unwrap_or_default();
+                break Err(Error::Failed(format!("the migration {state}: {status}")));
+            }
+            _ => std::thread::sleep(Duration::from_millis(200)),
+        }
+    };
+    if let Some(bar) = &bar {
+        bar.finish_and_clear();
+    }
+    outcome
+}
+
+/// Where an origin can be found again after a reboot: its image file, or its device node.
+fn origin_path(origin: &BlockDev) -> PathBuf {
+    origin
+        .loop_backing_file()
+        .or_else(|| {
+            origin
+                .kernel_name()
+                .map(|n| PathBuf::from(format!("/dev/{n}")))
+        })
+        .unwrap_or_else(|| PathBuf::from(origin.number()))
+}
+
 /// Runs a whole move. `stop` is set by SIGINT/SIGTERM.
 pub fn run_move(
     name: &str,
@@ -308,12 +548,14 @@ pub fn run_move(
         copy_depth: opts.depth,
         rate: opts.rate,
         no_switch: false,
+        metadata: !opts.no_metadata,
+        ..Options::default()
     };
     // The kernel's own checks of the options, before anything is created: a bad value is
     // refused here in the words the kernel would log.
     let mut words = String::from("origin destination");
     options
-        .write(&mut words)
+        .write(&mut words, "metadata")
         .map_err(|_| Error::Failed("table text".into()))?;
     TableArgs::parse(&words.split_whitespace().collect::<Vec<_>>())
         .map_err(|e| Error::Usage(format!("{e}")))?;
@@ -327,6 +569,8 @@ pub fn run_move(
     // until a rollback has put the original table back. Until then, what move created stays,
     // whatever fails: removing the image of a disk that may be writing to it loses the writes.
     let mut destination_in_use = false;
+    // Whether `move` recorded itself for `recover`.
+    let mut recorded = false;
     let result = (|| {
         if let Ok(dev) = BlockDev::of_path(dest) {
             if (dev.major, dev.minor) == (info.major, info.minor) {
@@ -346,9 +590,49 @@ pub fn run_move(
             (origin.major, origin.minor) == (destination.major, destination.minor),
         )
         .map_err(|e| Error::Usage(format!("{e}")))?;
+        let dest_is_new = created.image.is_some();
+        let metadata = if opts.no_metadata {
+            None
+        } else {
+            let needed = crate::metadata::size_for(original.length, options.region_sectors());
+            let (dev, path) = prepare_metadata(
+                name,
+                dest,
+                dest_is_new,
+                opts.metadata.as_deref(),
+                needed,
+                &mut created,
+            )?;
+            if [
+                (origin.major, origin.minor),
+                (destination.major, destination.minor),
+            ]
+            .contains(&(dev.major, dev.minor))
+            {
+                return Err(Error::Usage(format!(
+                    "metadata {} is the origin or the destination",
+                    path.display()
+                )));
+            }
+            MoveRecord {
+                name: name.to_string(),
+                length: original.length,
+                origin: origin_path(&origin),
+                destination: dest.to_path_buf(),
+                metadata: path,
+                metadata_created: created.meta_image.is_some(),
+                region_size: opts.region_size,
+                depth: opts.depth,
+                rate: opts.rate,
+                keep_source: opts.keep_source,
+            }
+            .write()?;
+            recorded = true;
+            Some(dev)
+        };
         let mut params = format!("{} {}", origin.number(), destination.number());
         options
-            .write(&mut params)
+            .write(&mut params, &metadata.map_or(String::new(), |m| m.number()))
             .map_err(|_| Error::Failed("table text".into()))?;
         let migrate = TableLine {
             start: 0,
@@ -359,40 +643,7 @@ pub fn run_move(
         let started = Instant::now();
         destination_in_use = true;
         let mut longest = swap_table(&dm, name, &[migrate])?;
-        let sysfs = PathBuf::from(format!(
-            "/sys/dev/block/{}:{}/migrate",
-            info.major, info.minor
-        ));
-        let bar = progress_bar(opts.no_progress, bytes);
-        let outcome = loop {
-            if stop.load(Ordering::Relaxed) {
-                break Err(Error::Failed("interrupted".into()));
-            }
-            let state = counter(&sysfs, "state").unwrap_or_default();
-            if let Some(bar) = &bar {
-                let copied = counter(&sysfs, "copied_bytes")
-                    .and_then(|s| s.parse().ok())
-                    .unwrap_or(0);
-                let rate = counter(&sysfs, "rate_kibps").unwrap_or_default();
-                bar.set_position(copied);
-                bar.set_message(format!("{state} {rate} KiB/s"));
-            }
-            match state.as_str() {
-                "switched" => break Ok(()),
-                "failed" | "cancelled" => {
-                    let status = dm
-                        .status(name)?
-                        .first()
-                        .map(|l| l.params.clone())
-                        .unwrap_or_default();
-                    break Err(Error::Failed(format!("the migration {state}: {status}")));
-                }
-                _ => std::thread::sleep(Duration::from_millis(200)),
-            }
-        };
-        if let Some(bar) = &bar {
-            bar.finish_and_clear();
-        }
+        let outcome = wait_for_switch(&dm, name, opts.no_progress, bytes, &stop);
         if let Err(e) = outcome {
             match settle(&dm, name)? {
                 // Back to the original table: the migration is over without a switch, so the
@@ -400,6 +651,8 @@ pub fn run_move(
                 Holder::Origin => {
                     swap_table(&dm, name, std::slice::from_ref(&original))?;
                     destination_in_use = false;
+                    created.remove_metadata();
+                    MoveRecord::remove(name);
                     return Err(e);
                 }
                 // It switched before it could be stopped: only the destination has the writes
@@ -414,6 +667,9 @@ pub fn run_move(
             ..original.clone()
         };
         longest = longest.max(swap_table(&dm, name, &[linear])?);
+        // No table uses the metadata any more.
+        created.remove_metadata();
+        MoveRecord::remove(name);
         let seconds = started.elapsed().as_secs_f64();
         Ok((destination, seconds, longest))
     })();
@@ -425,8 +681,14 @@ pub fn run_move(
                     "dmmig: '{name}' may still use {}: it is left in place (see 'dmmig table {name}')",
                     dest.display()
                 );
+                if recorded {
+                    eprintln!("dmmig: to finish the move later: dmmig recover {name}");
+                }
             } else {
                 created.undo();
+                if recorded {
+                    MoveRecord::remove(name);
+                }
             }
             return Err(e);
         }
@@ -458,6 +720,175 @@ pub fn run_move(
         bytes,
         seconds,
         mean_mib_per_s: bytes as f64 / (1 << 20) as f64 / seconds.max(1e-9),
+        longest_pause_ms: longest.as_secs_f64() * 1000.0,
+        removed_image,
+    })
+}
+
+/// Options of `dmmig recover`; what is not given comes from the record `move` left.
+#[derive(Debug, Clone, Default)]
+pub struct RecoverOptions {
+    pub origin: Option<PathBuf>,
+    pub destination: Option<PathBuf>,
+    pub metadata: Option<PathBuf>,
+    pub no_progress: bool,
+}
+
+/// The loop device an image file is attached to, if any.
+fn loop_of(image: &Path) -> Option<PathBuf> {
+    let image = fs::canonicalize(image).ok()?;
+    fs::read_dir("/sys/block")
+        .ok()?
+        .flatten()
+        .find_map(|entry| {
+            let backing = fs::read_to_string(entry.path().join("loop/backing_file")).ok()?;
+            (Path::new(backing.trim_end()) == image)
+                .then(|| PathBuf::from("/dev").join(entry.file_name()))
+        })
+}
+
+/// A block device, or an image file attached to a loop device (again, after a reboot). Returns
+/// the device and the loop device this attached, if any.
+fn open_device(path: &Path) -> Result<(BlockDev, Option<PathBuf>)> {
+    let meta = fs::metadata(path).map_err(|e| Error::Usage(format!("{}: {e}", path.display())))?;
+    if meta.file_type().is_block_device() {
+        return Ok((BlockDev::of_path(path)?, None));
+    }
+    if let Some(dev) = loop_of(path) {
+        return Ok((BlockDev::of_path(&dev)?, None));
+    }
+    let dev = attach_loop(path)?;
+    Ok((BlockDev::of_path(&dev)?, Some(dev)))
+}
+
+fn detach(dev: &Path) {
+    if let Ok(l) = loopdev::LoopDevice::open(dev) {
+        let _ = l.detach();
+    }
+}
+
+/// Loads `table` on `name`, creating the device if it does not exist (after a reboot).
+fn put_table(dm: &Dm, name: &str, table: &[TableLine]) -> Result<Duration> {
+    if dm.info(name).is_ok() {
+        swap_table(dm, name, table)
+    } else {
+        dm.create(name, Some(table))?;
+        // Without udev nothing else makes /dev/mapper/NAME.
+        if !crate::nodes::udev_running() {
+            let info = dm.info(name)?;
+            crate::nodes::ensure_node(name, info.major, info.minor)?;
+        }
+        Ok(Duration::ZERO)
+    }
+}
+
+/// Finishes a move after a crash or reboot from what its metadata records: a switched move
+/// gets its linear table on the destination at once; any other loads the migrate table again,
+/// which resumes the copy where the metadata says, and then swaps. The old image is unlinked
+/// and the metadata removed as `move` would have.
+pub fn run_recover(name: &str, opts: &RecoverOptions, stop: Arc<AtomicBool>) -> Result<Summary> {
+    let record = MoveRecord::read(name);
+    let pick = |given: &Option<PathBuf>, what: &str, from: fn(&MoveRecord) -> &PathBuf| {
+        given
+            .clone()
+            .or_else(|| record.as_ref().ok().map(|r| from(r).clone()))
+            .ok_or_else(|| match &record {
+                Err(e) => Error::Usage(format!("{e}: no --{what}")),
+                Ok(_) => Error::Usage(format!("no --{what}")),
+            })
+    };
+    let origin_path = pick(&opts.origin, "origin", |r| &r.origin)?;
+    let dest_path = pick(&opts.destination, "dest", |r| &r.destination)?;
+    let meta_path = pick(&opts.metadata, "metadata", |r| &r.metadata)?;
+    let record = record.ok();
+    let inspection = crate::metadata::inspect(&meta_path)?;
+    let switched = inspection.phase() == Some(dm_migrate_engine::metadata::Phase::Switched);
+    let length = match (inspection.phase(), &record) {
+        (Some(_), _) => inspection.target_sectors,
+        (None, Some(r)) => r.length,
+        (None, None) => {
+            return Err(Error::Usage(format!(
+                "{} is blank and there is no record of the move: nothing to recover",
+                meta_path.display()
+            )))
+        }
+    };
+    let dm = Dm::open()?;
+    let _lock = lock(name)?;
+    let (destination, _) = open_device(&dest_path)?;
+    let (meta, meta_loop) = open_device(&meta_path)?;
+    let (origin, origin_loop) = open_device(&origin_path)?;
+    let started = Instant::now();
+    let mut longest = Duration::ZERO;
+    if !switched {
+        let options = Options {
+            region_size: record
+                .as_ref()
+                .and_then(|r| r.region_size)
+                .or((inspection.region_sectors > 0).then_some(inspection.region_sectors)),
+            copy_depth: record.as_ref().and_then(|r| r.depth),
+            rate: record.as_ref().and_then(|r| r.rate),
+            metadata: true,
+            ..Options::default()
+        };
+        let mut params = format!("{} {}", origin.number(), destination.number());
+        options
+            .write(&mut params, &meta.number())
+            .map_err(|_| Error::Failed("table text".into()))?;
+        let migrate = TableLine {
+            start: 0,
+            length,
+            target_type: "migrate".into(),
+            params,
+        };
+        longest = put_table(&dm, name, &[migrate])?;
+        if let Err(e) = wait_for_switch(&dm, name, opts.no_progress, length * SECTOR_SIZE, &stop) {
+            if let Holder::Origin = settle(&dm, name)? {
+                let linear = TableLine {
+                    start: 0,
+                    length,
+                    target_type: "linear".into(),
+                    params: format!("{} 0", origin.number()),
+                };
+                swap_table(&dm, name, &[linear])?;
+                eprintln!("dmmig: the recovered migration ended on the origin: '{name}' is on it");
+                return Err(e);
+            }
+        }
+    }
+    let linear = TableLine {
+        start: 0,
+        length,
+        target_type: "linear".into(),
+        params: format!("{} 0", destination.number()),
+    };
+    longest = longest.max(put_table(&dm, name, &[linear])?);
+    let seconds = started.elapsed().as_secs_f64();
+    // The move is done: retire the origin and the metadata as `move` would have.
+    let keep_source = record.as_ref().is_some_and(|r| r.keep_source);
+    let mut removed_image = None;
+    if let Some(dev) = origin_loop.or_else(|| loop_of(&origin_path)) {
+        detach(&dev);
+    }
+    if !keep_source
+        && fs::metadata(&origin_path).is_ok_and(|m| m.is_file())
+        && fs::remove_file(&origin_path).is_ok()
+    {
+        removed_image = Some(origin_path.display().to_string());
+    }
+    if let Some(dev) = meta_loop.or_else(|| loop_of(&meta_path)) {
+        detach(&dev);
+    }
+    if record.as_ref().is_some_and(|r| r.metadata_created) {
+        let _ = fs::remove_file(&meta_path);
+    }
+    MoveRecord::remove(name);
+    Ok(Summary {
+        device: name.to_string(),
+        destination: dest_path.display().to_string(),
+        bytes: length * SECTOR_SIZE,
+        seconds,
+        mean_mib_per_s: (length * SECTOR_SIZE) as f64 / (1 << 20) as f64 / seconds.max(1e-9),
         longest_pause_ms: longest.as_secs_f64() * 1000.0,
         removed_image,
     })
