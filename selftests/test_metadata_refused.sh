@@ -61,4 +61,9 @@ dmsetup message "$DEV_PREFIX-mig" 0 rate 0 || fail "rate failed"
 wait_state mig switched
 dmsetup remove "$DEV_PREFIX-mig" || fail "remove failed"
 same_bytes "$origin" "$dest"
+# Switched metadata: the origin is frozen from the switch on, and must be the one it left.
+expect_reject "0 $len migrate $other_origin $other_dest 2 metadata $meta" \
+	"Metadata is for another pair: it switched away from another origin"
+dm_create mig "$table" || fail "the right pair was refused after the switch"
+[ "$(migrate_state mig)" = switched ] || fail "not switched: $(dmsetup status "$DEV_PREFIX-mig")"
 pass

@@ -770,7 +770,11 @@ impl Engine {
         match handover {
             Handover::Continued => Ok(()),
             Handover::StartedOver => store.reset(device),
-            Handover::Switched => store.write_phase(device, Phase::Switched, None),
+            Handover::Switched => {
+                let sample = store.sample_origin(&self.origin).ok();
+                store.set_origin_sample(sample);
+                store.write_phase(device, Phase::Switched, None)
+            }
         }
     }
 
@@ -834,11 +838,11 @@ impl Engine {
                 store.next[word] = tracker.copied_word(word);
             }
             if quiesced {
-                intent.clear_all();
+                intent.start_clear_all();
             } else {
                 intent.start_clear();
             }
-            (migration.intent_epochs.flip(), intent.is_clearing() || quiesced)
+            (migration.intent_epochs.flip(), intent.is_clearing())
         };
         // Also when there is nothing to write: a flip must be drained before the next one.
         self.drain_epochs(&migration.intent_epochs, epoch);
@@ -947,11 +951,23 @@ impl Engine {
             // alone, and no failure or cancel slips in between.
             let mut meta = migration.meta.lock();
             if let (Some(store), Some(device)) = (meta.as_mut(), &self.metadata) {
-                if migration.shared.lock().tracker.is_switching()
-                    && store.write_phase(device, Phase::Switched, None).is_err()
-                {
-                    drop(meta);
-                    return self.fail(FailReason::MetadataWrite);
+                if migration.shared.lock().tracker.is_switching() {
+                    // What identifies the origin from now on, when nothing writes it any more.
+                    let sample = store.sample_origin(&self.origin).ok();
+                    store.set_origin_sample(sample);
+                    if store.write_phase(device, Phase::Switched, None).is_err() {
+                        if !store.first_copy_written() {
+                            drop(meta);
+                            return self.fail(FailReason::MetadataWrite);
+                        }
+                        // Copy 0 says switched, with the higher generation: a load would act on
+                        // it, so the target must too (the destination is complete: drained,
+                        // flushed). Failing to the origin would strand the writes from now on.
+                        pr_err!(
+                            "{}: Only one superblock copy records the switch; switching\n",
+                            self.handle.device_name()
+                        );
+                    }
                 }
             }
             let mut shared = migration.shared.lock();

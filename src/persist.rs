@@ -12,8 +12,9 @@
 use crate::dm::copy::{MetaBlock, META_BLOCK_SIZE};
 use crate::dm::device::Device;
 use crate::engine::metadata::{
-    decode_bitmap_block, encode_bitmap_block, pending_word, BitmapKind, Identity, Layout,
-    MetadataError, Phase, Superblock, BLOCK_SIZE, SUPERBLOCK_COPIES, WORDS_PER_BLOCK,
+    crc32c_update, decode_bitmap_block, encode_bitmap_block, pending_word, sample_regions,
+    BitmapKind, Identity, Layout, MetadataError, Phase, Superblock, BLOCK_SIZE,
+    SUPERBLOCK_COPIES, WORDS_PER_BLOCK,
 };
 use crate::engine::state::FailReason;
 use crate::engine::SECTOR_SIZE;
@@ -48,6 +49,8 @@ pub(crate) struct MetaStore {
     disk_intent: KVVec<u64>,
     /// What the next bitmap write puts there, filled by the caller.
     pub(crate) next: KVVec<u64>,
+    /// See [`MetaStore::first_copy_written`].
+    first_copy_written: bool,
 }
 
 fn alloc_words(words: usize) -> Result<KVVec<u64>, MetadataError> {
@@ -80,6 +83,7 @@ impl MetaStore {
                 fail_reason: None,
                 format_id,
                 identity,
+                origin_sample: None,
             },
             layout,
             block: MetaBlock::new().map_err(|_| MetadataError::ReadError)?,
@@ -87,6 +91,7 @@ impl MetaStore {
             disk_copied: alloc_words(words)?,
             disk_intent: alloc_words(words)?,
             next: alloc_words(words)?,
+            first_copy_written: false,
         };
         let mut copies = [Ok(crate::engine::metadata::SuperblockCopy::Blank); 2];
         for (copy, slot) in copies.iter_mut().enumerate() {
@@ -101,7 +106,15 @@ impl MetaStore {
         superblock.check(&identity, metadata.sectors())?;
         store.superblock = superblock;
         match superblock.phase {
-            Phase::Switched => Ok((store, Loaded::Switched)),
+            Phase::Switched => {
+                // The origin is frozen from the switch on: it must be the one the switch saw.
+                if let Some(expected) = superblock.origin_sample {
+                    if store.sample_origin(origin)? != expected {
+                        return Err(MetadataError::SwitchedFromAnotherOrigin);
+                    }
+                }
+                Ok((store, Loaded::Switched))
+            }
             Phase::Failed | Phase::Cancelled => {
                 store.reset(metadata)?;
                 Ok((store, Loaded::StartedOver))
@@ -204,6 +217,29 @@ impl MetaStore {
         Ok(())
     }
 
+    /// A checksum of the first bytes (up to 4 KiB) of the origin's sample regions.
+    pub(crate) fn sample_origin(&mut self, origin: &Device) -> Result<u32, MetadataError> {
+        let identity = self.superblock.identity;
+        let region_bytes = identity.region_sectors * SECTOR_SIZE;
+        let mut crc = !0;
+        for region in sample_regions(identity.nr_regions()) {
+            let sector = region * identity.region_sectors;
+            if sector + BLOCK_SIZE as u64 / SECTOR_SIZE > origin.sectors() {
+                continue;
+            }
+            self.read(origin, sector)?;
+            let left = (identity.target_sectors - sector) * SECTOR_SIZE;
+            let len = region_bytes.min(left).min(BLOCK_SIZE as u64) as usize;
+            crc = crc32c_update(crc, &self.buf[..len]);
+        }
+        Ok(!crc)
+    }
+
+    /// Sets the origin sample the next `switched` phase records.
+    pub(crate) fn set_origin_sample(&mut self, sample: Option<u32>) {
+        self.superblock.origin_sample = sample;
+    }
+
     /// Formats a blank device: clean bitmaps, then the superblock.
     fn format(&mut self, device: &Device) -> Result<(), MetadataError> {
         self.write_zero_bitmaps(device)?;
@@ -246,15 +282,26 @@ impl MetaStore {
         superblock.generation += 1;
         superblock.phase = phase;
         superblock.fail_reason = fail_reason;
+        if phase != Phase::Switched {
+            superblock.origin_sample = None;
+        }
         // A generation is used once, also when its write fails half-way: the next phase never
         // ties with a copy of this one.
         self.superblock.generation = superblock.generation;
+        self.first_copy_written = false;
         for copy in 0..SUPERBLOCK_COPIES {
             superblock.encode(&mut self.buf);
             self.write_block(device, Layout::superblock_sector(copy))?;
+            self.first_copy_written = true;
         }
         self.superblock = superblock;
         Ok(())
+    }
+
+    /// Whether the last [`MetaStore::write_phase`] wrote superblock copy 0 (which then wins a
+    /// load, with its higher generation), also if it failed after.
+    pub(crate) fn first_copy_written(&self) -> bool {
+        self.first_copy_written
     }
 
     /// Word `word` of the pending bitmap a load found: copied regions with no intent are done.

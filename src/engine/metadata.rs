@@ -140,6 +140,19 @@ pub struct Superblock {
     pub format_id: u64,
     /// The migration the metadata describes.
     pub identity: Identity,
+    /// For a switched migration: a checksum of the origin's sample regions
+    /// ([`sample_regions`]) taken at the switch, after which nothing writes the origin; a load
+    /// compares it with the origin it is given. `None` when there is none.
+    pub origin_sample: Option<u32>,
+}
+
+/// How many regions [`sample_regions`] picks.
+pub const SAMPLE_REGIONS: u64 = 8;
+
+/// The regions whose first bytes identify a device pair: spread evenly over the target.
+pub fn sample_regions(nr_regions: u64) -> impl Iterator<Item = u64> {
+    let n = nr_regions.min(SAMPLE_REGIONS);
+    (0..n).map(move |i| i * nr_regions / n.max(1))
 }
 
 /// Why metadata was refused, each with the reason the kernel log gives.
@@ -166,6 +179,8 @@ pub enum MetadataError {
     /// A region the metadata says is copied differs on the two devices: they are not the pair
     /// the metadata was written for.
     ContentMismatch,
+    /// The origin's sample regions differ from those the switch recorded.
+    SwitchedFromAnotherOrigin,
     /// Reading the metadata device failed.
     ReadError,
     /// Writing the metadata device failed.
@@ -190,6 +205,9 @@ impl MetadataError {
             Self::DestinationMismatch => c"Metadata is for a destination of another size",
             Self::ContentMismatch => {
                 c"Metadata is for another pair: a region it says is copied differs"
+            }
+            Self::SwitchedFromAnotherOrigin => {
+                c"Metadata is for another pair: it switched away from another origin"
             }
             Self::ReadError => c"Error reading the metadata device",
             Self::WriteError => c"Error writing the metadata device",
@@ -258,7 +276,7 @@ const CRC32C_TABLE: [u32; 256] = {
 };
 
 /// Continues a crc32c over `bytes`; start from `!0` and invert the result, as [`crc32c`] does.
-fn crc32c_update(mut crc: u32, bytes: &[u8]) -> u32 {
+pub fn crc32c_update(mut crc: u32, bytes: &[u8]) -> u32 {
     for &b in bytes {
         crc = CRC32C_TABLE[((crc ^ u32::from(b)) & 0xff) as usize] ^ (crc >> 8);
     }
@@ -303,7 +321,9 @@ const SB_REGION_SECTORS: usize = 48;
 const SB_ORIGIN_SECTORS: usize = 56;
 const SB_DESTINATION_SECTORS: usize = 64;
 const SB_BITMAP_BLOCKS: usize = 72;
-const SB_END: usize = 80;
+const SB_SAMPLED: usize = 80;
+const SB_ORIGIN_SAMPLE: usize = 84;
+const SB_END: usize = 88;
 
 fn fail_reason_code(reason: Option<FailReason>) -> u32 {
     match reason {
@@ -360,6 +380,10 @@ impl Superblock {
             SB_BITMAP_BLOCKS,
             Layout::new(self.identity.nr_regions()).bitmap_blocks,
         );
+        if let Some(sample) = self.origin_sample {
+            put_u32(buf, SB_SAMPLED, 1);
+            put_u32(buf, SB_ORIGIN_SAMPLE, sample);
+        }
         let crc = crc32c(&buf[..]);
         put_u32(buf, SB_CRC, crc);
     }
@@ -393,6 +417,7 @@ impl Superblock {
         if !identity.region_sectors.is_power_of_two()
             || identity.target_sectors == 0
             || get_u64(buf, SB_BITMAP_BLOCKS) != Layout::new(identity.nr_regions()).bitmap_blocks
+            || get_u32(buf, SB_SAMPLED) > 1
             || buf[SB_END..].iter().any(|&b| b != 0)
         {
             return Err(MetadataError::BadSuperblock);
@@ -403,6 +428,7 @@ impl Superblock {
             fail_reason,
             format_id: get_u64(buf, SB_FORMAT_ID),
             identity,
+            origin_sample: (get_u32(buf, SB_SAMPLED) == 1).then(|| get_u32(buf, SB_ORIGIN_SAMPLE)),
         }))
     }
 
@@ -676,10 +702,19 @@ impl<B: core::ops::DerefMut<Target = [u64]>> IntentLog<B> {
         self.nr_wanted = 0;
     }
 
-    /// Everything clean, for a quiesced device (no write in flight, destination flushed).
-    pub fn clear_all(&mut self) {
-        for b in [&mut self.durable, &mut self.clearing, &mut self.touched] {
-            b.fill(0);
+    /// Starts a clear of every durable region, touched or not: for a quiesced device (at
+    /// suspend), where no write is in flight. The rest is as [`IntentLog::start_clear`]: until
+    /// [`IntentLog::cleared`], after the flushes, the disk keeps the bits.
+    pub fn start_clear_all(&mut self) {
+        for ((d, c), t) in self
+            .durable
+            .iter_mut()
+            .zip(self.clearing.iter_mut())
+            .zip(self.touched.iter_mut())
+        {
+            *c |= *d;
+            *d = 0;
+            *t = 0;
         }
     }
 
@@ -720,6 +755,7 @@ mod tests {
             fail_reason: None,
             format_id: 0x1234_5678_9abc_def0,
             identity: identity(),
+            origin_sample: None,
         }
     }
 
@@ -742,6 +778,17 @@ mod tests {
         assert_eq!(
             Superblock::decode(0, &encoded(&sb)),
             Ok(SuperblockCopy::Valid(sb))
+        );
+        let mut sb = superblock(8, Phase::Switched);
+        sb.origin_sample = Some(0);
+        assert_eq!(
+            Superblock::decode(0, &encoded(&sb)),
+            Ok(SuperblockCopy::Valid(sb))
+        );
+        assert_eq!(sample_regions(3).collect::<Vec<_>>(), [0, 1, 2]);
+        assert_eq!(
+            sample_regions(80).collect::<Vec<_>>(),
+            [0, 10, 20, 30, 40, 50, 60, 70]
         );
         assert_eq!(
             Superblock::decode(1, &[0; BLOCK_SIZE]),
@@ -962,6 +1009,7 @@ mod tests {
         Send,
         SendDone,
         StartClear,
+        StartClearAll,
         DrainFlushAndClear,
     }
 
@@ -972,6 +1020,7 @@ mod tests {
             2 => Just(Op::Send),
             2 => Just(Op::SendDone),
             1 => Just(Op::StartClear),
+            1 => Just(Op::StartClearAll),
             1 => Just(Op::DrainFlushAndClear),
         ]
     }
@@ -1029,6 +1078,13 @@ mod tests {
                     Op::StartClear => {
                         if !clearing && in_write.is_none() {
                             l.start_clear();
+                            epoch += 1;
+                            clearing = true;
+                        }
+                    }
+                    Op::StartClearAll => {
+                        if !clearing && in_write.is_none() {
+                            l.start_clear_all();
                             epoch += 1;
                             clearing = true;
                         }

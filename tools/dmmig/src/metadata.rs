@@ -210,6 +210,7 @@ mod tests {
             fail_reason: None,
             format_id: 77,
             identity,
+            origin_sample: None,
         };
         let mut file = Vec::new();
         let mut block = [0u8; BLOCK_SIZE];

@@ -246,11 +246,21 @@ struct Created {
     loop_dev: Option<PathBuf>,
     meta_image: Option<PathBuf>,
     meta_loop: Option<PathBuf>,
+    /// A metadata device given with `--metadata`, wiped when the move ends.
+    meta_given: Option<PathBuf>,
 }
 
 impl Created {
-    /// Removes the metadata `move` made, once no table uses it.
-    fn remove_metadata(&mut self) {
+    /// Removes the metadata `move` made once no table uses it. A device it was given is wiped
+    /// after a rollback (nothing may resume from bits the rollback made stale), and keeps its
+    /// `switched` record after a finished move (a recover after a crash right after the swap
+    /// then still finds the disk on the destination; the next move wipes it first).
+    fn remove_metadata(&mut self, rolled_back: bool) {
+        if let Some(path) = self.meta_given.take() {
+            if rolled_back {
+                retire_metadata(&path, None, false);
+            }
+        }
         if let Some(dev) = self.meta_loop.take() {
             if let Ok(l) = loopdev::LoopDevice::open(&dev) {
                 let _ = l.detach();
@@ -262,7 +272,7 @@ impl Created {
     }
 
     fn undo(&mut self) {
-        self.remove_metadata();
+        self.remove_metadata(true);
         if let Some(dev) = self.loop_dev.take() {
             if let Ok(l) = loopdev::LoopDevice::open(&dev) {
                 let _ = l.detach();
@@ -335,6 +345,7 @@ fn prepare_metadata(
             std::io::Write::write_all(&mut file, &[0u8; 8192])
                 .and_then(|_| file.sync_all())
                 .map_err(|e| Error::Failed(format!("cannot wipe {}: {e}", path.display())))?;
+            created.meta_given = Some(path.clone());
             Ok((dev, path))
         }
         Ok(_) => Err(Error::Usage(format!(
@@ -651,7 +662,7 @@ pub fn run_move(
                 Holder::Origin => {
                     swap_table(&dm, name, std::slice::from_ref(&original))?;
                     destination_in_use = false;
-                    created.remove_metadata();
+                    created.remove_metadata(true);
                     MoveRecord::remove(name);
                     return Err(e);
                 }
@@ -668,7 +679,7 @@ pub fn run_move(
         };
         longest = longest.max(swap_table(&dm, name, &[linear])?);
         // No table uses the metadata any more.
-        created.remove_metadata();
+        created.remove_metadata(false);
         MoveRecord::remove(name);
         let seconds = started.elapsed().as_secs_f64();
         Ok((destination, seconds, longest))
@@ -767,6 +778,47 @@ fn detach(dev: &Path) {
     }
 }
 
+/// Retires a move's metadata once the move has ended: a file `move` made is detached and
+/// removed; a device given with `--metadata` is wiped (its superblocks zeroed), so that nothing
+/// later trusts bits a rollback made stale.
+fn retire_metadata(path: &Path, loop_dev: Option<PathBuf>, created: bool) {
+    if let Some(dev) = loop_dev.or_else(|| loop_of(path)) {
+        detach(&dev);
+    }
+    if created {
+        let _ = fs::remove_file(path);
+    } else if let Ok(mut file) = OpenOptions::new().write(true).open(path) {
+        let _ = std::io::Write::write_all(&mut file, &[0u8; 8192]).and_then(|_| file.sync_all());
+    }
+}
+
+/// Refuses to recover over a table that is neither absent, nor the move's own migrate table,
+/// nor its final linear: whatever the device runs may have taken writes the metadata knows
+/// nothing about (a boot script that brought the disk back on its origin, say).
+fn check_live_table(dm: &Dm, name: &str, destination: &BlockDev) -> Result<()> {
+    if dm.info(name).is_err() {
+        return Ok(());
+    }
+    let table = dm.table(name)?;
+    let dest = destination.number();
+    let ours = match table.as_slice() {
+        [line] if line.target_type == "migrate" => {
+            line.params.split(' ').nth(1) == Some(dest.as_str())
+        }
+        [line] if line.target_type == "linear" => line.params == format!("{dest} 0"),
+        _ => false,
+    };
+    if ours {
+        return Ok(());
+    }
+    let text: Vec<String> = table.iter().map(|l| l.to_string()).collect();
+    Err(Error::Usage(format!(
+        "'{name}' runs another table ({}): it may hold writes the metadata does not know of; \
+         remove the device (or load the move's table) before recovering",
+        text.join("; ")
+    )))
+}
+
 /// Loads `table` on `name`, creating the device if it does not exist (after a reboot).
 fn put_table(dm: &Dm, name: &str, table: &[TableLine]) -> Result<Duration> {
     if dm.info(name).is_ok() {
@@ -816,11 +868,23 @@ pub fn run_recover(name: &str, opts: &RecoverOptions, stop: Arc<AtomicBool>) -> 
     let dm = Dm::open()?;
     let _lock = lock(name)?;
     let (destination, _) = open_device(&dest_path)?;
+    if inspection.phase().is_some() && destination.sectors != inspection.destination_sectors {
+        return Err(Error::Usage(format!(
+            "{} has {} sectors; the metadata is for a destination of {}: not this move's",
+            dest_path.display(),
+            destination.sectors,
+            inspection.destination_sectors
+        )));
+    }
+    check_live_table(&dm, name, &destination)?;
     let (meta, meta_loop) = open_device(&meta_path)?;
-    let (origin, origin_loop) = open_device(&origin_path)?;
+    // A switched move does not need its origin (its image may be gone already).
+    let mut origin_loop = None;
     let started = Instant::now();
     let mut longest = Duration::ZERO;
     if !switched {
+        let (origin, attached) = open_device(&origin_path)?;
+        origin_loop = attached;
         let options = Options {
             region_size: record
                 .as_ref()
@@ -852,6 +916,13 @@ pub fn run_recover(name: &str, opts: &RecoverOptions, stop: Arc<AtomicBool>) -> 
                 };
                 swap_table(&dm, name, &[linear])?;
                 eprintln!("dmmig: the recovered migration ended on the origin: '{name}' is on it");
+                // Over, as a rolled-back move: nothing may resume from this metadata later.
+                MoveRecord::remove(name);
+                retire_metadata(
+                    &meta_path,
+                    meta_loop,
+                    record.as_ref().is_some_and(|r| r.metadata_created),
+                );
                 return Err(e);
             }
         }
@@ -864,7 +935,15 @@ pub fn run_recover(name: &str, opts: &RecoverOptions, stop: Arc<AtomicBool>) -> 
     };
     longest = longest.max(put_table(&dm, name, &[linear])?);
     let seconds = started.elapsed().as_secs_f64();
-    // The move is done: retire the origin and the metadata as `move` would have.
+    // The move is done: retire the record and the metadata, then the origin, as `move` would
+    // have (in that order: a recover after a crash in between needs no origin once switched).
+    MoveRecord::remove(name);
+    if let Some(dev) = meta_loop.or_else(|| loop_of(&meta_path)) {
+        detach(&dev);
+    }
+    if record.as_ref().is_some_and(|r| r.metadata_created) {
+        let _ = fs::remove_file(&meta_path);
+    }
     let keep_source = record.as_ref().is_some_and(|r| r.keep_source);
     let mut removed_image = None;
     if let Some(dev) = origin_loop.or_else(|| loop_of(&origin_path)) {
@@ -876,13 +955,6 @@ pub fn run_recover(name: &str, opts: &RecoverOptions, stop: Arc<AtomicBool>) -> 
     {
         removed_image = Some(origin_path.display().to_string());
     }
-    if let Some(dev) = meta_loop.or_else(|| loop_of(&meta_path)) {
-        detach(&dev);
-    }
-    if record.as_ref().is_some_and(|r| r.metadata_created) {
-        let _ = fs::remove_file(&meta_path);
-    }
-    MoveRecord::remove(name);
     Ok(Summary {
         device: name.to_string(),
         destination: dest_path.display().to_string(),
