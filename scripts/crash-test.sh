@@ -116,8 +116,8 @@ if [ -n "$report" ]; then
 		echo
 		echo "$kills QEMU kills (SIGKILL) during \`dmmig move\` of a ${mib} MiB disk (virtio, host files) at 4 MiB/s,"
 		echo "under a verifying writer on the first half; each followed by a boot, \`dmmig recover\`, and a check"
-		echo "of every block against the writer's log of acknowledged writes. The destination's metadata"
-		echo "phase is as \`dmmig inspect\` read it before the recovery. Kernel $(cat "$kdir/include/config/kernel.release"), TCG, 2 CPUs."
+		echo "of every block against the writer's log of acknowledged writes. The metadata"
+		echo "phase and counts are as \`dmmig inspect\` read them before the recovery. Kernel $(cat "$kdir/include/config/kernel.release"), TCG, 2 CPUs."
 		echo
 		cat "$work/table.md"
 	} >"$report"
