@@ -379,8 +379,8 @@ mdev=/dev/ram2
 wipe_meta() { dd if=/dev/zero of=$mdev bs=1M count=1 oflag=direct status=none; }
 synced_table() {
 	case $1 in
-	migrate) echo "0 $sectors migrate $src $dst 2 no_switch" ;;
-	migrate+metadata) echo "0 $sectors migrate $src $dst 4 metadata $mdev no_switch" ;;
+	migrate) echo "0 $sectors migrate $src $dst 1 no_switch" ;;
+	migrate+metadata) echo "0 $sectors migrate $src $dst 3 metadata $mdev no_switch" ;;
 	mirror-core) echo "0 $sectors mirror core 1 1024 2 $src 0 $dst 0" ;;
 	mirror-disk) echo "0 $sectors mirror disk 2 $mdev 1024 2 $src 0 $dst 0" ;;
 	esac
@@ -425,7 +425,7 @@ rm -f "$out/bench.jsonl.median"
 # commit interval more) and loaded again, time to sync, against the same copy from scratch.
 wipe_meta
 t0=$(now)
-dmsetup create bench --table "0 $sectors migrate $src $dst 4 metadata $mdev no_switch"
+dmsetup create bench --table "0 $sectors migrate $src $dst 3 metadata $mdev no_switch"
 until in_sync migrate; do sleep 0.05; done
 scratch=$(elapsed "$t0")
 dmsetup remove bench
@@ -437,7 +437,7 @@ until [ "$(dmsetup status bench | awk '{ split($5, f, "/"); print f[1] }')" -ge 
 done
 dmsetup remove bench
 t0=$(now)
-dmsetup create bench --table "0 $sectors migrate $src $dst 4 metadata $mdev no_switch"
+dmsetup create bench --table "0 $sectors migrate $src $dst 3 metadata $mdev no_switch"
 resumed=$(dmsetup status bench | awk '{ split($5, f, "/"); print f[1] }')
 until in_sync migrate; do sleep 0.05; done
 resume=$(elapsed "$t0")
