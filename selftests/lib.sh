@@ -89,6 +89,14 @@ make_loop() {
 	printf -v "$var" '%s' "$dev"
 }
 
+# make_metadata VAR [SIZE_MIB]: a loop device of SIZE_MIB (1) of zeros, a blank metadata device.
+make_metadata() {
+	local var=$1 size=${2:-1}
+	make_loop "$var" "$size"
+	dd if=/dev/zero of="${!var}" bs=1M count="$size" oflag=direct status=none ||
+		fail "cannot zero ${!var}"
+}
+
 # make_nullb VAR SIZE_MIB [ATTR=VALUE...]: creates a memory-backed null_blk device through configfs
 # (multi-queue, with one poll queue unless the attributes say otherwise), fills it with random
 # bytes and stores its path in VAR. null_blk completes bios from its own queues, so unlike brd it

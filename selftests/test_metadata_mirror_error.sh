@@ -10,8 +10,7 @@
 load_migrate
 make_loop origin 16
 make_loop dest 16
-make_loop meta 1
-dd if=/dev/zero of="$meta" bs=1M count=1 oflag=direct status=none || fail "cannot zero $meta"
+make_metadata meta
 len=$(sectors "$origin")
 # Origin reads take 2 s (the copier's), writes none; the destination can be made to fail.
 dm_create lo "0 $len delay $origin 0 2000 $origin 0 0" || fail "cannot create the slow origin"

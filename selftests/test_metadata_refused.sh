@@ -11,9 +11,8 @@ make_loop origin 16
 make_loop dest 16
 make_loop other_origin 16
 make_loop other_dest 16
-make_loop meta 1
+make_metadata meta
 make_loop tiny 1
-dd if=/dev/zero of="$meta" bs=1M count=1 oflag=direct status=none || fail "cannot zero $meta"
 len=$(sectors "$origin")
 table="0 $len migrate $origin $dest 4 metadata $meta rate 2048"
 # Half a copy recorded on the metadata device (the removal commits it).

@@ -7,8 +7,7 @@
 load_migrate
 make_loop origin 16
 make_loop dest 16
-make_loop meta 1
-dd if=/dev/zero of="$meta" bs=1M count=1 oflag=direct status=none || fail "cannot zero $meta"
+make_metadata meta
 len=$(sectors "$origin")
 mlen=$(sectors "$meta")
 dm_create lm "0 $mlen linear $meta 0" || fail "cannot create the metadata device"

@@ -8,8 +8,7 @@ command -v fio >/dev/null || skip "fio is not installed"
 load_migrate
 make_loop origin 32
 make_loop dest 32
-make_loop meta 1
-dd if=/dev/zero of="$meta" bs=1M count=1 oflag=direct status=none || fail "cannot zero $meta"
+make_metadata meta
 len=$(sectors "$origin")
 mlen=$(sectors "$meta")
 dm_create md "0 $mlen linear $meta 0" || fail "cannot create the metadata device"

@@ -426,17 +426,7 @@ fn prepare_destination(dest: &Path, bytes: u64, created: &mut Created) -> Result
             created.image = Some(dest.to_path_buf());
             file.set_len(bytes)
                 .map_err(|e| Error::Failed(format!("cannot size {}: {e}", dest.display())))?;
-            let control = loopdev::LoopControl::open()
-                .map_err(|e| Error::Failed(format!("cannot open /dev/loop-control: {e}")))?;
-            let device = control
-                .next_free()
-                .map_err(|e| Error::Failed(format!("no free loop device: {e}")))?;
-            device
-                .attach_file(dest)
-                .map_err(|e| Error::Failed(format!("cannot attach {}: {e}", dest.display())))?;
-            let path = device
-                .path()
-                .ok_or_else(|| Error::Failed("loop device has no path".into()))?;
+            let path = attach_loop(dest)?;
             created.loop_dev = Some(path.clone());
             BlockDev::of_path(&path)
         }
