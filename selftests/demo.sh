@@ -11,6 +11,8 @@ DMMIG=${DMMIG:-$REPO_ROOT/target/debug/dmmig}
 step() { printf '\n==> %s\n' "$*"; }
 scratch=${TMPDIR:-/tmp}
 cd "$scratch"
+# dmmig move records the move for dmmig recover in /var/lib/dmmig, read-only in the VM.
+export DMMIG_STATE_DIR=$scratch/dmmig-state
 
 step "Loading dm-migrate"
 insmod "$MODULE"
