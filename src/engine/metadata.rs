@@ -706,16 +706,9 @@ impl<B: core::ops::DerefMut<Target = [u64]>> IntentLog<B> {
     /// suspend), where no write is in flight. The rest is as [`IntentLog::start_clear`]: until
     /// [`IntentLog::cleared`], after the flushes, the disk keeps the bits.
     pub fn start_clear_all(&mut self) {
-        for ((d, c), t) in self
-            .durable
-            .iter_mut()
-            .zip(self.clearing.iter_mut())
-            .zip(self.touched.iter_mut())
-        {
-            *c |= *d;
-            *d = 0;
-            *t = 0;
-        }
+        // Untouched, every durable region is chosen.
+        self.touched.fill(0);
+        self.start_clear();
     }
 
     /// The intent bitmap's word `word` as the disk must have it now: every region that may have
