@@ -771,7 +771,9 @@ impl Engine {
             Handover::Continued => Ok(()),
             Handover::StartedOver => store.reset(device),
             Handover::Switched => {
-                let sample = store.sample_origin(&self.origin).ok();
+                let sample = flush(&self.origin)
+                    .ok()
+                    .and_then(|()| store.sample_origin(&self.origin).ok());
                 store.set_origin_sample(sample);
                 store.write_phase(device, Phase::Switched, None)
             }
@@ -952,8 +954,12 @@ impl Engine {
             let mut meta = migration.meta.lock();
             if let (Some(store), Some(device)) = (meta.as_mut(), &self.metadata) {
                 if migration.shared.lock().tracker.is_switching() {
-                    // What identifies the origin from now on, when nothing writes it any more.
-                    let sample = store.sample_origin(&self.origin).ok();
+                    // What identifies the origin from now on, when nothing writes it any more;
+                    // flushed first, so that the sample is what a crash leaves there. A sample
+                    // that cannot be taken is not recorded (a load then checks none).
+                    let sample = flush(&self.origin)
+                        .ok()
+                        .and_then(|()| store.sample_origin(&self.origin).ok());
                     store.set_origin_sample(sample);
                     if store.write_phase(device, Phase::Switched, None).is_err() {
                         if !store.first_copy_written() {

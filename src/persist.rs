@@ -109,7 +109,10 @@ impl MetaStore {
             Phase::Switched => {
                 // The origin is frozen from the switch on: it must be the one the switch saw.
                 if let Some(expected) = superblock.origin_sample {
-                    if store.sample_origin(origin)? != expected {
+                    let sample = store
+                        .sample_origin(origin)
+                        .map_err(|_| MetadataError::OriginSampleUnreadable)?;
+                    if sample != expected {
                         return Err(MetadataError::SwitchedFromAnotherOrigin);
                     }
                 }

@@ -181,6 +181,8 @@ pub enum MetadataError {
     ContentMismatch,
     /// The origin's sample regions differ from those the switch recorded.
     SwitchedFromAnotherOrigin,
+    /// The origin's sample regions cannot be read to check switched metadata.
+    OriginSampleUnreadable,
     /// Reading the metadata device failed.
     ReadError,
     /// Writing the metadata device failed.
@@ -208,6 +210,9 @@ impl MetadataError {
             }
             Self::SwitchedFromAnotherOrigin => {
                 c"Metadata is for another pair: it switched away from another origin"
+            }
+            Self::OriginSampleUnreadable => {
+                c"Cannot read the origin to check switched metadata: load a linear on the destination"
             }
             Self::ReadError => c"Error reading the metadata device",
             Self::WriteError => c"Error writing the metadata device",
