@@ -5,7 +5,7 @@
 use super::bindings;
 use super::device::Device;
 use core::ptr::NonNull;
-use core::sync::atomic::{AtomicPtr, AtomicU32, AtomicU8, Ordering};
+use core::sync::atomic::{AtomicPtr, AtomicU32, AtomicU64, AtomicU8, Ordering};
 use kernel::prelude::*;
 use kernel::sync::Arc;
 
@@ -69,6 +69,8 @@ pub struct BioData {
     dest_status: AtomicU8,
     /// A value the target attaches to the bio in `map` and reads back in `end_io`.
     tag: AtomicU8,
+    /// A time the target attaches to the bio in `map` and reads back in `end_io`.
+    start_ns: AtomicU64,
     /// For a mirrored bio, the `Arc<T: MirrorDone>` from [`Bio::mirror`], as a raw pointer.
     context: AtomicPtr<core::ffi::c_void>,
 }
@@ -154,6 +156,16 @@ impl Bio {
     /// Attaches a value to the bio, read back in `end_io`.
     pub fn set_tag(&self, tag: u8) {
         self.data().tag.store(tag, Ordering::Relaxed);
+    }
+
+    /// The time attached with [`Bio::set_start_ns`], 0 if none.
+    pub fn start_ns(&self) -> u64 {
+        self.data().start_ns.load(Ordering::Relaxed)
+    }
+
+    /// Attaches a time to the bio, read back in `end_io`.
+    pub fn set_start_ns(&self, ns: u64) {
+        self.data().start_ns.store(ns, Ordering::Relaxed);
     }
 
     /// Points the bio at `device`, starting at `sector` of it; an empty flush keeps its sector.

@@ -5,9 +5,11 @@
 use super::bindings;
 use super::bio::{BioSet, Status};
 use super::device::Device;
+use super::event::Event;
 use core::ptr::NonNull;
 use kernel::page::{Page, PAGE_SIZE};
 use kernel::prelude::*;
+use kernel::sync::Arc;
 
 /// Pages the copier reads into and writes from.
 struct PageBuffer {
@@ -44,38 +46,57 @@ impl PageBuffer {
     }
 }
 
-/// One read or write through a buffer of its own, split into as many bios as it takes, and
-/// waited for. Owning the buffer, and taking one I/O between waits, makes it impossible for
-/// two I/Os to use the same pages at once, or for the pages to go while a bio uses them.
+/// What one copy I/O of an [`IoBatch`] does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CopyOp {
+    /// Reads into the buffer.
+    Read,
+    /// Writes the buffer.
+    Write,
+    /// Zeroes the range, allowing the device to unmap it; the buffer is not used.
+    WriteZeroes,
+}
+
+/// One read or write through a buffer of its own, split into as many bios as it takes. Owning
+/// the buffer, and taking one I/O between waits, makes it impossible for two I/Os to use the
+/// same pages at once, or for the pages to go while a bio uses them.
+///
+/// The I/O can be waited for ([`IoBatch::wait`]), or polled ([`IoBatch::is_done`]): its last
+/// completion signals the [`Event`] the batch was made with, so that one thread can drive many
+/// batches, each on to its next step as soon as it is done.
 ///
 /// # Invariants
 ///
 /// `ptr` comes from `migrate_io_batch_create` and is freed on drop; no bio of the batch is in
 /// flight when it is freed or when `buffer` is, because `drop` waits first. `started` says
-/// whether an I/O was submitted since the last `wait`.
+/// whether an I/O was submitted since the last `wait`. `_event` is the event the batch
+/// signals, held so that it outlives the batch.
 pub struct IoBatch {
     ptr: NonNull<bindings::migrate_io_batch>,
     buffer: PageBuffer,
     started: bool,
+    _event: Arc<Event>,
 }
 
 // SAFETY: The batch is used by one thread at a time (`&mut self`), and completions only touch
 // its atomic counter and completion.
 unsafe impl Send for IoBatch {}
-// SAFETY: No `&self` methods.
+// SAFETY: `&self` methods only read the completion, which is safe from any thread.
 unsafe impl Sync for IoBatch {}
 
 impl IoBatch {
-    /// Allocates a batch with a buffer of `bytes` rounded up to whole pages.
-    pub fn new(bytes: usize) -> Result<Self> {
+    /// Allocates a batch with a buffer of `bytes` rounded up to whole pages, whose completions
+    /// signal `event`.
+    pub fn new(bytes: usize, event: Arc<Event>) -> Result<Self> {
         let buffer = PageBuffer::new(bytes)?;
-        // SAFETY: No preconditions.
-        let ptr = unsafe { bindings::migrate_io_batch_create() };
-        // INVARIANT: Created just above, idle.
+        // SAFETY: The event is valid, and kept alive by the batch, which holds a reference.
+        let ptr = unsafe { bindings::migrate_io_batch_create(event.raw()) };
+        // INVARIANT: Created just above, idle; the event is held.
         Ok(Self {
             ptr: NonNull::new(ptr).ok_or(ENOMEM)?,
             buffer,
             started: false,
+            _event: event,
         })
     }
 
@@ -84,14 +105,15 @@ impl IoBatch {
         self.buffer.len()
     }
 
-    /// Submits a read (or a write) of `bytes` from the start of the buffer at `sector` of
-    /// `device`. Refused (`EBUSY`) until the previous I/O has been waited for.
+    /// Submits `op` over `bytes` (from the start of the buffer, for a read or write) at `sector`
+    /// of `device`. Refused (`EBUSY`) until the previous I/O has been waited for. On an error
+    /// the bios already submitted are still in flight: wait for them all the same.
     pub fn submit(
         &mut self,
         device: &Device,
         sector: u64,
         bytes: usize,
-        write: bool,
+        op: CopyOp,
         bios: &BioSet,
     ) -> Result {
         if self.started {
@@ -100,24 +122,39 @@ impl IoBatch {
         if bytes == 0 || bytes > self.buffer.len() {
             return Err(EINVAL);
         }
+        let bytes = u32::try_from(bytes).map_err(|_| EINVAL)?;
+        let op = match op {
+            CopyOp::Read => bindings::migrate_copy_op_MIGRATE_COPY_READ,
+            CopyOp::Write => bindings::migrate_copy_op_MIGRATE_COPY_WRITE,
+            CopyOp::WriteZeroes => bindings::migrate_copy_op_MIGRATE_COPY_WRITE_ZEROES,
+        };
         // SAFETY: The batch is valid and idle (type invariant).
         unsafe { bindings::migrate_io_batch_start(self.ptr.as_ptr()) };
         self.started = true;
-        let bytes = u32::try_from(bytes).map_err(|_| EINVAL)?;
         // SAFETY: The batch is started; the buffer holds at least `bytes` of pages, which live
         // as long as the batch and no other I/O uses until `wait`; the device stays open while
         // the target lives, which outlasts the copier.
-        kernel::error::to_result(unsafe {
+        let added = kernel::error::to_result(unsafe {
             bindings::migrate_io_batch_add(
                 self.ptr.as_ptr(),
                 device.bdev(),
                 sector,
                 self.buffer.ptrs.as_ptr().cast_mut(),
                 bytes,
-                write,
+                op,
                 bios.raw(),
             )
-        })
+        });
+        // SAFETY: The batch is started and this is the end of its submission.
+        unsafe { bindings::migrate_io_batch_submitted(self.ptr.as_ptr()) };
+        added
+    }
+
+    /// Whether the I/O submitted since the last wait is over (or none was submitted): a
+    /// [`IoBatch::wait`] then returns at once.
+    pub fn is_done(&self) -> bool {
+        // SAFETY: The batch is valid (type invariant).
+        !self.started || unsafe { bindings::migrate_io_batch_done(self.ptr.as_ptr()) }
     }
 
     /// Waits for the I/O submitted since the last wait; the first error, if any, is returned.
@@ -126,8 +163,20 @@ impl IoBatch {
             return Status::OK;
         }
         self.started = false;
-        // SAFETY: The batch is started (type invariant); this drops the waiter's reference.
+        // SAFETY: The batch is started (type invariant).
         Status(unsafe { bindings::migrate_io_batch_wait(self.ptr.as_ptr()) })
+    }
+
+    /// Whether the first `bytes` of the buffer are all zero bytes. Only meaningful between the
+    /// wait for a read and the next submission.
+    pub fn is_zero(&self, bytes: usize) -> bool {
+        if self.started {
+            return false;
+        }
+        let bytes = u32::try_from(bytes.min(self.buffer.len())).unwrap_or(0);
+        // SAFETY: The pages are the buffer's, alive, and no I/O uses them (not started); they
+        // hold at least `bytes`.
+        unsafe { bindings::migrate_pages_zero(self.buffer.ptrs.as_ptr().cast_mut(), bytes) }
     }
 }
 

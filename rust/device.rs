@@ -79,6 +79,12 @@ impl Device {
         unsafe { bindings::migrate_bdev_nr_sectors(self.bdev()) }
     }
 
+    /// Whether the device takes write-zeroes requests.
+    pub fn supports_write_zeroes(&self) -> bool {
+        // SAFETY: As in `devt`.
+        unsafe { bindings::migrate_bdev_write_zeroes(self.bdev()) }
+    }
+
     /// The device's logical block size in bytes.
     pub fn logical_block_size(&self) -> u32 {
         // SAFETY: As in `devt`.

@@ -6,6 +6,8 @@
 #include <linux/blkdev.h>
 #include <linux/completion.h>
 #include <linux/delay.h>
+#include <linux/highmem.h>
+#include <linux/wait.h>
 #include <linux/device-mapper.h>
 #include <linux/kobject.h>
 #include <linux/kthread.h>
@@ -159,15 +161,75 @@ struct bio *migrate_bio_list_pop(struct bio_list *list)
 	return bio_list_pop(list);
 }
 
+struct migrate_event {
+	atomic_t count;
+	wait_queue_head_t wait;
+};
+
+struct migrate_event *migrate_event_create(void)
+{
+	struct migrate_event *event = kzalloc(sizeof(*event), GFP_KERNEL);
+
+	if (event)
+		init_waitqueue_head(&event->wait);
+	return event;
+}
+
+void migrate_event_destroy(struct migrate_event *event)
+{
+	kfree(event);
+}
+
+unsigned int migrate_event_count(struct migrate_event *event)
+{
+	return atomic_read_acquire(&event->count);
+}
+
+void migrate_event_signal(struct migrate_event *event)
+{
+	/*
+	 * The count changes before the wake-up: a sleeper that checked the count before this is on
+	 * the queue (wait_event adds it before checking) and is woken; one that checks after sees
+	 * the new count and does not sleep. wake_up() takes the queue's lock with interrupts off,
+	 * so this is fine in any context.
+	 */
+	atomic_inc_return_release(&event->count);
+	wake_up_all(&event->wait);
+}
+
+void migrate_event_wait(struct migrate_event *event, unsigned int seen, unsigned int timeout_ms,
+			bool stoppable)
+{
+	long timeout = timeout_ms ? msecs_to_jiffies(timeout_ms) : MAX_SCHEDULE_TIMEOUT;
+
+	/*
+	 * Interruptible like the kthread's other sleeps (a kthread takes no signals, and an
+	 * uninterruptible sleep would count as load and trip the hung-task detector); a stop or
+	 * park request wakes the thread with wake_up_process(), which ends this sleep too.
+	 */
+	wait_event_interruptible_timeout(event->wait,
+		atomic_read_acquire(&event->count) != seen ||
+		(stoppable && (kthread_should_stop() || kthread_should_park())),
+		timeout);
+}
+
 struct migrate_io_batch {
+	/* Bios in flight, plus one held by the submitter until it has submitted them all. */
 	atomic_t pending;
 	blk_status_t status;
 	struct completion done;
+	struct migrate_event *event;
 };
 
-struct migrate_io_batch *migrate_io_batch_create(void)
+struct migrate_io_batch *migrate_io_batch_create(struct migrate_event *event)
 {
-	return kzalloc(sizeof(struct migrate_io_batch), GFP_KERNEL);
+	struct migrate_io_batch *batch = kzalloc(sizeof(struct migrate_io_batch), GFP_KERNEL);
+
+	if (batch) {
+		batch->event = event;
+		init_completion(&batch->done);
+	}
+	return batch;
 }
 
 void migrate_io_batch_destroy(struct migrate_io_batch *batch)
@@ -177,10 +239,29 @@ void migrate_io_batch_destroy(struct migrate_io_batch *batch)
 
 void migrate_io_batch_start(struct migrate_io_batch *batch)
 {
-	/* One reference is the waiter's, dropped in migrate_io_batch_wait(). */
 	atomic_set(&batch->pending, 1);
 	batch->status = BLK_STS_OK;
-	init_completion(&batch->done);
+	reinit_completion(&batch->done);
+}
+
+/*
+ * The batch is over: the event first, then the completion, which is the last the completer
+ * touches. Whoever learns of the end through the completion (completion_done(), which waits for
+ * complete() to let go of it, or wait_for_completion()) may free or reuse the batch at once; the
+ * event outlives every batch that signals it (its owner frees them first, each once done).
+ */
+static void migrate_io_batch_put(struct migrate_io_batch *batch)
+{
+	if (atomic_dec_and_test(&batch->pending)) {
+		if (batch->event)
+			migrate_event_signal(batch->event);
+		complete(&batch->done);
+	}
+}
+
+void migrate_io_batch_submitted(struct migrate_io_batch *batch)
+{
+	migrate_io_batch_put(batch);
 }
 
 static void migrate_io_batch_endio(struct bio *bio)
@@ -190,14 +271,60 @@ static void migrate_io_batch_endio(struct bio *bio)
 	if (bio->bi_status)
 		WRITE_ONCE(batch->status, bio->bi_status);
 	bio_put(bio);
-	if (atomic_dec_and_test(&batch->pending))
-		complete(&batch->done);
+	migrate_io_batch_put(batch);
+}
+
+bool migrate_io_batch_done(struct migrate_io_batch *batch)
+{
+	return completion_done(&batch->done);
+}
+
+bool migrate_pages_zero(struct page **pages, unsigned int bytes)
+{
+	while (bytes) {
+		unsigned int len = min_t(unsigned int, bytes, PAGE_SIZE);
+		void *addr = kmap_local_page(*pages);
+		bool zero = !memchr_inv(addr, 0, len);
+
+		kunmap_local(addr);
+		if (!zero)
+			return false;
+		bytes -= len;
+		pages++;
+	}
+	return true;
+}
+
+bool migrate_bdev_write_zeroes(struct block_device *bdev)
+{
+	return bdev_write_zeroes_sectors(bdev) != 0;
+}
+
+static int migrate_io_batch_zeroes(struct migrate_io_batch *batch, struct block_device *bdev,
+				   sector_t sector, unsigned int bytes, struct bio_set *bs)
+{
+	/* One bio without pages; the block layer splits it to the device's limit. */
+	struct bio *bio = bio_alloc_bioset(bdev, 0, REQ_OP_WRITE_ZEROES, GFP_NOIO, bs);
+
+	if (!bio)
+		return -ENOMEM;
+	bio->bi_iter.bi_sector = sector;
+	bio->bi_iter.bi_size = bytes;
+	bio->bi_private = batch;
+	bio->bi_end_io = migrate_io_batch_endio;
+	atomic_inc(&batch->pending);
+	submit_bio(bio);
+	return 0;
 }
 
 int migrate_io_batch_add(struct migrate_io_batch *batch, struct block_device *bdev,
-			 sector_t sector, struct page **pages, unsigned int bytes, bool write,
-			 struct bio_set *bs)
+			 sector_t sector, struct page **pages, unsigned int bytes,
+			 unsigned int op, struct bio_set *bs)
 {
+	bool write = op == MIGRATE_COPY_WRITE;
+
+	if (op == MIGRATE_COPY_WRITE_ZEROES)
+		return migrate_io_batch_zeroes(batch, bdev, sector, bytes, bs);
 	/*
 	 * A bio holds at most BIO_MAX_VECS pages (1 MiB): a larger buffer goes out as several
 	 * bios. Those already submitted when an allocation fails are still counted in the batch,
@@ -234,8 +361,7 @@ int migrate_io_batch_add(struct migrate_io_batch *batch, struct block_device *bd
 
 u8 migrate_io_batch_wait(struct migrate_io_batch *batch)
 {
-	if (!atomic_dec_and_test(&batch->pending))
-		wait_for_completion_io(&batch->done);
+	wait_for_completion_io(&batch->done);
 	return READ_ONCE(batch->status);
 }
 
@@ -310,6 +436,11 @@ void migrate_kthread_sleep_ms(unsigned int ms)
 	if (!kthread_should_stop() && !kthread_should_park())
 		schedule_timeout(msecs_to_jiffies(ms));
 	__set_current_state(TASK_RUNNING);
+}
+
+bool migrate_kthread_stop_requested(void)
+{
+	return kthread_should_stop() || kthread_should_park();
 }
 
 void migrate_kthread_wake(struct task_struct *task)

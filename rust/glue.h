@@ -53,15 +53,49 @@ void migrate_bio_list_destroy(struct bio_list *list);
 void migrate_bio_list_add(struct bio_list *list, struct bio *bio);
 struct bio *migrate_bio_list_pop(struct bio_list *list);
 
-/* Copy I/O: bios submitted together and waited for together. */
+/*
+ * An event a thread sleeps on until it is signalled: a counter and a wait queue. Signalling is
+ * allowed in any context (bio completions included).
+ */
+struct migrate_event;
+struct migrate_event *migrate_event_create(void);
+void migrate_event_destroy(struct migrate_event *event);
+unsigned int migrate_event_count(struct migrate_event *event);
+void migrate_event_signal(struct migrate_event *event);
+/*
+ * Sleeps until the event's count is no longer @seen, or @timeout_ms passed (0: no timeout), or,
+ * with @stoppable, the calling kthread is asked to stop or park.
+ */
+void migrate_event_wait(struct migrate_event *event, unsigned int seen, unsigned int timeout_ms,
+			bool stoppable);
+
+/* What a copy I/O does. */
+enum migrate_copy_op {
+	MIGRATE_COPY_READ = 0,
+	MIGRATE_COPY_WRITE = 1,
+	MIGRATE_COPY_WRITE_ZEROES = 2,	/* no pages: the range reads as zeros afterwards */
+};
+
+/*
+ * Copy I/O: bios submitted together and waited for together. The last completion signals
+ * @event (if any), so that a thread driving several batches learns which are done without
+ * waiting for each in turn.
+ */
 struct migrate_io_batch;
-struct migrate_io_batch *migrate_io_batch_create(void);
+struct migrate_io_batch *migrate_io_batch_create(struct migrate_event *event);
 void migrate_io_batch_destroy(struct migrate_io_batch *batch);
 void migrate_io_batch_start(struct migrate_io_batch *batch);
 int migrate_io_batch_add(struct migrate_io_batch *batch, struct block_device *bdev,
-			 sector_t sector, struct page **pages, unsigned int bytes, bool write,
-			 struct bio_set *bs);
+			 sector_t sector, struct page **pages, unsigned int bytes,
+			 unsigned int op, struct bio_set *bs);
+/* Drops the submitter's hold, after the last migrate_io_batch_add() of the I/O. */
+void migrate_io_batch_submitted(struct migrate_io_batch *batch);
+bool migrate_io_batch_done(struct migrate_io_batch *batch);
 u8 migrate_io_batch_wait(struct migrate_io_batch *batch);
+/* Whether the first @bytes of @pages are all zero bytes. */
+bool migrate_pages_zero(struct page **pages, unsigned int bytes);
+/* Whether @bdev takes REQ_OP_WRITE_ZEROES. */
+bool migrate_bdev_write_zeroes(struct block_device *bdev);
 int migrate_flush(struct block_device *bdev);
 int migrate_page_io(struct block_device *bdev, sector_t sector, struct page *page,
 		    unsigned int len, bool write, bool fua);
@@ -74,6 +108,8 @@ int migrate_kthread_stop(struct task_struct *task);
 /* Parks the calling thread first if that was asked, then says whether it should stop. */
 bool migrate_kthread_should_stop(void);
 void migrate_kthread_sleep_ms(unsigned int ms);
+/* Whether the calling kthread is asked to stop or park, without parking. */
+bool migrate_kthread_stop_requested(void);
 void migrate_kthread_wake(struct task_struct *task);
 void migrate_cond_resched(void);
 u64 migrate_now_ns(void);

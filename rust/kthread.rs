@@ -32,6 +32,13 @@ impl ThreadContext {
         unsafe { bindings::migrate_kthread_should_stop() }
     }
 
+    /// Whether this thread has been asked to stop or to park, without parking: a thread with
+    /// work in flight finishes it before it calls [`ThreadContext::should_stop`].
+    pub fn stop_requested(&self) -> bool {
+        // SAFETY: As in `should_stop`.
+        unsafe { bindings::migrate_kthread_stop_requested() }
+    }
+
     /// Sleeps up to `ms` milliseconds, or until woken by [`KThread::wake`] or a stop request.
     pub fn sleep_ms(&self, ms: u32) {
         // SAFETY: As in `should_stop`.

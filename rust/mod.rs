@@ -13,7 +13,7 @@
 //! - [`bio::Bio`], a bio handed to `map`, which the target gives back, ends, submits or mirrors
 //!   to two devices; [`bio::BioList`] to hold bios back; [`bio::BioSet`] for clones.
 //! - [`copy::IoBatch`] and [`copy::PageBuffer`], the copier's I/O.
-//! - [`kthread::KThread`], the copier thread.
+//! - [`kthread::KThread`], the copier thread, and [`event::Event`], what it sleeps on.
 //! - [`memalloc::NoIo`], a scope whose allocations do not wait for I/O.
 //! - [`sysfs::SysfsDir`], the progress counters in sysfs.
 
@@ -21,6 +21,7 @@ mod bindings;
 pub mod bio;
 pub mod copy;
 pub mod device;
+pub mod event;
 pub mod kthread;
 pub mod memalloc;
 pub mod sysfs;

@@ -1,18 +1,26 @@
 // SPDX-License-Identifier: GPL-2.0
 
-//! The copier thread: takes rounds of batches from the tracker, waits for the writes routed
-//! before each round, copies the batches from the origin to the destination, and switches once
-//! everything is copied.
+//! The copier thread: a pipeline of batches driven by their completions. Each slot of the
+//! pipeline holds one batch and moves it on as soon as its I/O is done: read from the origin,
+//! then write to the destination (or, for a chunk that read as zeros, write-zeroes), chunk by
+//! chunk for a batch longer than the slot's buffer, and then the batch is recorded and the
+//! writes deferred behind it go on, while the other slots' reads and writes are in flight. A
+//! free slot takes a new batch at once, within the rate the controller allows. Once everything
+//! is copied, the copier switches.
+//!
+//! The thread sleeps on the migration's copier event whenever it has nothing to do: a batch's
+//! last completion signals it, as do messages and failed mirrored writes; a timeout is set only
+//! when the rate holds the next batch back, or a failed read waits for its retry.
 
 // Safe Rust only: the binding layer (`crate::dm`) is the one place allowed `unsafe_code`.
 #![deny(unsafe_code)]
 
-use crate::dm::copy::{flush, IoBatch};
+use crate::dm::copy::{flush, CopyOp, IoBatch};
 use crate::dm::kthread::{self, ThreadContext, ThreadMain};
 use crate::engine::state::{FailReason, State};
+use crate::engine::throttle::{GuestLoad, Pacer, RateController, RateMeter, TICK_NS};
+use crate::engine::tracker::{AfterBatch, Batch, CopyResult};
 use crate::engine::SECTOR_SIZE;
-use crate::engine::throttle::{RateMeter, Throttle};
-use crate::engine::tracker::{AfterBatch, Batch, CopyResult, Round, MAX_DEPTH};
 use crate::migration::Engine;
 use core::sync::atomic::Ordering;
 use kernel::prelude::*;
@@ -21,206 +29,399 @@ use kernel::sync::Arc;
 /// The size of one copy I/O: contiguous regions are batched up to this (512 KiB).
 const BATCH_BYTES: u64 = 512 * 1024;
 
-/// How long the copier sleeps when it has nothing to do, in milliseconds.
-const IDLE_MS: u32 = 50;
-
-/// The longest single sleep while waiting for a retry, so that a stop is seen soon.
-const MAX_SLEEP_MS: u64 = 100;
-
 /// The copier of one target, run by a [`crate::dm::kthread::KThread`] between resume and
 /// suspend.
 pub(crate) struct CopierThread {
     pub(crate) engine: Arc<Engine>,
 }
 
+/// What a slot's I/O in flight does.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Step {
+    Read,
+    Write,
+    WriteZeroes,
+}
+
+/// A batch in a slot, and how far its copy got.
+struct Job {
+    batch: Batch,
+    /// Bytes of the batch on the destination so far.
+    done: u64,
+    /// The length of the chunk in flight.
+    len: usize,
+    step: Step,
+    /// How the job ends, once its I/O in flight is over, after a failure.
+    failed: Option<CopyResult>,
+    /// Bytes written as write-zeroes.
+    zeroed: u64,
+}
+
+impl Job {
+    fn bytes(&self) -> u64 {
+        (self.batch.sectors.end - self.batch.sectors.start) * SECTOR_SIZE
+    }
+
+    /// The sector of the chunk in flight.
+    fn sector(&self) -> u64 {
+        self.batch.sectors.start + self.done / SECTOR_SIZE
+    }
+}
+
+/// A buffer with its I/O, and the batch it copies, if any.
+struct Slot {
+    io: IoBatch,
+    job: Option<Job>,
+}
+
+/// The copier's state between its steps.
+struct Copier<'a> {
+    engine: &'a Arc<Engine>,
+    slots: KVec<Slot>,
+    /// The most regions a batch takes.
+    max_regions: u64,
+    /// The size of a slot's buffer.
+    buffer_bytes: usize,
+    meter: RateMeter,
+    pacer: Pacer,
+    controller: RateController,
+    /// The guest's counters at the last controller tick.
+    last_completed: u64,
+    last_latency_ns: u64,
+    next_tick_ns: u64,
+    retry_at_ns: u64,
+    synced_flushed: bool,
+}
+
 impl ThreadMain for CopierThread {
     fn thread_main(&self, thread: &ThreadContext) {
         let engine = &self.engine;
-        let migration = &*engine.migration;
         let region_bytes = engine.geometry.region_sectors * SECTOR_SIZE;
         let max_regions = (BATCH_BYTES / region_bytes).max(1);
+        let now = kthread::now_ns();
         // A batch is one region when regions are larger than BATCH_BYTES; it is then copied
-        // through the buffer in pieces (see `copy_round`).
-        let buffer_bytes = (max_regions * region_bytes).min(BATCH_BYTES) as usize;
-        // One per batch slot of a round: the buffer its data passes through, and its bios.
-        let mut slots: KVec<IoBatch> = KVec::new();
-        let mut meter = RateMeter::new(kthread::now_ns());
-        let mut throttle = Throttle::new();
-        let mut retry_at_ns = 0;
-        let mut synced_flushed = false;
-        while !thread.should_stop() {
+        // through the buffer in pieces.
+        let mut copier = Copier {
+            engine,
+            slots: KVec::new(),
+            max_regions,
+            buffer_bytes: (max_regions * region_bytes).min(BATCH_BYTES) as usize,
+            meter: RateMeter::new(now),
+            pacer: Pacer::new(),
+            controller: RateController::new(
+                engine.min_rate_kibps.load(Ordering::Relaxed),
+                engine.max_rate_kibps.load(Ordering::Relaxed),
+            ),
+            last_completed: 0,
+            last_latency_ns: 0,
+            next_tick_ns: now,
+            retry_at_ns: 0,
+            synced_flushed: false,
+        };
+        let event = &engine.migration.copier_event;
+        loop {
+            // Read before looking for work: a signal from here on ends the sleep below.
+            let seen = event.count();
+            let in_flight = copier.in_flight();
+            // A stop or park request is carried out with no batch in flight: the writes
+            // deferred behind a batch go on only once it has landed.
+            if in_flight == 0 && thread.should_stop() {
+                break;
+            }
+            let mut progressed = copier.advance();
             engine.check_mirror_failure();
-            let (should_switch, synced) = {
-                let shared = migration.shared.lock();
-                let synced = shared.tracker.state() == State::Synced;
-                (shared.tracker.should_switch(), synced)
-            };
-            if should_switch {
-                engine.switch();
+            if copier.in_flight() == 0 && copier.control() {
                 continue;
             }
-            // In sync and told to wait (`no_switch`): userspace may swap to the destination
-            // at any time, so what the copy wrote there is made durable once.
-            if synced && !synced_flushed {
-                synced_flushed = true;
-                if flush(&engine.destination).is_err() {
-                    engine.fail(FailReason::DestinationFlush);
-                }
-            }
-            synced_flushed &= synced;
             let now = kthread::now_ns();
-            engine
-                .measured_kibps
-                .store(meter.kibps(now), Ordering::Relaxed);
-            if now < retry_at_ns {
-                let ms = ((retry_at_ns - now) / 1_000_000).clamp(1, MAX_SLEEP_MS);
-                thread.sleep_ms(ms as u32);
-                continue;
-            }
-            if let Some(wait_ms) = throttle.wait_ms(engine.rate_kibps.load(Ordering::Relaxed), now)
-            {
-                thread.sleep_ms(wait_ms);
-                continue;
-            }
-            let depth = engine.depth.load(Ordering::Relaxed) as usize;
-            while slots.len() < depth {
-                match IoBatch::new(buffer_bytes) {
-                    Ok(slot) => {
-                        if slots.push(slot, GFP_KERNEL).is_err() {
-                            break;
-                        }
+            copier.tick(now);
+            let mut timeout_ms = 0;
+            if !thread.stop_requested() {
+                match copier.start(now) {
+                    Start::Started => progressed = true,
+                    Start::Nothing => {}
+                    Start::WaitMs(ms) => timeout_ms = ms,
+                    Start::OutOfMemory => {
+                        engine.fail(FailReason::OutOfMemory);
                     }
-                    Err(_) => break,
                 }
             }
-            if slots.is_empty() {
-                return self.wait_for_stop(thread, FailReason::OutOfMemory);
+            if progressed {
+                // On a device that completes in the submitter (a ram disk), the copier never
+                // sleeps.
+                kthread::cond_resched();
+                continue;
             }
-            let depth = depth.min(slots.len()).max(1);
-            let round =
+            if copier.in_flight() == 0 && timeout_ms == 0 {
+                // Nothing to copy until something changes: no rate to report meanwhile.
+                copier.meter.restart(now);
+                engine.measured_kibps.store(0, Ordering::Relaxed);
+            }
+            event.wait(seen, timeout_ms, copier.in_flight() == 0);
+        }
+    }
+}
+
+/// What [`Copier::start`] did.
+enum Start {
+    /// Batches went out.
+    Started,
+    /// Nothing to start: nothing to copy now, or every slot busy.
+    Nothing,
+    /// The rate or a retry holds the next batch back this long.
+    WaitMs(u32),
+    /// Not even one buffer could be allocated.
+    OutOfMemory,
+}
+
+impl Copier<'_> {
+    /// Batches in flight.
+    fn in_flight(&self) -> usize {
+        self.slots.iter().filter(|s| s.job.is_some()).count()
+    }
+
+    /// The actions taken with no batch in flight: the switch once all is copied, and the
+    /// flush once in sync. Returns whether the loop should look again at once.
+    fn control(&mut self) -> bool {
+        let engine = self.engine;
+        let (should_switch, synced) = {
+            let shared = engine.migration.shared.lock();
+            (
+                shared.tracker.should_switch(),
+                shared.tracker.state() == State::Synced,
+            )
+        };
+        if should_switch {
+            engine.switch();
+            return true;
+        }
+        // In sync and told to wait (`no_switch`): userspace may swap to the destination at any
+        // time, so what the copy wrote there is made durable once.
+        if synced && !self.synced_flushed {
+            self.synced_flushed = true;
+            if flush(&engine.destination).is_err() {
+                engine.fail(FailReason::DestinationFlush);
+            }
+        }
+        self.synced_flushed &= synced;
+        false
+    }
+
+    /// Hands the controller the guest's load of the intervals since its last tick, and
+    /// publishes the limit and the measured rate.
+    fn tick(&mut self, now: u64) {
+        let engine = self.engine;
+        let (min, max) = (
+            engine.min_rate_kibps.load(Ordering::Relaxed),
+            engine.max_rate_kibps.load(Ordering::Relaxed),
+        );
+        self.controller.set_bounds(min, max);
+        engine
+            .measured_kibps
+            .store(self.meter.kibps(now), Ordering::Relaxed);
+        if now < self.next_tick_ns {
+            return;
+        }
+        self.next_tick_ns = now + TICK_NS;
+        let guest = engine.migration.guest_load();
+        let load = GuestLoad {
+            completed: guest.completed - self.last_completed,
+            latency_ns: guest.latency_ns - self.last_latency_ns,
+            in_flight: guest.in_flight,
+        };
+        self.last_completed = guest.completed;
+        self.last_latency_ns = guest.latency_ns;
+        let limit = self.controller.tick(load);
+        engine.rate_limit_kibps.store(limit, Ordering::Relaxed);
+    }
+
+    /// Starts batches in free slots, as many as the copy depth and the rate allow.
+    fn start(&mut self, now: u64) -> Start {
+        let engine = self.engine;
+        let migration = &*engine.migration;
+        if now < self.retry_at_ns {
+            return Start::WaitMs(ms_until(self.retry_at_ns, now));
+        }
+        // A failed mirrored write is carried out first (`check_mirror_failure`), with no new
+        // batch in its way.
+        if migration.dest_failed() {
+            return Start::Nothing;
+        }
+        let limit = self.controller.limit_kibps();
+        if let Some(wait_ns) = self.pacer.wait_ns(limit, now) {
+            // Wake at the next controller tick at the latest: the guest may have gone idle.
+            let wait_ns = wait_ns.min(self.next_tick_ns.saturating_sub(now).max(1));
+            return Start::WaitMs(ms_until(now + wait_ns, now));
+        }
+        let depth = engine.depth.load(Ordering::Relaxed) as usize;
+        while self.slots.len() < depth {
+            let Ok(io) = IoBatch::new(self.buffer_bytes, migration.copier_event.clone()) else {
+                break;
+            };
+            if self.slots.push(Slot { io, job: None }, GFP_KERNEL).is_err() {
+                break;
+            }
+        }
+        if self.slots.is_empty() {
+            return Start::OutOfMemory;
+        }
+        let usable = depth.min(self.slots.len());
+        let free = self.slots[..usable]
+            .iter()
+            .filter(|s| s.job.is_none())
+            .count();
+        // Under a limit too, every free slot takes a batch (a round of `copy_depth` batches
+        // at the start): the pacer spaces the rounds by what they cost.
+        if free == 0 {
+            return Start::Nothing;
+        }
+        let round =
+            migration
+                .shared
+                .lock()
+                .tracker
+                .start_round(free, self.max_regions, migration.epochs());
+        let Some(round) = round else {
+            return Start::Nothing;
+        };
+        // The writes routed to these regions before the round have to land before the reads.
+        engine.drain(round.drain);
+        let mut slots = self.slots[..usable].iter_mut().filter(|s| s.job.is_none());
+        for batch in round.batches() {
+            let Some(slot) = slots.next() else {
+                // Never: the round took at most as many batches as there are free slots.
                 migration
                     .shared
                     .lock()
                     .tracker
-                    .start_round(depth, max_regions, migration.epochs());
-            let Some(round) = round else {
-                thread.sleep_ms(IDLE_MS);
+                    .batch_done(batch, CopyResult::ReadError);
                 continue;
             };
-            engine.drain(round.drain);
-            let mut failure = None;
-            let mut copied = 0;
-            // Each batch is recorded once its last write was waited for (in slot order), and
-            // the writes deferred behind it go on then instead of after the whole round. (A
-            // copier driven by completions, batch by batch, is issue 11's pipeline.)
-            copy_round(engine, &round, &mut slots[..depth], |batch, result| {
-                let after = migration.shared.lock().tracker.batch_done(batch, result);
-                if let AfterBatch::Fail(reason) = after {
-                    failure.get_or_insert(reason);
-                }
-                if result == CopyResult::Done {
-                    copied += (batch.sectors.end - batch.sectors.start) * SECTOR_SIZE;
-                }
-                // After a failure everything is released at once, by `Engine::fail`.
-                if failure.is_none() {
-                    engine.release_deferred();
-                }
-            });
-            let retry_ms = migration.shared.lock().tracker.retry_delay_ms();
-            if retry_ms > 0 {
-                retry_at_ns = kthread::now_ns() + u64::from(retry_ms) * 1_000_000;
-            }
-            meter.add(copied);
-            throttle.add(copied);
-            if let Some(reason) = failure {
-                engine.fail(reason);
-            }
-            // On a device that completes in the submitter (a ram disk), a round never sleeps.
-            kthread::cond_resched();
-        }
-    }
-}
-
-impl CopierThread {
-    /// Fails the migration and idles until stopped; the thread must not exit on its own.
-    fn wait_for_stop(&self, thread: &ThreadContext, reason: FailReason) {
-        self.engine.fail(reason);
-        while !thread.should_stop() {
-            thread.sleep_ms(1000);
-        }
-    }
-}
-
-/// Copies the batches of a round: reads them all from the origin, then writes those read to
-/// the destination, one buffer's worth of each batch at a time, and calls `landed` once per
-/// batch with how it ended once its last write (or its first failure) was waited for; slots
-/// are waited for in order, so a batch that landed early waits for the slots before it. A batch
-/// is longer than its buffer only when a region is (regions above [`BATCH_BYTES`]); the buffers
-/// stay small whatever the region size.
-fn copy_round(
-    engine: &Engine,
-    round: &Round,
-    slots: &mut [IoBatch],
-    mut landed: impl FnMut(&Batch, CopyResult),
-) {
-    let mut results = [CopyResult::Done; MAX_DEPTH];
-    let mut reported = [false; MAX_DEPTH];
-    let bytes_of = |sectors: &core::ops::Range<u64>| (sectors.end - sectors.start) * SECTOR_SIZE;
-    let longest = round
-        .batches()
-        .map(|b| bytes_of(&b.sectors))
-        .max()
-        .unwrap_or(0);
-    // Every buffer has the same size; none at all fails every batch (they are retried).
-    let chunk = slots.first().map_or(0, |s| s.len() as u64);
-    if chunk == 0 {
-        results = [CopyResult::ReadError; MAX_DEPTH];
-    }
-    let mut offset = 0;
-    while chunk > 0 && offset < longest {
-        for (write, device, error) in [
-            (false, &engine.origin, CopyResult::ReadError),
-            (true, &engine.destination, CopyResult::WriteError),
-        ] {
-            for ((batch, slot), result) in
-                round.batches.iter().zip(slots.iter_mut()).zip(&mut results)
+            let mut job = Job {
+                batch: batch.clone(),
+                done: 0,
+                len: 0,
+                step: Step::Read,
+                failed: None,
+                zeroed: 0,
+            };
+            self.pacer.add(job.bytes(), limit, now);
+            job.len = job.bytes().min(slot.io.len() as u64) as usize;
+            if slot
+                .io
+                .submit(&engine.origin, job.sector(), job.len, CopyOp::Read, &engine.bios)
+                .is_err()
             {
-                let Some(batch) = batch else { continue };
-                let left = bytes_of(&batch.sectors).saturating_sub(offset);
-                if left == 0 || *result != CopyResult::Done {
-                    continue;
-                }
-                let len = left.min(chunk) as usize;
-                let sector = batch.sectors.start + offset / SECTOR_SIZE;
-                if slot
-                    .submit(device, sector, len, write, &engine.bios)
-                    .is_err()
-                {
-                    *result = error;
-                }
+                job.failed = Some(CopyResult::ReadError);
             }
-            // Every slot is waited for, also one whose submission failed half-way; in slot
-            // order, so the first batches of a round are reported first.
-            for (i, (slot, batch)) in slots.iter_mut().zip(round.batches.iter()).enumerate() {
-                if !slot.wait().is_ok() && results[i] == CopyResult::Done {
-                    results[i] = error;
-                }
-                let Some(batch) = batch else { continue };
-                let finished = results[i] != CopyResult::Done
-                    || (write && offset + chunk >= bytes_of(&batch.sectors));
-                if finished && !reported[i] {
-                    reported[i] = true;
-                    landed(batch, results[i]);
-                }
+            slot.job = Some(job);
+        }
+        Start::Started
+    }
+
+    /// Moves every slot whose I/O is done on to its next step. Returns whether any was.
+    fn advance(&mut self) -> bool {
+        let mut progressed = false;
+        for i in 0..self.slots.len() {
+            let slot = &mut self.slots[i];
+            if slot.job.is_none() || !slot.io.is_done() {
+                continue;
+            }
+            progressed = true;
+            let ok = slot.io.wait().is_ok();
+            let Some(mut job) = slot.job.take() else {
+                continue;
+            };
+            if let Some(result) = self.step(i, &mut job, ok) {
+                self.finish(job, result);
+            } else {
+                self.slots[i].job = Some(job);
             }
         }
-        offset += chunk;
+        progressed
     }
-    for (i, batch) in round.batches.iter().enumerate() {
-        if let Some(batch) = batch {
-            if !reported[i] {
-                landed(batch, results[i]);
+
+    /// Submits the next I/O of `job` in slot `i`, whose last I/O ended (`ok`), or returns how
+    /// the job ended.
+    fn step(&mut self, i: usize, job: &mut Job, ok: bool) -> Option<CopyResult> {
+        let engine = self.engine;
+        if let Some(result) = job.failed {
+            return Some(result);
+        }
+        let io = &mut self.slots[i].io;
+        let (device, op) = match (job.step, ok) {
+            (Step::Read, false) => return Some(CopyResult::ReadError),
+            (Step::Write, false) => return Some(CopyResult::WriteError),
+            (Step::WriteZeroes, false) => {
+                // The destination refused write-zeroes after all (a table of it reloaded, a
+                // device that claims more than it does): the buffer still holds the zeros
+                // read, so they go as data, and so does every later chunk.
+                engine.skip_zeroes.store(false, Ordering::Relaxed);
+                (&engine.destination, Step::Write)
             }
+            (Step::Read, true) => {
+                let zeroes =
+                    engine.skip_zeroes.load(Ordering::Relaxed) && io.is_zero(job.len);
+                let step = if zeroes { Step::WriteZeroes } else { Step::Write };
+                (&engine.destination, step)
+            }
+            (Step::Write | Step::WriteZeroes, true) => {
+                if job.step == Step::WriteZeroes {
+                    job.zeroed += job.len as u64;
+                }
+                job.done += job.len as u64;
+                if job.done >= job.bytes() {
+                    return Some(CopyResult::Done);
+                }
+                job.len = (job.bytes() - job.done).min(io.len() as u64) as usize;
+                (&engine.origin, Step::Read)
+            }
+        };
+        job.step = op;
+        let (copy_op, error) = match op {
+            Step::Read => (CopyOp::Read, CopyResult::ReadError),
+            Step::Write => (CopyOp::Write, CopyResult::WriteError),
+            Step::WriteZeroes => (CopyOp::WriteZeroes, CopyResult::WriteError),
+        };
+        if io
+            .submit(device, job.sector(), job.len, copy_op, &engine.bios)
+            .is_err()
+        {
+            // What was submitted is waited for; the job ends then.
+            job.failed = Some(error);
+        }
+        None
+    }
+
+    /// Records how a job ended, and lets the writes deferred behind its batch go on.
+    fn finish(&mut self, job: Job, result: CopyResult) {
+        let engine = self.engine;
+        let migration = &*engine.migration;
+        let (after, retry_ms) = {
+            let mut shared = migration.shared.lock();
+            let after = shared.tracker.batch_done(&job.batch, result);
+            (after, shared.tracker.retry_delay_ms())
+        };
+        if result == CopyResult::Done {
+            self.meter.add(job.bytes());
+            migration
+                .zeroed_bytes
+                .fetch_add(job.zeroed, Ordering::Relaxed);
+        }
+        if retry_ms > 0 {
+            self.retry_at_ns = kthread::now_ns() + u64::from(retry_ms) * 1_000_000;
+        }
+        match after {
+            // `fail` releases every deferred write, to the origin.
+            AfterBatch::Fail(reason) => engine.fail(reason),
+            _ => engine.release_deferred(),
         }
     }
+}
+
+/// Milliseconds from `now` to `at`, rounded up, at least 1.
+fn ms_until(at: u64, now: u64) -> u32 {
+    at.saturating_sub(now)
+        .div_ceil(1_000_000)
+        .clamp(1, u64::from(u32::MAX)) as u32
 }

@@ -124,6 +124,8 @@ impl SysfsShow for Engine {
         c"inflight",
         c"rate_kibps",
         c"errors",
+        c"rate_limit_kibps",
+        c"zeroed_bytes",
     ];
 
     fn show(&self, index: usize, out: &mut SliceWriter<'_>) {
@@ -141,14 +143,24 @@ impl SysfsShow for Engine {
             3 => writeln!(out, "{}", progress.pending_regions),
             4 => writeln!(out, "{}", progress.inflight_regions),
             5 => writeln!(out, "{}", progress.rate_kibps),
-            _ => writeln!(out, "{}", progress.errors),
+            6 => writeln!(out, "{}", progress.errors),
+            7 => writeln!(
+                out,
+                "{}",
+                if progress.state == engine::state::State::Copying {
+                    self.rate_limit_kibps.load(Ordering::Relaxed)
+                } else {
+                    0
+                }
+            ),
+            _ => writeln!(out, "{}", progress.zeroed_bytes),
         };
     }
 }
 
 impl Migrate {
     fn wake_copier(&self) {
-        self.copier.lock().wake();
+        self.engine.wake_copier();
     }
 
     /// When the target first goes live: a reload never rolls back (see
@@ -344,11 +356,13 @@ impl Target for Migrate {
     }
 
     fn map(&self, bio: Bio) -> MapResult {
+        self.engine.guest_started(&bio);
         self.engine.dispatch(bio)
     }
 
     fn end_io(&self, bio: &Bio, _status: Status) {
         self.engine.write_done(bio.tag());
+        self.engine.guest_done(bio);
     }
 
     fn presuspend(&self) {
@@ -467,10 +481,17 @@ impl Target for Migrate {
             // not wait for its I/O (the uevent helper sees to that).
             Message::Cancel => engine.cancel().map_err(report)?,
             Message::Rate(kibps) => {
-                engine.rate_kibps.store(kibps, Ordering::Relaxed);
+                engine.max_rate_kibps.store(kibps, Ordering::Relaxed);
                 self.wake_copier();
             }
-            Message::Depth(depth) => engine.depth.store(depth, Ordering::Relaxed),
+            Message::MinRate(kibps) => {
+                engine.min_rate_kibps.store(kibps, Ordering::Relaxed);
+                self.wake_copier();
+            }
+            Message::Depth(depth) => {
+                engine.depth.store(depth, Ordering::Relaxed);
+                self.wake_copier();
+            }
         }
         Ok(())
     }

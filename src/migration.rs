@@ -16,6 +16,7 @@
 use crate::dm::bio::{Bio, BioKind, BioList, BioSet, MirrorDone, Status};
 use crate::dm::copy::flush;
 use crate::dm::device::Device;
+use crate::dm::event::Event;
 use crate::dm::target::{MapResult, TargetHandle};
 use crate::engine::epoch::{Counted, Epoch, WriteEpochs};
 use crate::engine::message::MessageError;
@@ -26,8 +27,8 @@ use crate::engine::tracker::{bitmap_words, CancelOutcome, Handover, IoKind, Rout
 use crate::persist::{Loaded, MetaStore};
 use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
 use kernel::prelude::*;
-use kernel::sync::{Arc, CondVar, Mutex, SpinLock};
-use kernel::{new_condvar, new_mutex, new_spinlock};
+use kernel::sync::{Arc, Mutex, SpinLock};
+use kernel::{new_mutex, new_spinlock};
 
 /// What the lock protects: the region tracker, the write-intent log, and the bios waiting for
 /// a copy or an intent to land.
@@ -37,9 +38,6 @@ pub(crate) struct Shared {
     intent: Option<IntentLog<KVVec<u64>>>,
     deferred: BioList,
 }
-
-/// The longest the metadata thread sleeps at once, in milliseconds.
-const META_MAX_SLEEP_MS: u32 = 100;
 
 /// A bio's tag holds two counted writes (`engine::epoch::Counted`): the copy epoch in the low
 /// bits, the intent epoch (mirrored writes, with a metadata device) above this shift.
@@ -59,13 +57,12 @@ pub(crate) struct Migration {
     pub(crate) shared: SpinLock<Shared>,
     /// Writes routed to the origin and not yet completed, per epoch (see `engine::epoch`).
     epochs: WriteEpochs,
-    /// Woken by the write that ends the epoch the copier drains, so a round starts as soon as
-    /// the writes it waits for have landed rather than a timer tick later.
-    #[pin]
-    drained: CondVar,
-    /// Only for waiting on `drained`; the epoch counters are atomics.
-    #[pin]
-    drain_lock: SpinLock<()>,
+    /// Signalled by the write that ends the epoch a drain waits for, so a round starts as soon
+    /// as the writes it waits for have landed.
+    drained_event: Event,
+    /// Wakes the copier: a batch's I/O is done, a message changed what it should do, a
+    /// mirrored write failed. Held by the copier's batches too, which signal it.
+    pub(crate) copier_event: Arc<Event>,
     /// Mirrored writes in flight, per epoch: a write-intent bit is cleared only after the
     /// epoch its last write was admitted in has drained (`engine::metadata::IntentLog`).
     intent_epochs: WriteEpochs,
@@ -75,9 +72,15 @@ pub(crate) struct Migration {
     /// the routing already acts on.
     #[pin]
     meta: Mutex<Option<MetaStore>>,
-    /// Wakes the metadata thread when a write waits for its intent, under `shared`.
-    #[pin]
-    meta_wake: CondVar,
+    /// Wakes the metadata thread when a write waits for its intent.
+    meta_event: Event,
+    /// Guest bios mapped while the migration runs (`Engine::guest_started`).
+    guest_started: AtomicU64,
+    /// Those of them that completed, and the sum of their latencies in nanoseconds.
+    guest_completed: AtomicU64,
+    guest_latency_ns: AtomicU64,
+    /// Bytes of the copy written as write-zeroes.
+    pub(crate) zeroed_bytes: AtomicU64,
     /// Set by a failed destination write of a mirrored bio (in completion context) before the
     /// bio ends. The copier turns it into the failure; until then the status reports it.
     dest_failed: AtomicBool,
@@ -124,15 +127,22 @@ impl Migration {
             intent,
             deferred: BioList::new().map_err(|_| OutOfMemory)?,
         };
+        let event = || Event::new().map_err(|_| OutOfMemory);
+        let copier_event = Arc::new(event()?, GFP_KERNEL).map_err(|_| OutOfMemory)?;
+        let (drained_event, meta_event) = (event()?, event()?);
         Arc::pin_init(
             pin_init!(Migration {
                 shared <- new_spinlock!(shared, "migrate:shared"),
                 epochs: WriteEpochs::new(),
-                drained <- new_condvar!("migrate:drained"),
-                drain_lock <- new_spinlock!((), "migrate:drain_lock"),
+                drained_event,
+                copier_event,
                 intent_epochs: WriteEpochs::new(),
                 meta <- new_mutex!(None, "migrate:meta"),
-                meta_wake <- new_condvar!("migrate:meta_wake"),
+                meta_event,
+                guest_started: AtomicU64::new(0),
+                guest_completed: AtomicU64::new(0),
+                guest_latency_ns: AtomicU64::new(0),
+                zeroed_bytes: AtomicU64::new(0),
                 dest_failed: AtomicBool::new(false),
                 mirror_errors: AtomicU64::new(0),
                 final_route: AtomicU8::new(0),
@@ -168,6 +178,30 @@ impl Migration {
     pub(crate) fn dest_failed(&self) -> bool {
         self.dest_failed.load(Ordering::Acquire)
     }
+
+    /// The guest's I/O so far, for the rate controller.
+    pub(crate) fn guest_load(&self) -> GuestTotals {
+        // Completed first: a bio that ends between the two reads is then counted as started
+        // and not completed (in flight), never the other way round.
+        let completed = self.guest_completed.load(Ordering::Acquire);
+        let latency_ns = self.guest_latency_ns.load(Ordering::Relaxed);
+        let started = self.guest_started.load(Ordering::Acquire);
+        GuestTotals {
+            completed,
+            latency_ns,
+            in_flight: started.saturating_sub(completed),
+        }
+    }
+}
+
+/// The guest's I/O through the target since it was created.
+pub(crate) struct GuestTotals {
+    /// Guest bios completed.
+    pub(crate) completed: u64,
+    /// The sum of their latencies, from `map` to `end_io`.
+    pub(crate) latency_ns: u64,
+    /// Guest bios in flight.
+    pub(crate) in_flight: u64,
 }
 
 /// What identifies a migration across a reload: the same mapped device, origin and
@@ -449,10 +483,17 @@ pub(crate) struct Engine {
     pub(crate) bios: BioSet,
     pub(crate) handle: TargetHandle,
     pub(crate) migration: Arc<Migration>,
-    pub(crate) rate_kibps: AtomicU64,
+    /// The adaptive rate's floor (`min_rate`), KiB/s.
+    pub(crate) min_rate_kibps: AtomicU64,
+    /// The rate's ceiling (`max_rate`), KiB/s; 0 for none.
+    pub(crate) max_rate_kibps: AtomicU64,
+    /// The limit the controller set last, KiB/s; 0 for none.
+    pub(crate) rate_limit_kibps: AtomicU64,
     pub(crate) depth: AtomicU32,
     /// The measured copy rate, KiB/s.
     pub(crate) measured_kibps: AtomicU64,
+    /// Whether chunks that read as zeros go to the destination as write-zeroes.
+    pub(crate) skip_zeroes: AtomicBool,
 }
 
 impl Engine {
@@ -469,14 +510,21 @@ impl Engine {
         handle: TargetHandle,
         migration: Arc<Migration>,
     ) -> Self {
+        // Zeros are written as write-zeroes where the destination takes them, unless the table
+        // says otherwise; `skip_zeroes` on a destination that does not falls back to data.
+        let skip_zeroes =
+            options.skip_zeroes.unwrap_or(true) && destination.supports_write_zeroes();
         Self {
             origin,
             destination,
             metadata,
             begin,
             geometry,
-            rate_kibps: AtomicU64::new(options.rate.unwrap_or(0)),
+            min_rate_kibps: AtomicU64::new(options.min_rate_kibps()),
+            max_rate_kibps: AtomicU64::new(options.max_rate_kibps()),
+            rate_limit_kibps: AtomicU64::new(options.max_rate_kibps()),
             depth: AtomicU32::new(options.depth()),
+            skip_zeroes: AtomicBool::new(skip_zeroes),
             options,
             bios,
             handle,
@@ -530,7 +578,7 @@ impl Engine {
                 Admit::Go => intent_counted = true,
                 Admit::Wait => {
                     route = Route::Defer;
-                    migration.meta_wake.notify_all();
+                    migration.meta_event.signal();
                 }
             }
         }
@@ -589,14 +637,45 @@ impl Engine {
         let migration = &*self.migration;
         if let Some(write) = Counted::from_tag(tag & TAG_MASK) {
             if migration.epochs.exit(write) {
-                migration.drained.notify_all();
+                migration.drained_event.signal();
             }
         }
         if let Some(write) = Counted::from_tag(tag >> INTENT_TAG_SHIFT) {
             if migration.intent_epochs.exit(write) {
-                migration.drained.notify_all();
+                migration.drained_event.signal();
             }
         }
+    }
+
+    /// Starts the guest accounting of a bio in `map`: the time it came, while the migration
+    /// runs (after it, the rate controller is gone and the bio costs nothing).
+    pub(crate) fn guest_started(&self, bio: &Bio) {
+        let migration = &*self.migration;
+        if migration.final_route.load(Ordering::Relaxed) != 0 {
+            bio.set_start_ns(0);
+            return;
+        }
+        bio.set_start_ns(crate::dm::kthread::now_ns().max(1));
+        migration.guest_started.fetch_add(1, Ordering::Release);
+    }
+
+    /// Ends the guest accounting of a bio in `end_io`.
+    pub(crate) fn guest_done(&self, bio: &Bio) {
+        let start = bio.start_ns();
+        if start == 0 {
+            return;
+        }
+        let migration = &*self.migration;
+        let latency = crate::dm::kthread::now_ns().saturating_sub(start);
+        migration
+            .guest_latency_ns
+            .fetch_add(latency, Ordering::Relaxed);
+        migration.guest_completed.fetch_add(1, Ordering::Release);
+    }
+
+    /// Wakes the copier: what it should do changed.
+    pub(crate) fn wake_copier(&self) {
+        self.migration.copier_event.signal();
     }
 
     /// The counters of the status line and sysfs.
@@ -609,6 +688,7 @@ impl Engine {
             .progress(self.measured_kibps.load(Ordering::Relaxed));
         progress.state = migration.with_mirror_failure(progress.state);
         progress.errors += migration.mirror_errors.load(Ordering::Relaxed);
+        progress.zeroed_bytes = migration.zeroed_bytes.load(Ordering::Relaxed);
         if progress.paused || !matches!(progress.state, State::Copying) {
             progress.rate_kibps = 0;
         }
@@ -892,21 +972,19 @@ impl Engine {
         }
     }
 
-    /// Sleeps up to `ms` milliseconds (at most [`META_MAX_SLEEP_MS`]), or until a write waits
-    /// for its intent.
+    /// Sleeps up to `ms` milliseconds, or until a write waits for its intent, or the thread is
+    /// asked to stop or park.
     pub(crate) fn meta_wait(&self, ms: u32) {
         let migration = &*self.migration;
-        let mut shared = migration.shared.lock();
+        let shared = migration.shared.lock();
         if shared.tracker.is_active() && shared.intent.as_ref().is_some_and(|i| i.has_wanted()) {
             return;
         }
-        // A park or stop request that came while the thread was busy did not wake it from
-        // this wait (the condition variable is not the thread's own sleep): the bound is how
-        // long such a request waits.
-        let ms = ms.min(META_MAX_SLEEP_MS);
-        let _ = migration
-            .meta_wake
-            .wait_interruptible_timeout(&mut shared, kernel::time::msecs_to_jiffies(ms));
+        // Read under the lock that `dispatch` signals under: a write that waits from now on
+        // ends the sleep.
+        let seen = migration.meta_event.count();
+        drop(shared);
+        migration.meta_event.wait(seen, ms.max(1), true);
     }
 
     /// Waits until every write counted in `epoch` has completed.
@@ -918,14 +996,17 @@ impl Engine {
     fn drain_epochs(&self, epochs: &WriteEpochs, epoch: Epoch) {
         let migration = &*self.migration;
         epochs.start_drain(epoch);
-        let mut guard = migration.drain_lock.lock();
-        while !epochs.is_drained(epoch) {
-            // The last write may end between the check and the wait, and its wake-up is then
-            // lost: the one-jiffy timeout bounds what that costs. A stop request only wakes
-            // the thread early; the writes still have to land.
-            let _ = migration.drained.wait_interruptible_timeout(&mut guard, 1);
+        loop {
+            // The count is read before the check: the write that drains the epoch after the
+            // check signals after it, and the wait returns at once.
+            let seen = migration.drained_event.count();
+            if epochs.is_drained(epoch) {
+                break;
+            }
+            // Not stoppable: a stop or park request does not end a drain, the writes still
+            // have to land.
+            migration.drained_event.wait(seen, 0, false);
         }
-        drop(guard);
         epochs.end_drain();
     }
 
@@ -1012,6 +1093,8 @@ impl MirrorDone for Engine {
         if origin.is_ok() && !dest.is_ok() {
             self.migration.mirror_errors.fetch_add(1, Ordering::Relaxed);
             self.migration.dest_failed.store(true, Ordering::Release);
+            // The copier carries the failure out.
+            self.migration.copier_event.signal();
         }
     }
 }

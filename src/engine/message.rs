@@ -6,7 +6,8 @@
 //! pause            stop copying; writes are still mirrored to copied regions
 //! resume           copy again after pause
 //! cancel           stop the migration for good; all I/O stays on the origin
-//! rate <KiB/s>     limit the copy rate; 0 is unlimited
+//! max_rate <KiB/s> the copy rate's ceiling; 0 is unlimited (`rate` is the same)
+//! min_rate <KiB/s> the adaptive copy rate's floor; 0 turns the adaptive rate off
 //! depth <n>        copy batches in flight, 1 to 16
 //! ```
 //!
@@ -24,8 +25,10 @@ pub enum Message {
     Resume,
     /// `cancel`.
     Cancel,
-    /// `rate <KiB/s>`.
+    /// `max_rate <KiB/s>`, or `rate <KiB/s>`.
     Rate(u64),
+    /// `min_rate <KiB/s>`.
+    MinRate(u64),
     /// `depth <n>`.
     Depth(u32),
 }
@@ -80,9 +83,13 @@ impl Message {
             no_args(Message::Resume)
         } else if is("cancel") {
             no_args(Message::Cancel)
-        } else if is("rate") {
+        } else if is("rate") || is("max_rate") {
             parse_u64(one_arg()?)
                 .map(Message::Rate)
+                .ok_or(MessageError::InvalidRate)
+        } else if is("min_rate") {
+            parse_u64(one_arg()?)
+                .map(Message::MinRate)
                 .ok_or(MessageError::InvalidRate)
         } else if is("depth") {
             parse_depth(one_arg()?)
@@ -105,13 +112,15 @@ mod tests {
         assert_eq!(Message::parse(&["Cancel"]), Ok(Message::Cancel));
         assert_eq!(Message::parse(&["rate", "0"]), Ok(Message::Rate(0)));
         assert_eq!(Message::parse(&["rate", "20480"]), Ok(Message::Rate(20480)));
+        assert_eq!(Message::parse(&["Max_Rate", "7"]), Ok(Message::Rate(7)));
+        assert_eq!(Message::parse(&["min_rate", "4096"]), Ok(Message::MinRate(4096)));
         assert_eq!(Message::parse(&["depth", "16"]), Ok(Message::Depth(16)));
     }
 
     #[test]
     fn refuses_bad_messages() {
         use MessageError::*;
-        let cases: [(&[&str], MessageError); 9] = [
+        let cases: [(&[&str], MessageError); 11] = [
             (&[], UnknownVerb),
             (&["frobnicate"], UnknownVerb),
             (&["pause", "now"], ArgumentCount),
@@ -119,6 +128,8 @@ mod tests {
             (&["rate", "1", "2"], ArgumentCount),
             (&["rate", "10k"], InvalidRate),
             (&["rate", "-1"], InvalidRate),
+            (&["min_rate", "x"], InvalidRate),
+            (&["min_rate"], ArgumentCount),
             (&["depth", "0"], InvalidDepth),
             (&["depth", "17"], InvalidDepth),
         ];

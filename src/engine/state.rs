@@ -94,6 +94,8 @@ pub struct Progress {
     pub rate_kibps: u64,
     /// I/O errors the copier has seen.
     pub errors: u64,
+    /// Bytes of the copy that read as zeros and went to the destination as write-zeroes.
+    pub zeroed_bytes: u64,
 }
 
 impl Progress {

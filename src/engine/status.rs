@@ -6,8 +6,11 @@
 //!
 //! ```text
 //! <state> <copied_regions>/<total_regions> <pending_regions> <inflight_regions> \
-//!     <copied_bytes> <rate_kibps> <errors> <fail_reason>
+//!     <copied_bytes> <rate_kibps> <errors> <fail_reason> <zeroed_bytes>
 //! ```
+//!
+//! `zeroed_bytes` counts the bytes of the copy that read as zeros and were written as
+//! write-zeroes instead of data (`skip_zeroes`).
 //!
 //! `state` is one of `copying`, `paused`, `synced`, `switched`, `failed`, `cancelled`;
 //! `fail_reason` is `-` unless the state is `failed`.
@@ -32,7 +35,7 @@ impl Progress {
         };
         write!(
             w,
-            "{} {}/{} {} {} {} {} {} {}",
+            "{} {}/{} {} {} {} {} {} {} {}",
             self.state_word(),
             self.copied_regions,
             self.total_regions,
@@ -41,7 +44,8 @@ impl Progress {
             self.copied_bytes,
             self.rate_kibps,
             self.errors,
-            reason
+            reason,
+            self.zeroed_bytes
         )
     }
 }
@@ -56,6 +60,8 @@ impl Progress {
         let word = next()?;
         let (regions, pending, inflight) = (next()?, next()?, next()?);
         let (bytes, rate, errors, reason) = (next()?, next()?, next()?, next()?);
+        // A target from before zero skipping has no such field.
+        let zeroed = next();
         let number = |w: &str| parse_u64(w);
         let (copied, total) = regions.split_once('/')?;
         let reason = match reason {
@@ -81,6 +87,10 @@ impl Progress {
             copied_bytes: number(bytes)?,
             rate_kibps: number(rate)?,
             errors: number(errors)?,
+            zeroed_bytes: match zeroed {
+                Some(word) => number(word)?,
+                None => 0,
+            },
         })
     }
 }
@@ -125,15 +135,19 @@ mod tests {
             copied_bytes: 1000 * 65536,
             rate_kibps: 20480,
             errors: 0,
+            zeroed_bytes: 4096,
         };
         let line = text(|w| p.write_info(w), &mut buf);
-        assert_eq!(line, "copying 1000/4096 3096 32 65536000 20480 0 -");
+        assert_eq!(line, "copying 1000/4096 3096 32 65536000 20480 0 - 4096");
+        assert_eq!(Progress::parse_info(line), Some(p));
+        let old = Progress::parse_info("copying 1000/4096 3096 32 65536000 20480 0 -").unwrap();
+        assert_eq!(old.zeroed_bytes, 0, "a target without the field");
         p.paused = true;
         assert!(text(|w| p.write_info(w), &mut buf).starts_with("paused "));
         p.state = State::Failed(FailReason::DestinationWrite);
         let line = text(|w| p.write_info(w), &mut buf);
         assert!(line.starts_with("failed "), "{line}");
-        assert!(line.ends_with(" destination_write_error"), "{line}");
+        assert!(line.ends_with(" destination_write_error 4096"), "{line}");
     }
 
     #[test]
@@ -174,7 +188,10 @@ mod tests {
         fn table_line_round_trips(
             region in proptest::option::of(0u32..=21),
             depth in proptest::option::of(1u32..=16),
+            min_rate in proptest::option::of(any::<u64>()),
             rate in proptest::option::of(any::<u64>()),
+            as_rate in any::<bool>(),
+            skip_zeroes in proptest::option::of(any::<bool>()),
             no_switch in any::<bool>(),
             metadata in any::<bool>(),
             commit in proptest::option::of(1u64..=3_600_000),
@@ -182,14 +199,17 @@ mod tests {
             let options = Options {
                 region_size: region.map(|shift| 1u64 << shift),
                 copy_depth: depth,
-                rate,
+                min_rate,
+                max_rate: rate,
+                max_rate_as_rate: as_rate && rate.is_some(),
+                skip_zeroes,
                 no_switch,
                 metadata,
                 commit_interval: commit.filter(|_| metadata),
             };
-            let mut buf = [0u8; 256];
+            let mut buf = [0u8; 320];
             let line = text(|w| write_table(w, "7:0", "7:1", "7:2", &options), &mut buf);
-            let mut words = [""; 16];
+            let mut words = [""; 24];
             let mut n = 0;
             for word in line.split(' ') {
                 words[n] = word;
@@ -204,12 +224,13 @@ mod tests {
 
         /// The INFO line parses back to the same progress, also with a word appended (a newer
         /// target's field), and a line with a word missing or changed into something else
-        /// does not parse.
+        /// does not parse. (The last field, `zeroed_bytes`, may be missing: an older target's
+        /// line; `cut` spares it.)
         #[test]
         fn info_line_round_trips(
             state in 0usize..9,
             paused in any::<bool>(),
-            counters in proptest::array::uniform7(any::<u64>()),
+            counters in proptest::array::uniform8(any::<u64>()),
             cut in 0usize..8,
         ) {
             let reasons = [
@@ -226,7 +247,7 @@ mod tests {
                 3 => State::Cancelled,
                 n => State::Failed(reasons[(n - 4) % reasons.len()]),
             };
-            let [total, copied, pending, inflight, bytes, rate, errors] = counters;
+            let [total, copied, pending, inflight, bytes, rate, errors, zeroed] = counters;
             let progress = Progress {
                 state,
                 // Only a copy is ever shown as paused.
@@ -238,8 +259,9 @@ mod tests {
                 copied_bytes: bytes,
                 rate_kibps: rate,
                 errors,
+                zeroed_bytes: zeroed,
             };
-            let mut buf = [0u8; 256];
+            let mut buf = [0u8; 320];
             let line = text(|w| progress.write_info(w), &mut buf);
             prop_assert_eq!(Progress::parse_info(line), Some(progress));
             let words: std::vec::Vec<&str> = line.split(' ').collect();

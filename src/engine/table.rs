@@ -12,7 +12,15 @@
 //!                           2097152 sectors and a multiple of both logical block sizes.
 //!                           Default 128 (64 KiB).
 //!   copy_depth <n>          Copy batches in flight at once, 1 to 16. Default 4.
-//!   rate <KiB/s>            Copy rate limit; 0 (the default) is unlimited.
+//!   min_rate <KiB/s>        The adaptive copy rate's floor: the copy never goes slower, so
+//!                           it always finishes. Default 10240. 0 turns the adaptive rate off:
+//!                           the copy then always runs at max_rate.
+//!   max_rate <KiB/s>        The copy rate's ceiling; 0 (the default) is unlimited. `rate` is
+//!                           the same option under its earlier name.
+//!   skip_zeroes             Write chunks of the origin that read as zeros as write-zeroes
+//!                           (unmapping) instead of data. The default where the destination
+//!                           supports write-zeroes.
+//!   no_skip_zeroes          Copy zeros as data.
 //!   no_switch               Stay mirrored and in sync instead of switching to the destination.
 //!   metadata <dev>          Keep the migration's state on this device, so that it survives a
 //!                           crash (`super::metadata`). Without one, a crash loses the progress.
@@ -74,8 +82,12 @@ pub enum TableError {
     RegionSizeNotBlockMultiple,
     /// `copy_depth` is not a number from 1 to [`MAX_COPY_DEPTH`].
     CopyDepthInvalid,
-    /// `rate` is not a plain decimal number.
+    /// `max_rate` (or `rate`) is not a plain decimal number.
     RateInvalid,
+    /// `min_rate` is not a plain decimal number.
+    MinRateInvalid,
+    /// `skip_zeroes` together with `no_skip_zeroes`.
+    SkipZeroesConflict,
     /// `commit_interval` is not a number from 1 to [`MAX_COMMIT_INTERVAL_MS`].
     CommitIntervalInvalid,
     /// `commit_interval` without a metadata device.
@@ -128,6 +140,8 @@ impl TableError {
             }
             Self::CopyDepthInvalid => c"Invalid copy depth (1 to 16)",
             Self::RateInvalid => c"Invalid rate",
+            Self::MinRateInvalid => c"Invalid min_rate",
+            Self::SkipZeroesConflict => c"skip_zeroes and no_skip_zeroes together",
             Self::CommitIntervalInvalid => c"Invalid commit interval (1 to 3600000 ms)",
             Self::CommitIntervalWithoutMetadata => c"commit_interval needs a metadata device",
             Self::MetadataOpen => c"Error opening metadata device",
@@ -171,8 +185,14 @@ pub struct Options {
     pub region_size: Option<u64>,
     /// `copy_depth <n>`.
     pub copy_depth: Option<u32>,
-    /// `rate <KiB/s>`.
-    pub rate: Option<u64>,
+    /// `min_rate <KiB/s>`.
+    pub min_rate: Option<u64>,
+    /// `max_rate <KiB/s>`, or `rate <KiB/s>`.
+    pub max_rate: Option<u64>,
+    /// Whether `max_rate` was spelled `rate`: the table is written back as it was given.
+    pub max_rate_as_rate: bool,
+    /// `skip_zeroes` (true) or `no_skip_zeroes` (false).
+    pub skip_zeroes: Option<bool>,
     /// `no_switch`.
     pub no_switch: bool,
     /// `metadata <dev>` (the device itself is in [`TableArgs::metadata`]).
@@ -192,6 +212,17 @@ impl Options {
         self.copy_depth.unwrap_or(DEFAULT_COPY_DEPTH)
     }
 
+    /// The adaptive rate's floor in KiB/s, the default when none was given.
+    pub fn min_rate_kibps(&self) -> u64 {
+        self.min_rate
+            .unwrap_or(super::throttle::DEFAULT_MIN_RATE_KIBPS)
+    }
+
+    /// The rate's ceiling in KiB/s, 0 for none.
+    pub fn max_rate_kibps(&self) -> u64 {
+        self.max_rate.unwrap_or(0)
+    }
+
     /// The commit interval in milliseconds, the default when none was given.
     pub fn commit_interval_ms(&self) -> u64 {
         self.commit_interval.unwrap_or(DEFAULT_COMMIT_INTERVAL_MS)
@@ -201,10 +232,12 @@ impl Options {
     pub fn word_count(&self) -> usize {
         2 * (usize::from(self.region_size.is_some())
             + usize::from(self.copy_depth.is_some())
-            + usize::from(self.rate.is_some())
+            + usize::from(self.min_rate.is_some())
+            + usize::from(self.max_rate.is_some())
             + usize::from(self.metadata)
             + usize::from(self.commit_interval.is_some()))
             + usize::from(self.no_switch)
+            + usize::from(self.skip_zeroes.is_some())
     }
 
     /// Writes ` <#opt_args> <opt_arg>...`, or nothing when no option was given; `metadata`
@@ -227,11 +260,20 @@ impl Options {
         if let Some(depth) = self.copy_depth {
             write!(w, " copy_depth {depth}")?;
         }
-        if let Some(rate) = self.rate {
-            write!(w, " rate {rate}")?;
+        if let Some(rate) = self.min_rate {
+            write!(w, " min_rate {rate}")?;
+        }
+        if let Some(rate) = self.max_rate {
+            let name = if self.max_rate_as_rate { "rate" } else { "max_rate" };
+            write!(w, " {name} {rate}")?;
         }
         if self.no_switch {
             w.write_str(" no_switch")?;
+        }
+        match self.skip_zeroes {
+            Some(true) => w.write_str(" skip_zeroes")?,
+            Some(false) => w.write_str(" no_skip_zeroes")?,
+            None => {}
         }
         Ok(())
     }
@@ -307,12 +349,30 @@ impl<'a> TableArgs<'a> {
                     }
                     options.copy_depth =
                         Some(parse_depth(value).ok_or(TableError::CopyDepthInvalid)?);
-                } else if keyword.eq_ignore_ascii_case("rate") {
+                } else if keyword.eq_ignore_ascii_case("max_rate")
+                    || keyword.eq_ignore_ascii_case("rate")
+                {
                     let value = value()?;
-                    if options.rate.is_some() {
+                    if options.max_rate.is_some() {
                         return Err(TableError::DuplicateOption);
                     }
-                    options.rate = Some(parse_u64(value).ok_or(TableError::RateInvalid)?);
+                    options.max_rate = Some(parse_u64(value).ok_or(TableError::RateInvalid)?);
+                    options.max_rate_as_rate = keyword.eq_ignore_ascii_case("rate");
+                } else if keyword.eq_ignore_ascii_case("min_rate") {
+                    let value = value()?;
+                    if options.min_rate.is_some() {
+                        return Err(TableError::DuplicateOption);
+                    }
+                    options.min_rate = Some(parse_u64(value).ok_or(TableError::MinRateInvalid)?);
+                } else if keyword.eq_ignore_ascii_case("skip_zeroes")
+                    || keyword.eq_ignore_ascii_case("no_skip_zeroes")
+                {
+                    let skip = keyword.eq_ignore_ascii_case("skip_zeroes");
+                    match options.skip_zeroes {
+                        Some(given) if given == skip => return Err(TableError::DuplicateOption),
+                        Some(_) => return Err(TableError::SkipZeroesConflict),
+                        None => options.skip_zeroes = Some(skip),
+                    }
                 } else if keyword.eq_ignore_ascii_case("metadata") {
                     let value = value()?;
                     if metadata.is_some() {
@@ -457,7 +517,8 @@ mod tests {
             Options {
                 region_size: Some(16),
                 copy_depth: Some(8),
-                rate: Some(1024),
+                max_rate: Some(1024),
+                max_rate_as_rate: true,
                 no_switch: true,
                 ..Default::default()
             }
@@ -468,6 +529,25 @@ mod tests {
         assert!(args.options.metadata);
         assert_eq!(args.options.commit_interval_ms(), 250);
         assert_eq!(parse("a b 0").unwrap().options.commit_interval_ms(), 1000);
+    }
+
+    #[test]
+    fn parses_the_rate_and_zero_options_and_writes_them_back_as_given() {
+        let args = parse("a b 5 min_rate 2048 MAX_RATE 40960 no_skip_zeroes").unwrap();
+        let options = args.options;
+        assert_eq!(options.min_rate_kibps(), 2048);
+        assert_eq!(options.max_rate_kibps(), 40960);
+        assert_eq!(options.skip_zeroes, Some(false));
+        let mut line = std::string::String::new();
+        options.write(&mut line, "").unwrap();
+        assert_eq!(line, " 5 min_rate 2048 max_rate 40960 no_skip_zeroes");
+        let options = parse("a b 3 rate 100 skip_zeroes").unwrap().options;
+        let mut line = std::string::String::new();
+        options.write(&mut line, "").unwrap();
+        assert_eq!(line, " 3 rate 100 skip_zeroes", "the old name is kept");
+        let defaults = Options::default();
+        assert_eq!(defaults.min_rate_kibps(), 10240);
+        assert_eq!(defaults.max_rate_kibps(), 0);
     }
 
     #[test]
@@ -508,6 +588,12 @@ mod tests {
             ("a b 2 copy_depth 4x", CopyDepthInvalid),
             ("a b 2 rate -1", RateInvalid),
             ("a b 2 no_switch no_switch", DuplicateOption),
+            ("a b 4 rate 1 max_rate 2", DuplicateOption),
+            ("a b 4 min_rate 1 min_rate 2", DuplicateOption),
+            ("a b 2 min_rate 1M", MinRateInvalid),
+            ("a b 2 max_rate -5", RateInvalid),
+            ("a b 2 skip_zeroes skip_zeroes", DuplicateOption),
+            ("a b 2 skip_zeroes no_skip_zeroes", SkipZeroesConflict),
             ("a b 1 rate", MissingValue),
             ("a b 1 metadata", MissingValue),
             ("a b 4 metadata m metadata n", DuplicateOption),

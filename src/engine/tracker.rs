@@ -632,6 +632,7 @@ impl<B: DerefMut<Target = [u64]>> Tracker<B> {
             copied_bytes: self.copied_bytes,
             rate_kibps,
             errors: self.errors,
+            zeroed_bytes: 0,
         }
     }
 

@@ -105,9 +105,13 @@ pub enum Command {
         device: String,
         /// A block device, or a path for a new image file.
         destination: std::path::PathBuf,
-        /// Copy rate limit in KiB/s (0: unlimited).
+        /// The copy rate's ceiling in KiB/s (0: unlimited, the default).
+        #[arg(long = "max-rate", visible_alias = "rate")]
+        max_rate: Option<u64>,
+        /// The adaptive copy rate's floor in KiB/s: the copy takes what the guest leaves, and
+        /// never less than this (default 10240; 0: no adaptation, always --max-rate).
         #[arg(long)]
-        rate: Option<u64>,
+        min_rate: Option<u64>,
         /// Region size in 512-byte sectors (a power of two).
         #[arg(long)]
         region_size: Option<u64>,
@@ -225,6 +229,8 @@ mod tests {
             "/srv/new.img",
             "--rate",
             "1024",
+            "--min-rate",
+            "512",
             "--depth",
             "8",
             "--region-size",
@@ -236,7 +242,8 @@ mod tests {
         let Command::Move {
             device,
             destination,
-            rate,
+            max_rate: rate,
+            min_rate,
             region_size,
             depth,
             keep_source,
@@ -250,6 +257,7 @@ mod tests {
         assert_eq!(device, "disk");
         assert_eq!(destination, std::path::PathBuf::from("/srv/new.img"));
         assert_eq!((rate, region_size, depth), (Some(1024), Some(256), Some(8)));
+        assert_eq!(min_rate, Some(512));
         assert!(keep_source && no_progress);
         assert_eq!((metadata, no_metadata), (None, false));
         assert!(matches!(

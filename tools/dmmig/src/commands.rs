@@ -59,7 +59,8 @@ pub fn run(command: Command, json: bool) -> Result<()> {
         Command::Move {
             device,
             destination,
-            rate,
+            max_rate,
+            min_rate,
             region_size,
             depth,
             keep_source,
@@ -68,7 +69,8 @@ pub fn run(command: Command, json: bool) -> Result<()> {
             no_metadata,
         } => {
             let options = MoveOptions {
-                rate,
+                max_rate,
+                min_rate,
                 region_size,
                 depth,
                 keep_source,

@@ -22,8 +22,10 @@ use std::time::{Duration, Instant};
 /// Options of `dmmig move`.
 #[derive(Debug, Clone, Default)]
 pub struct MoveOptions {
-    /// Copy rate limit in KiB/s (0: none).
-    pub rate: Option<u64>,
+    /// The copy rate's ceiling in KiB/s (0: none).
+    pub max_rate: Option<u64>,
+    /// The adaptive copy rate's floor in KiB/s.
+    pub min_rate: Option<u64>,
     /// Region size in sectors.
     pub region_size: Option<u64>,
     /// Copy batches in flight.
@@ -55,10 +57,12 @@ pub struct MoveRecord {
     pub metadata: PathBuf,
     /// Whether `move` created the metadata (and removes it at the end).
     pub metadata_created: bool,
-    /// Region size, copy depth and rate of the migrate table.
+    /// Region size, copy depth and rates of the migrate table (`rate` is the ceiling).
     pub region_size: Option<u64>,
     pub depth: Option<u32>,
     pub rate: Option<u64>,
+    #[serde(default)]
+    pub min_rate: Option<u64>,
     /// Keep the old image at the end.
     pub keep_source: bool,
 }
@@ -373,8 +377,29 @@ fn prepare_metadata(
     }
 }
 
-/// Opens (or creates, sparse and loop-attached) the destination.
-fn prepare_destination(dest: &Path, bytes: u64, created: &mut Created) -> Result<BlockDev> {
+/// The space a new image of a disk of `bytes` over `origin` needs: the copy writes the origin's
+/// zeros as holes (write-zeroes on a loop device punches them), so an origin that is itself a
+/// sparse image needs about its allocated bytes, plus a tenth of the disk for what the guest
+/// writes into holes meanwhile; anything else needs the whole size.
+fn space_needed(origin: &BlockDev, bytes: u64) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    origin
+        .loop_backing_file()
+        .and_then(|path| fs::metadata(path).ok())
+        .filter(|meta| meta.is_file())
+        .map_or(bytes, |meta| {
+            (meta.blocks().saturating_mul(512)).saturating_add(bytes / 10).min(bytes)
+        })
+}
+
+/// Opens (or creates, sparse and loop-attached) the destination; a new image file needs
+/// `space` bytes free on its filesystem.
+fn prepare_destination(
+    dest: &Path,
+    bytes: u64,
+    space: u64,
+    created: &mut Created,
+) -> Result<BlockDev> {
     match fs::metadata(dest) {
         Ok(meta) if meta.file_type().is_block_device() => {
             let dev = BlockDev::of_path(dest)?;
@@ -411,10 +436,10 @@ fn prepare_destination(dest: &Path, bytes: u64, created: &mut Created) -> Result
             let stat = nix::sys::statvfs::statvfs(dir)
                 .map_err(|e| Error::Usage(format!("cannot use {}: {e}", dir.display())))?;
             let free = stat.blocks_available() as u64 * stat.fragment_size() as u64;
-            if free < bytes {
+            if free < space {
                 return Err(Error::Usage(format!(
                     "not enough space for {}: {free} bytes free on its filesystem, the disk \
-                     needs {bytes}; free space or choose another filesystem",
+                     needs {space}; free space or choose another filesystem",
                     dest.display()
                 )));
             }
@@ -547,7 +572,8 @@ pub fn run_move(
     let options = Options {
         region_size: opts.region_size,
         copy_depth: opts.depth,
-        rate: opts.rate,
+        max_rate: opts.max_rate,
+        min_rate: opts.min_rate,
         no_switch: false,
         metadata: !opts.no_metadata,
         ..Options::default()
@@ -581,7 +607,8 @@ pub fn run_move(
                 )));
             }
         }
-        let destination = prepare_destination(dest, bytes, &mut created)?;
+        let space = space_needed(&origin, bytes);
+        let destination = prepare_destination(dest, bytes, space, &mut created)?;
         // And against the devices, as the constructor will.
         Geometry::validate(
             &options,
@@ -624,7 +651,8 @@ pub fn run_move(
                 metadata_created: created.meta_image.is_some(),
                 region_size: opts.region_size,
                 depth: opts.depth,
-                rate: opts.rate,
+                rate: opts.max_rate,
+                min_rate: opts.min_rate,
                 keep_source: opts.keep_source,
             }
             .write()?;
@@ -881,7 +909,8 @@ pub fn run_recover(name: &str, opts: &RecoverOptions, stop: Arc<AtomicBool>) -> 
                 .and_then(|r| r.region_size)
                 .or((inspection.region_sectors > 0).then_some(inspection.region_sectors)),
             copy_depth: record.as_ref().and_then(|r| r.depth),
-            rate: record.as_ref().and_then(|r| r.rate),
+            max_rate: record.as_ref().and_then(|r| r.rate),
+            min_rate: record.as_ref().and_then(|r| r.min_rate),
             metadata: true,
             ..Options::default()
         };
