@@ -113,7 +113,10 @@ mod tests {
         assert_eq!(Message::parse(&["rate", "0"]), Ok(Message::Rate(0)));
         assert_eq!(Message::parse(&["rate", "20480"]), Ok(Message::Rate(20480)));
         assert_eq!(Message::parse(&["Max_Rate", "7"]), Ok(Message::Rate(7)));
-        assert_eq!(Message::parse(&["min_rate", "4096"]), Ok(Message::MinRate(4096)));
+        assert_eq!(
+            Message::parse(&["min_rate", "4096"]),
+            Ok(Message::MinRate(4096))
+        );
         assert_eq!(Message::parse(&["depth", "16"]), Ok(Message::Depth(16)));
     }
 

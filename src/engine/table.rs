@@ -264,7 +264,11 @@ impl Options {
             write!(w, " min_rate {rate}")?;
         }
         if let Some(rate) = self.max_rate {
-            let name = if self.max_rate_as_rate { "rate" } else { "max_rate" };
+            let name = if self.max_rate_as_rate {
+                "rate"
+            } else {
+                "max_rate"
+            };
             write!(w, " {name} {rate}")?;
         }
         if self.no_switch {

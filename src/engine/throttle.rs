@@ -291,7 +291,11 @@ mod tests {
         p.add(10 << 20, 1024, S);
         assert_eq!(p.wait_ns(0, S), None);
         p.add(1 << 20, 0, S);
-        assert_eq!(p.wait_ns(1024, S), None, "what was copied unlimited costs nothing");
+        assert_eq!(
+            p.wait_ns(1024, S),
+            None,
+            "what was copied unlimited costs nothing"
+        );
         // Idle time is not saved up: a batch after a long pause waits its own length.
         p.add(1 << 20, 2048, 10 * S);
         assert_eq!(p.wait_ns(2048, 10 * S), Some(S / 2));
@@ -301,7 +305,11 @@ mod tests {
         p.add(2 << 20, 1, 0);
         assert_eq!(p.wait_ns(1, 0), Some(2048 * S));
         assert_eq!(p.wait_ns(2048, 0), Some(S));
-        assert_eq!(p.wait_ns(1024, S / 2), Some(S), "half paid; the rest at half the rate");
+        assert_eq!(
+            p.wait_ns(1024, S / 2),
+            Some(S),
+            "half paid; the rest at half the rate"
+        );
     }
 
     /// Runs `ticks` intervals of `load` and returns the limits chosen.
@@ -329,7 +337,11 @@ mod tests {
         let mut c = RateController::new(10240, 0);
         assert_eq!(c.limit_kibps(), 0, "flat out until the guest shows up");
         assert_eq!(run(&mut c, IDLE, 3), [0, 0, 0]);
-        assert_eq!(c.tick(busy(1000, 100)), 10240, "the guest arrives: the floor at once");
+        assert_eq!(
+            c.tick(busy(1000, 100)),
+            10240,
+            "the guest arrives: the floor at once"
+        );
         // The load stops: the ceiling after QUIET_TICKS quiet intervals, not before.
         assert_eq!(c.tick(IDLE), 10240);
         assert_eq!(c.tick(IDLE), 0);
@@ -345,7 +357,15 @@ mod tests {
         c.tick(busy(1000, 100));
         // Same latency as at the floor: the limit rises a step per interval.
         let limits = run(&mut c, busy(1000, 100), 4);
-        assert_eq!(limits, [10240 + 5120, 10240 + 2 * 5120, 10240 + 3 * 5120, 10240 + 4 * 5120]);
+        assert_eq!(
+            limits,
+            [
+                10240 + 5120,
+                10240 + 2 * 5120,
+                10240 + 3 * 5120,
+                10240 + 4 * 5120
+            ]
+        );
         // Latency in between the two thresholds: the limit holds.
         assert_eq!(run(&mut c, busy(1000, 115), 2), [30720, 30720]);
         // The guest pays: the limit halves, down to the floor and no lower.
@@ -392,7 +412,11 @@ mod tests {
         c.set_bounds(20480, 0);
         assert_eq!(c.limit_kibps(), 20480, "raised to the new floor");
         c.set_bounds(20480, 15000);
-        assert_eq!(c.limit_kibps(), 15000, "a floor above the ceiling: fixed at the ceiling");
+        assert_eq!(
+            c.limit_kibps(),
+            15000,
+            "a floor above the ceiling: fixed at the ceiling"
+        );
         c.set_bounds(0, 0);
         assert_eq!(c.limit_kibps(), 0, "the controller off: no limit");
     }
@@ -400,7 +424,11 @@ mod tests {
     /// A synthetic guest whose latency grows with the copy rate, as on a shared device: the
     /// guest alone sees 100 us; every MiB/s of copy adds `cost_us_per_mibps`.
     fn guest_beside_copy(limit_kibps: u64, cost_us_per_mibps: u64) -> GuestLoad {
-        let copy_mibps = if limit_kibps == 0 { 1000 } else { limit_kibps / 1024 };
+        let copy_mibps = if limit_kibps == 0 {
+            1000
+        } else {
+            limit_kibps / 1024
+        };
         let latency_us = 100 + copy_mibps * cost_us_per_mibps / 10;
         // A closed loop of 16 bios: completions in 100 ms fall as latency grows.
         busy(16 * 100_000 / latency_us, latency_us)
@@ -421,7 +449,11 @@ mod tests {
                     IDLE
                 };
                 // The copy itself runs at most 400 MiB/s on this device.
-                let rate = if limit == 0 { 400 * 1024 } else { limit.min(400 * 1024) };
+                let rate = if limit == 0 {
+                    400 * 1024
+                } else {
+                    limit.min(400 * 1024)
+                };
                 copied_kib += rate / 10;
                 trace.push((busy_phase, load, c.tick(load)));
             }

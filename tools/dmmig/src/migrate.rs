@@ -388,7 +388,9 @@ fn space_needed(origin: &BlockDev, bytes: u64) -> u64 {
         .and_then(|path| fs::metadata(path).ok())
         .filter(|meta| meta.is_file())
         .map_or(bytes, |meta| {
-            (meta.blocks().saturating_mul(512)).saturating_add(bytes / 10).min(bytes)
+            (meta.blocks().saturating_mul(512))
+                .saturating_add(bytes / 10)
+                .min(bytes)
         })
 }
 
