@@ -357,7 +357,12 @@ impl Target for Migrate {
 
     fn map(&self, bio: Bio) -> MapResult {
         self.engine.guest_started(&bio);
-        self.engine.dispatch(bio)
+        let result = self.engine.dispatch(bio);
+        // The core ends a killed bio without `end_io`: its accounting ends here.
+        if let MapResult::Kill(bio) = &result {
+            self.engine.guest_done(bio);
+        }
+        result
     }
 
     fn end_io(&self, bio: &Bio, _status: Status) {
