@@ -151,7 +151,9 @@ impl IoBatch {
     }
 
     /// Whether the I/O submitted since the last wait is over (or none was submitted): a
-    /// [`IoBatch::wait`] then returns at once.
+    /// [`IoBatch::wait`] then returns at once, or after the completer's last instructions. True
+    /// before the batch's event is signalled, so a poller that read the event's count first
+    /// never misses the end.
     pub fn is_done(&self) -> bool {
         // SAFETY: The batch is valid (type invariant).
         !self.started || unsafe { bindings::migrate_io_batch_done(self.ptr.as_ptr()) }

@@ -245,10 +245,11 @@ void migrate_io_batch_start(struct migrate_io_batch *batch)
 }
 
 /*
- * The batch is over: the event first, then the completion, which is the last the completer
- * touches. Whoever learns of the end through the completion (completion_done(), which waits for
- * complete() to let go of it, or wait_for_completion()) may free or reuse the batch at once; the
- * event outlives every batch that signals it (its owner frees them first, each once done).
+ * The batch is over: its count reaches 0 (what migrate_io_batch_done() tests), then the event
+ * is signalled, then the completion, which is the last the completer touches. The batch may be
+ * freed or reused only after migrate_io_batch_wait(), whose wait_for_completion() returns once
+ * complete() has let go of it; the event outlives every batch that signals it (each holds a
+ * reference until then).
  */
 static void migrate_io_batch_put(struct migrate_io_batch *batch)
 {
@@ -276,7 +277,13 @@ static void migrate_io_batch_endio(struct bio *bio)
 
 bool migrate_io_batch_done(struct migrate_io_batch *batch)
 {
-	return completion_done(&batch->done);
+	/*
+	 * The count, not the completion: it reaches 0 before the event is signalled, so a thread
+	 * that read the event's count before this check cannot miss the end (it would, polling
+	 * the completion, in the window between the signal and complete()). The caller then waits
+	 * with migrate_io_batch_wait(), which returns once complete() has let go of the batch.
+	 */
+	return atomic_read_acquire(&batch->pending) == 0;
 }
 
 bool migrate_pages_zero(struct page **pages, unsigned int bytes)
