@@ -932,16 +932,23 @@ mod tests {
             pick: usize,
             dest_fails: bool,
         },
-        /// The copier takes a round (and flips the epochs if it took a batch).
+        /// The copier takes a round for its free slots (and flips the epochs if it took a
+        /// batch), also while other batches are in flight: the pipeline.
         StartRound {
             depth: usize,
             max: u64,
         },
-        /// The copier reads its round, if the epoch it waits for has drained.
+        /// The round's epoch has drained: its batches go out.
         ReadRound,
-        /// The copier writes the round to the destination and records the results.
-        FinishRound {
-            results: u32,
+        /// One batch in flight reads the origin.
+        ReadBatch {
+            pick: usize,
+        },
+        /// One batch in flight ends: written to the destination, or failed, and recorded; the
+        /// writes deferred behind it go on.
+        FinishBatch {
+            pick: usize,
+            result: u8,
         },
         /// The copier checks for a failed mirrored write, as at the top of each loop.
         CheckFailure,
@@ -969,7 +976,8 @@ mod tests {
                 .prop_map(|(pick, dest_fails)| Op::Complete { pick, dest_fails }),
             40 => (1usize..4, 1u64..5).prop_map(|(depth, max)| Op::StartRound { depth, max }),
             40 => Just(Op::ReadRound),
-            40 => any::<u32>().prop_map(|results| Op::FinishRound { results }),
+            40 => any::<usize>().prop_map(|pick| Op::ReadBatch { pick }),
+            40 => (any::<usize>(), any::<u8>()).prop_map(|(pick, result)| Op::FinishBatch { pick, result }),
             10 => Just(Op::CheckFailure),
             20 => prop::bool::weighted(0.05).prop_map(|flush_fails| Op::SwitchStep { flush_fails }),
             15 => any::<bool>().prop_map(Op::Pause),
@@ -989,16 +997,21 @@ mod tests {
         dest_left: bool,
     }
 
-    /// Where the copier is.
-    #[derive(Debug)]
-    enum Copier {
-        Idle,
-        /// Took a round, waits for its epoch to drain.
-        Draining(Round),
-        /// Read the round: the origin data of each batch.
-        Read(Round, Vec<Vec<u32>>),
+    /// Where the copier is: a pipeline of batches, each on its own.
+    #[derive(Debug, Default)]
+    struct Copier {
+        /// A round taken, waiting for its epoch to drain before its batches go out.
+        draining: Option<Round>,
+        /// Batches in flight, with the origin data once read.
+        flight: Vec<(Batch, Option<Vec<u32>>)>,
         /// Began the switch: waits for both epochs to drain.
-        Switching,
+        switching: bool,
+    }
+
+    impl Copier {
+        fn is_idle(&self) -> bool {
+            self.draining.is_none() && self.flight.is_empty() && !self.switching
+        }
     }
 
     /// A disk modelled as one version number per sector.
@@ -1031,7 +1044,7 @@ mod tests {
                 dest: vec![u32::MAX; n],
                 writes: Vec::new(),
                 deferred: Vec::new(),
-                copier: Copier::Idle,
+                copier: Copier::default(),
                 dest_failed: false,
                 version: 0,
             }
@@ -1148,58 +1161,55 @@ mod tests {
                     }
                 }
                 Op::StartRound { depth, max } => {
-                    if matches!(self.copier, Copier::Idle) {
-                        if let Some(round) = self.tracker.start_round(depth, max, &self.epochs) {
+                    let free = depth.saturating_sub(self.copier.flight.len());
+                    if self.copier.draining.is_none() && !self.copier.switching && free > 0 {
+                        if let Some(round) = self.tracker.start_round(free, max, &self.epochs) {
                             for b in round.batches() {
                                 assert!(b.regions.end - b.regions.start <= max);
                                 assert!(b.sectors.end <= self.truth.len() as u64);
                             }
-                            self.copier = Copier::Draining(round);
+                            self.copier.draining = Some(round);
                         }
                     }
                 }
                 Op::ReadRound => {
-                    if let Copier::Draining(round) = &self.copier {
+                    if let Some(round) = &self.copier.draining {
                         if self.epochs.is_drained(round.drain) {
-                            let data = round
-                                .batches()
-                                .map(|b| {
-                                    self.origin[b.sectors.start as usize..b.sectors.end as usize]
-                                        .to_vec()
-                                })
-                                .collect();
-                            let Copier::Draining(round) =
-                                core::mem::replace(&mut self.copier, Copier::Idle)
-                            else {
-                                unreachable!()
-                            };
-                            self.copier = Copier::Read(round, data);
+                            let round = self.copier.draining.take().unwrap();
+                            for b in round.batches() {
+                                self.copier.flight.push((b.clone(), None));
+                            }
                         }
                     }
                 }
-                Op::FinishRound { results } => {
-                    if let Copier::Read(..) = self.copier {
-                        let Copier::Read(round, data) =
-                            core::mem::replace(&mut self.copier, Copier::Idle)
-                        else {
-                            unreachable!()
-                        };
-                        for (i, (b, data)) in round.batches().zip(data).enumerate() {
-                            let result = match (results >> (2 * i)) & 15 {
-                                0 => CopyResult::ReadError,
-                                1 => CopyResult::WriteError,
-                                _ => CopyResult::Done,
-                            };
+                Op::ReadBatch { pick } => {
+                    let n = self.copier.flight.len();
+                    if n > 0 {
+                        let (b, data) = &mut self.copier.flight[pick % n];
+                        if data.is_none() {
                             let r = b.sectors.start as usize..b.sectors.end as usize;
-                            match result {
-                                // The copy writes what it read, whatever happened since.
-                                CopyResult::Done => self.dest[r].copy_from_slice(&data),
-                                CopyResult::WriteError => self.dest[r].fill(u32::MAX - 1),
-                                CopyResult::ReadError => {}
-                            }
-                            if let AfterBatch::Fail(reason) = self.tracker.batch_done(b, result) {
-                                self.tracker.fail(reason);
-                            }
+                            *data = Some(self.origin[r].to_vec());
+                        }
+                    }
+                }
+                Op::FinishBatch { pick, result } => {
+                    let n = self.copier.flight.len();
+                    if n > 0 {
+                        let (b, data) = self.copier.flight.remove(pick % n);
+                        let result = match (&data, result % 8) {
+                            (None, _) | (_, 0) => CopyResult::ReadError,
+                            (_, 1) => CopyResult::WriteError,
+                            _ => CopyResult::Done,
+                        };
+                        let r = b.sectors.start as usize..b.sectors.end as usize;
+                        match result {
+                            // The copy writes what it read, whatever happened since.
+                            CopyResult::Done => self.dest[r].copy_from_slice(&data.unwrap()),
+                            CopyResult::WriteError => self.dest[r].fill(u32::MAX - 1),
+                            CopyResult::ReadError => {}
+                        }
+                        if let AfterBatch::Fail(reason) = self.tracker.batch_done(&b, result) {
+                            self.tracker.fail(reason);
                         }
                         self.release_deferred();
                     }
@@ -1209,13 +1219,13 @@ mod tests {
                         self.fail(FailReason::DestinationWrite);
                     }
                 }
-                Op::SwitchStep { flush_fails } => match self.copier {
-                    Copier::Idle if self.tracker.begin_switch() => {
-                        self.copier = Copier::Switching;
+                Op::SwitchStep { flush_fails } => match self.copier.switching {
+                    false if self.copier.is_idle() && self.tracker.begin_switch() => {
+                        self.copier.switching = true;
                     }
                     // The kernel waits for both epochs to drain before anything else.
-                    Copier::Switching if Epoch::BOTH.iter().all(|&e| self.epochs.is_drained(e)) => {
-                        self.copier = Copier::Idle;
+                    true if Epoch::BOTH.iter().all(|&e| self.epochs.is_drained(e)) => {
+                        self.copier.switching = false;
                         if self.dest_failed {
                             self.fail(FailReason::DestinationWrite);
                         } else if flush_fails {
@@ -1241,10 +1251,7 @@ mod tests {
                 Op::Reload { identical } => {
                     // A reload happens while suspended: nothing in flight, the copier stopped
                     // after its last round (a switch that began is carried to its end first).
-                    if self.writes.is_empty()
-                        && self.deferred.is_empty()
-                        && matches!(self.copier, Copier::Idle)
-                    {
+                    if self.writes.is_empty() && self.deferred.is_empty() && self.copier.is_idle() {
                         if identical {
                             // A failed mirrored write stays a failure until the copier sees it.
                             if self.tracker.restart() {
@@ -1303,12 +1310,12 @@ mod tests {
         fn drain(&mut self) {
             self.tracker.set_paused(false);
             for _ in 0..10_000 {
-                if self.dest_failed && matches!(self.copier, Copier::Idle) {
+                if self.dest_failed && self.copier.is_idle() {
                     self.step(Op::CheckFailure);
                 }
                 if self.writes.is_empty()
                     && self.deferred.is_empty()
-                    && matches!(self.copier, Copier::Idle)
+                    && self.copier.is_idle()
                     && !self.tracker.should_switch()
                     && !matches!(self.tracker.state(), State::Copying)
                 {
@@ -1321,17 +1328,25 @@ mod tests {
                     });
                     continue;
                 }
-                match self.copier {
-                    Copier::Idle if self.tracker.should_switch() => {
-                        self.step(Op::SwitchStep { flush_fails: false })
-                    }
-                    Copier::Idle => {
-                        self.step(Op::CheckFailure);
-                        self.step(Op::StartRound { depth: 2, max: 3 });
-                    }
-                    Copier::Draining(_) => self.step(Op::ReadRound),
-                    Copier::Read(..) => self.step(Op::FinishRound { results: u32::MAX }),
-                    Copier::Switching => self.step(Op::SwitchStep { flush_fails: false }),
+                if self.copier.switching || (self.copier.is_idle() && self.tracker.should_switch())
+                {
+                    self.step(Op::SwitchStep { flush_fails: false });
+                } else if self.copier.draining.is_some() {
+                    self.step(Op::ReadRound);
+                } else if let Some(pick) = self
+                    .copier
+                    .flight
+                    .iter()
+                    .position(|(_, data)| data.is_none())
+                {
+                    self.step(Op::ReadBatch { pick });
+                } else if !self.copier.flight.is_empty() {
+                    // The last batch first: batches land in any order.
+                    let pick = self.copier.flight.len() - 1;
+                    self.step(Op::FinishBatch { pick, result: 7 });
+                } else {
+                    self.step(Op::CheckFailure);
+                    self.step(Op::StartRound { depth: 2, max: 3 });
                 }
             }
             assert!(self.deferred.is_empty(), "deferred writes never released");
@@ -1353,7 +1368,9 @@ mod tests {
 
         /// Random interleavings of unaligned writes that stay in flight and complete in any
         /// order (each half of a mirrored write on its own, a destination half failing late),
-        /// reads, flushes, copier rounds that drain their epoch, pause/resume and idle rounds,
+        /// reads, flushes, a pipelined copier (rounds taken for free slots while other batches
+        /// are in flight, each draining its epoch; batches read and landing one at a time, in
+        /// any order), pause/resume and idle rounds,
         /// the quiesced switch, errors, cancel and reloads, against a reference model: reads
         /// return the latest acknowledged write, the destination equals the model at the switch,
         /// and the origin equals it after a failure or cancel.
