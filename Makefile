@@ -103,18 +103,20 @@ crash-test: tools vm-module
 copy-throughput: vm-module
 	scripts/vm.sh $(KDIR) selftests/copy_throughput.sh
 
-# The benchmark: migrate against dm-clone, dm-raid1 and a raw copy in one VM run (about 10
+# The benchmark: migrate against dm-clone, dm-raid1 and a raw copy in one VM run (about 20
 # minutes); results in results/bench/. bench-smoke is a short run that checks it still works.
+# 6 GiB: the brd pair holds 2 GiB, and later the loop device kind's two 1 GiB files must fit in
+# the VM's tmpfs, which gets half of its memory.
 bench: vm-module
 	@python3 -c 'import matplotlib' 2>/dev/null || python3 -m pip install -q matplotlib
 	rm -rf results/bench && mkdir -p results/bench
-	VM_MEM=4G VM_KEEP_RESULTS=$(CURDIR)/results/bench BENCH_MIB=$${BENCH_MIB:-1024} \
+	VM_MEM=6G VM_TIMEOUT=2400 VM_KEEP_RESULTS=$(CURDIR)/results/bench BENCH_MIB=$${BENCH_MIB:-1024} \
 		scripts/vm.sh $(KDIR) bench/bench-vm.sh
 	bench/report.py results/bench
 
 bench-smoke: vm-module
 	rm -rf results/bench && mkdir -p results/bench
-	VM_KEEP_RESULTS=$(CURDIR)/results/bench BENCH_MIB=32 BENCH_FIO_S=1 BENCH_RATE_S=2 BENCH_ROUNDS=1 \
+	VM_TIMEOUT=1800 VM_KEEP_RESULTS=$(CURDIR)/results/bench BENCH_MIB=32 BENCH_FIO_S=1 BENCH_RATE_S=2 BENCH_ROUNDS=1 \
 		scripts/vm.sh $(KDIR) bench/bench-vm.sh
 	bench/report.py results/bench
 

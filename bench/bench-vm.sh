@@ -2,10 +2,15 @@
 # SPDX-License-Identifier: GPL-2.0
 #
 # The benchmark's measurements, run inside the VM by `make bench` (BENCH_MIB=1024) and
-# `make bench-smoke` (BENCH_MIB=32). Every peer copies the same pair of brd ram disks in this one
-# VM run, so ratios between them mean something even under TCG. Writes one JSON object per figure
+# `make bench-smoke` (BENCH_MIB=32). In sections 1 to 8 every peer copies the same pair of brd ram
+# disks, and in section 11 the same pair of each device kind, in this one VM run, so ratios
+# between them mean something even under TCG. Writes one JSON object per figure
 # to $VM_RESULTS/bench.jsonl, and the series the plots are drawn from: copy progress
-# (progress-*.csv: unix seconds, fraction, state) and guest IOPS (iops-*.csv: seconds, IOPS).
+# (progress-*.csv: unix seconds, fraction, state), guest IOPS (iops-*.csv: seconds, IOPS) and the
+# copy rate under the adaptive controller (controller-*.csv, see ratesample.py). Sections 9 to 12
+# (issue 11) add the controller, the time to sync under a flat-out writer, the same copy and guest
+# I/O on device kinds with real completion paths (null_blk with timer completions, a destination
+# behind dm-delay, loop devices over tmpfs files) and a sparse origin.
 set -euo pipefail
 MIB=${BENCH_MIB:-512}
 FIO_S=${BENCH_FIO_S:-3}
@@ -38,13 +43,17 @@ diff_s() { printf '%.3f' "$(echo "$1 - $2" | bc -l)"; }
 elapsed() { diff_s "$(now)" "$1"; }
 emit() { echo "$1" >>"$out/bench.jsonl"; echo "# $1"; }
 
-# sample NAME PEER CSV [INTERVAL]: samples a copy's progress until it ends (see sample.py).
-sample() { timeout 900 python3 "$here/sample.py" "$@"; }
+# sample NAME PEER CSV [INTERVAL]: samples a copy's progress until it ends (see sample.py), or
+# for at most SAMPLE_TIMEOUT seconds (a copy that may never end sets it lower).
+sample() { timeout "${SAMPLE_TIMEOUT:-900}" python3 "$here/sample.py" "$@"; }
 # sample_bg NAME PEER CSV [INTERVAL]: the same in the background, returning once it is ready
 # for the device to appear; its pid is in $sampler.
 sample_bg() {
 	rm -f "$3.ready"
-	sample "$@" &
+	# exec: $sampler is timeout itself, which passes a kill on to the sampler. Killing a subshell
+	# that runs the function instead left the sampler running, polling every 2 ms for the rest
+	# of its 900 s, on the CPUs every later figure was measured with.
+	(exec timeout "${SAMPLE_TIMEOUT:-900}" python3 "$here/sample.py" "$@") &
 	sampler=$!
 	while [ ! -e "$3.ready" ]; do sleep 0.01; done
 	rm -f "$3.ready"
@@ -94,6 +103,8 @@ table_for() {
 		;;
 	clone) echo "0 $sectors clone $clone_dev $dst $src 128 $clone_features" ;;
 	clone-tuned) echo "0 $sectors clone $clone_dev $dst $src 128 $clone_features 4 hydration_threshold 256 hydration_batch_size 32" ;;
+	# Issue 11's reference: dm-clone tuned as in its text, on every device kind.
+	clone-tuned64) echo "0 $sectors clone $clone_dev $dst $src 128 $clone_features 4 hydration_threshold 64 hydration_batch_size 64" ;;
 	clone-slow) echo "0 $sectors clone $clone_dev $dst $src 128 $clone_features 4 hydration_threshold 1 hydration_batch_size 1" ;;
 	mirror*) echo "0 $sectors mirror core 1 1024 2 $src 0 $dst 0" ;;
 	esac
@@ -108,7 +119,7 @@ start_copy() {
 	*) echo 100 >$throttle ;;
 	esac
 	if [[ $1 == clone* ]]; then
-		losetup -D 2>/dev/null || true
+		meta_detach
 		rm -f "$meta"
 		truncate -s 16M "$meta"
 		losetup -f "$meta"
@@ -128,9 +139,18 @@ release_cmd() {
 }
 release() { sh -c "$(release_cmd "$1")"; }
 
+# meta_detach: detaches dm-clone's metadata loop device, and only it: the loop devices of the
+# device kinds (section 11) and of the sparse origin (12) stay attached across copies.
+meta_detach() {
+	local dev
+	for dev in $(losetup -j "$meta" | cut -d: -f1); do
+		losetup -d "$dev" 2>/dev/null || true
+	done
+}
+
 stop_copy() {
 	dmsetup remove bench
-	losetup -D 2>/dev/null || true
+	meta_detach
 }
 
 # stop_fio PID: ends a time-based fio job started with `fio_log ... &` early (PID is the shell
@@ -139,7 +159,7 @@ stop_fio() {
 	local i
 	for i in $(seq 100); do
 		# A signal that lands while fio is still starting its job is lost: repeat until it ends.
-		[ -e "/proc/$1/status" ] && ! grep -q '^State:[[:space:]]*Z' "/proc/$1/status" || break
+		[ -e "/proc/$1/status" ] && ! grep -q '^State:[[:space:]]*Z' "/proc/$1/status" 2>/dev/null || break
 		pkill -TERM -P "$1" -x fio || true
 		sleep 0.3
 	done
@@ -355,18 +375,42 @@ done
 # 6. Tracking memory per TiB: free memory before and after loading (not resuming, so no copier
 # and no copy buffers) a migrate table over two 1 TiB null_blk devices (no backing memory), at
 # each region size. What the constructor allocates is the bitmap (kvmalloc, one bit per region),
-# a bio_set and a few small objects.
+# a bio_set and a few small objects. MemFree moves by a few pages with anything else the VM does,
+# so each figure is the median of three loads, the deltas of Slab, VmallocUsed and Percpu say
+# where the memory went, and a linear table's load over the same devices, measured the same way,
+# is the noise floor (what loading any table costs, dmsetup included).
 kmod null_blk nr_devices=2 gb=1024
-memfree_kb() { awk '/^MemFree/ { print $2 }' /proc/meminfo; }
+# mem_snapshot: MemFree, Slab, VmallocUsed and Percpu in KiB, in that order.
+mem_snapshot() {
+	awk '/^(MemFree|Slab|VmallocUsed|Percpu):/ { v[$1] = $2 }
+		END { print v["MemFree:"] + 0, v["Slab:"] + 0, v["VmallocUsed:"] + 0, v["Percpu:"] + 0 }' /proc/meminfo
+}
+median() { printf '%s\n' "$@" | sort -n | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
 tib=$(blockdev --getsz /dev/nullb0)
-for region in 8 128 2048; do
+# load_cost TABLE: "freed slab vmalloc percpu" KiB that loading TABLE took, in a fresh device.
+load_cost() {
+	local f0 s0 v0 p0 f1 s1 v1 p1
 	dmsetup create bench --notable
 	sync
-	before=$(memfree_kb)
-	dmsetup load bench --table "0 $tib migrate /dev/nullb0 /dev/nullb1 2 region_size $region"
-	after=$(memfree_kb)
+	read -r f0 s0 v0 p0 < <(mem_snapshot)
+	dmsetup load bench --table "$1"
+	read -r f1 s1 v1 p1 < <(mem_snapshot)
 	dmsetup remove bench
-	emit "{\"figure\":\"memory\",\"region_kib\":$((region / 2)),\"measured_kib_per_tib\":$((before - after)),\"bitmap_kib_per_tib\":$(((tib / region + 7) / 8 / 1024))}"
+	echo "$((f0 - f1)) $((s1 - s0)) $((v1 - v0)) $((p1 - p0))"
+}
+linear=()
+for _ in 1 2 3; do
+	read -r freed _ < <(load_cost "0 $tib linear /dev/nullb0 0")
+	linear+=("$freed")
+done
+linear_kib=$(median "${linear[@]}")
+for region in 8 128 2048; do
+	freed=() slab=() vmalloc=() percpu=()
+	for _ in 1 2 3; do
+		read -r f sl v p < <(load_cost "0 $tib migrate /dev/nullb0 /dev/nullb1 2 region_size $region")
+		freed+=("$f") slab+=("$sl") vmalloc+=("$v") percpu+=("$p")
+	done
+	emit "{\"figure\":\"memory\",\"region_kib\":$((region / 2)),\"measured_kib_per_tib\":$(median "${freed[@]}"),\"bitmap_kib_per_tib\":$(((tib / region + 7) / 8 / 1024)),\"rounds_kib\":[$(IFS=,; echo "${freed[*]}")],\"slab_kib\":$(median "${slab[@]}"),\"vmalloc_kib\":$(median "${vmalloc[@]}"),\"percpu_kib\":$(median "${percpu[@]}"),\"linear_kib\":$linear_kib,\"linear_rounds_kib\":[$(IFS=,; echo "${linear[*]}")]}"
 done
 
 # 7. The cost of the metadata device (issue 10): guest 4 KiB random writes while in sync (migrate
@@ -430,11 +474,14 @@ until in_sync migrate; do sleep 0.05; done
 scratch=$(elapsed "$t0")
 dmsetup remove bench
 wipe_meta
-dmsetup create bench --table "0 $sectors migrate $src $dst 4 metadata $mdev rate $rate_kibps"
+# no_switch, and paused before the removal: a copy that ran to the end meanwhile would switch,
+# and the resumed table would then never be in sync (it starts switched).
+dmsetup create bench --table "0 $sectors migrate $src $dst 5 metadata $mdev rate $rate_kibps no_switch"
 total=$(dmsetup status bench | awk '{ split($5, f, "/"); print f[2] }')
 until [ "$(dmsetup status bench | awk '{ split($5, f, "/"); print f[1] }')" -ge $((total * 7 / 10)) ]; do
 	sleep 0.05
 done
+dmsetup message bench 0 pause
 dmsetup remove bench
 t0=$(now)
 dmsetup create bench --table "0 $sectors migrate $src $dst 3 metadata $mdev no_switch"
@@ -443,5 +490,298 @@ until in_sync migrate; do sleep 0.05; done
 resume=$(elapsed "$t0")
 dmsetup remove bench
 emit "{\"figure\":\"resume\",\"scratch_s\":$scratch,\"resume_s\":$resume,\"resumed_regions\":$resumed,\"total_regions\":$total,\"mib\":$MIB}"
+
+# The sections of issue 11. A target from before it refuses their tables (min_rate, max_rate):
+# try_create then records the section as not measured instead of ending the run.
+# try_create NAME TABLE SECTION: creates the device NAME, or records why not and returns 1.
+try_create() {
+	if dmsetup create "$1" --table "$2" 2>"$TMPDIR/create.err"; then
+		return 0
+	fi
+	dmsetup remove "$1" 2>/dev/null || true
+	emit "{\"figure\":\"not_measured\",\"section\":\"$3\",\"table\":\"$2\",\"error\":$(python3 -c 'import json, sys; print(json.dumps(sys.stdin.read().strip()))' <"$TMPDIR/create.err")}"
+	return 1
+}
+# log_span LOG: the unix seconds of the first and of the last completion in a fio latency log.
+log_span() { awk -F, 'NR == 1 { a = $1 } { b = $1 } END { printf "%.3f %.3f\n", a / 1000, b / 1000 }' "$1"; }
+# sysfs_file NAME FILE...: the first of the FILEs of migrate's sysfs folder of device NAME that
+# exists, or nothing (the folder is documented at /sys/block/dm-N/migrate/).
+sysfs_file() {
+	local name=$1 dir f
+	shift
+	dir=/sys/block/dm-$(dmsetup info -c --noheadings -o minor "$name")
+	for f in "$@"; do
+		for d in "$dir/migrate" "$dir/dm/migrate"; do
+			[ -r "$d/$f" ] && { cat "$d/$f"; return; }
+		done
+	done
+	return 0
+}
+
+# 9. The adaptive controller reacting to the guest: a guest 4 KiB random read/write load (fio
+# iodepth 16) that runs CTL_ON seconds, stops CTL_OFF seconds and runs CTL_ON seconds again, while
+# migrate copies a device too big to finish (the two 1 TiB null_blk devices of section 6, no
+# backing memory: the copy costs only its bios, so it can take all the CPU the guest leaves).
+# Three runs: migrate at its defaults (adaptive), fixed at the default floor (min_rate = max_rate
+# = 10 MiB/s: what md's resync does under constant load), and flat out (min_rate 0: the
+# controller off, the copy before issue 11). The rate, the controller's limit and the bytes
+# copied are sampled every 0.1 s from sysfs (ratesample.py); guest IOPS come from fio's logs.
+CTL_ON=${BENCH_CTL_ON_S:-4}
+CTL_OFF=${BENCH_CTL_OFF_S:-3}
+for run in adaptive floor flat-out; do
+	case $run in
+	adaptive) opts="" ;;
+	floor) opts=" 4 min_rate 10240 max_rate 10240" ;;
+	flat-out) opts=" 2 min_rate 0" ;;
+	esac
+	csv=$out/controller-$run.csv
+	rm -f "$csv.ready"
+	python3 "$here/ratesample.py" bench "$csv" 0.1 300 &
+	rsampler=$!
+	while [ ! -e "$csv.ready" ]; do sleep 0.01; done
+	rm -f "$csv.ready"
+	if ! try_create bench "0 $tib migrate /dev/nullb0 /dev/nullb1$opts" controller; then
+		kill $rsampler 2>/dev/null || true
+		wait $rsampler 2>/dev/null || true
+		continue
+	fi
+	t0=$(now)
+	sleep 1
+	fio_log /dev/mapper/bench randrw "$CTL_ON" "$TMPDIR/ctl1"
+	sleep "$CTL_OFF"
+	fio_log /dev/mapper/bench randrw "$CTL_ON" "$TMPDIR/ctl2"
+	sleep 1.5
+	# The sampler ends when the device goes.
+	dmsetup remove bench
+	wait $rsampler || true
+	cat "$TMPDIR/ctl1_clat.1.log" "$TMPDIR/ctl2_clat.1.log" >"$TMPDIR/ctl_clat.log"
+	fiolog bins "$TMPDIR/ctl_clat.log" "$t0" 0.1 "$out/iops-controller-$run.csv"
+	phases=""
+	for phase in 1 2; do
+		read -r a b < <(log_span "$TMPDIR/ctl${phase}_clat.1.log")
+		phases+="${phases:+,}$(json_merge "{\"from_s\":$(diff_s "$a" "$t0"),\"to_s\":$(diff_s "$b" "$t0")}" \
+			"$(fiolog summary "$TMPDIR/ctl${phase}_clat.1.log")")"
+	done
+	emit "{\"figure\":\"controller\",\"run\":\"$run\",\"t0\":$t0,\"on\":[$phases],\"table_opts\":\"${opts# }\"}"
+done
+rmmod null_blk
+
+# 10. Time to sync under a flat-out guest writer: fio 4 KiB random writes at iodepth 16 for the
+# whole copy of a small device (the first SYNC_MIB MiB of the brd pair) with a floor of
+# SYNC_MIN_RATE KiB/s. The controller gives such a guest all it can, but never less than the
+# floor to the copy, so the copy must end within size / min_rate. The copy is held (max_rate 1:
+# a ceiling below the floor wins) while fio starts, and released (max_rate 0, the default) a
+# second later, when the guest is busy: released with fio's start, as in section 4, the copy of
+# an idle guest's device ran flat out and was done before fio's first writes.
+SYNC_MIB=$((MIB < 64 ? MIB : 64))
+SYNC_MIN_RATE=${BENCH_SYNC_MIN_RATE:-4096}
+sync_bound=$(echo "scale=3; $SYNC_MIB * 1024 / $SYNC_MIN_RATE" | bc)
+csv=$out/progress-sync-under-load.csv
+log=$TMPDIR/sync
+if try_create bench "0 $((SYNC_MIB * 2048)) migrate $src $dst 4 min_rate $SYNC_MIN_RATE max_rate 1" sync_under_load; then
+	fio_log /dev/mapper/bench randwrite 900 "$log" &
+	loader=$!
+	sleep 1
+	# Three times the bound, and some: a copy that does not end is a finding, not a hang.
+	SAMPLE_TIMEOUT=$(echo "$sync_bound * 3 + 20" | bc | cut -d. -f1) sample_bg bench migrate "$csv" 0.05
+	t0=$(now)
+	dmsetup message bench 0 max_rate 0
+	wait $sampler || true
+	stop_fio $loader
+	state=$(tail -1 "$csv" | cut -d, -f3)
+	fraction=$(tail -1 "$csv" | cut -d, -f2)
+	stop_copy
+	# The rows from before the release are the held copy: the progress starts at the release.
+	awk -F, -v t0="$t0" '$1 >= t0' "$csv" >"$csv.raw"
+	progress_start "$csv" "$t0"
+	cat "$csv.raw" >>"$csv"
+	rm -f "$csv.raw"
+	end=$(last_sample "$csv")
+	fiolog bins "$log"_clat.1.log "$t0" 0.1 "$out/iops-sync-under-load.csv"
+	ended=false
+	case $state in copying | paused) ;; *) ended=true ;; esac
+	emit "$(json_merge "{\"figure\":\"sync_under_load\",\"mib\":$SYNC_MIB,\"min_rate_kibps\":$SYNC_MIN_RATE,\"bound_s\":$sync_bound,\"seconds\":$(diff_s "$end" "$t0"),\"copy_ended\":$ended,\"state\":\"$state\",\"fraction\":$fraction}" \
+		"$(fiolog summary "$log"_clat.1.log "$t0" "$end" | sed 's/"seconds"/"window_s"/')")"
+fi
+
+# 11. Device kinds. brd completes every bio in the submitter, so a copy's overlap of reads and
+# writes never shows on it. The same copies and guest I/O on: brd (the pair above); a
+# network-like destination, dm-delay adding DELAY_MS to every read and write of ram1; null_blk
+# with memory and timer completions after 50 µs (NVMe-like); and loop devices over files on the
+# VM's tmpfs, the origin filled with random data and the destination a fresh sparse file (what
+# `dmmig move` to a new image copies onto). On each: raw copies with one dd stream and with
+# four (each a quarter, by skip/seek), migrate at its defaults, dm-clone tuned as in issue 11;
+# then guest 4 KiB random reads and writes while migrate copies at its defaults, against
+# dm-linear on the origin with no copy, as in section 2. Every copy covers the first MIB MiB.
+# Note that dm-delay below 50 ms hands its bios to a kernel thread that polls the list of
+# delayed bios (drivers/md/dm-delay.c): while bios are delayed it keeps one of the VM's two CPUs
+# busy, for every peer alike.
+DELAY_MS=${BENCH_DELAY_MS:-1}
+sectors=$((MIB * 2048))
+# kind_fresh: makes the destination fresh again before a copy: for the loop kind the file's
+# blocks are punched out (a sparse file again, whose first write allocates, as on a new image);
+# the other kinds keep their destination written once (see the brd pair above).
+kind_fresh() {
+	if [ "$kind" = loop ]; then
+		fallocate --punch-hole --offset 0 --length $((MIB << 20)) "$TMPDIR/kind-dest.img"
+	fi
+}
+# raw_copy STREAMS: copies the first MIB MiB from $src to $dst with STREAMS dd processes at once,
+# each its own part (4 MiB blocks where the parts allow it), O_DIRECT both ways.
+raw_copy() {
+	local streams=$1 part=$((MIB / $1)) bs=1M unit=1 k n pids=()
+	[ $((part % 4)) = 0 ] && bs=4M unit=4
+	for k in $(seq 0 $((streams - 1))); do
+		n=$((part / unit))
+		# The last stream takes what the division left.
+		[ "$k" = $((streams - 1)) ] && n=$(((MIB - k * part) / unit))
+		dd if="$src" of="$dst" bs=$bs count=$n skip=$((k * part / unit)) seek=$((k * part / unit)) \
+			iflag=direct oflag=direct status=none &
+		pids+=($!)
+	done
+	for k in "${pids[@]}"; do wait "$k"; done
+}
+# kind_copy PEER: as idle_copy, with the progress kept per device kind.
+kind_copy() {
+	local csv=$out/progress-$kind-$1.csv t0
+	sample_bg bench "$1" "$csv"
+	t0=$(now)
+	progress_start "$csv" "$t0"
+	start_copy "$1"
+	wait $sampler
+	stop_copy
+	diff_s "$(last_sample "$csv")" "$t0"
+}
+# kind_guest_io: section 2's guest runs for dm-linear and migrate on the current kind. migrate is
+# held with `rate 1` (the ceiling: the copy waits) and released with `rate 0`, which leaves it at
+# its defaults; `rate` is max_rate's alias, so this also runs on a module before issue 11.
+kind_guest_io() {
+	local rw peer csv log=$TMPDIR/kguest loader end copy
+	for rw in randread randwrite; do
+		for peer in linear migrate; do
+			kind_fresh
+			csv=$out/progress-$kind-$rw-$peer.csv
+			if [ $peer = linear ]; then
+				dmsetup create bench --table "0 $sectors linear $src 0"
+			else
+				dmsetup create bench --table "0 $sectors migrate $src $dst 2 rate 1"
+			fi
+			fio_log /dev/mapper/bench $rw $guest_s "$log" &
+			loader=$!
+			sleep 1
+			sample_bg bench $peer "$csv" 0.1
+			t0=$(now)
+			progress_start "$csv" "$t0"
+			[ $peer = migrate ] && dmsetup message bench 0 rate 0
+			wait $loader
+			kill $sampler 2>/dev/null || true
+			wait $sampler 2>/dev/null || true
+			if [ $peer = linear ]; then
+				end=$(echo "$t0 + $FIO_S" | bc)
+				copy="\"copy_ended\":false"
+				rm -f "$csv"
+			else
+				end=$(last_sample "$csv")
+				copy=$(tail -1 "$csv" | awk -F, '{ print ($3 == "copying" || $3 == "paused") ? "false" : "true" }')
+				copy="\"copy_ended\":$copy,\"copy_end_s\":$(diff_s "$end" "$t0"),\"fraction\":$(tail -1 "$csv" | cut -d, -f2)"
+			fi
+			stop_copy
+			fiolog bins "$log"_clat.1.log "$t0" 0.1 "$out/iops-$kind-$rw-$peer.csv"
+			emit_io "{\"figure\":\"kind_guest_io\",\"device\":\"$kind\",\"peer\":\"$peer\",\"rw\":\"$rw\",$copy}" \
+				"$log"_clat.1.log "$t0" "$end"
+		done
+	done
+}
+for kind in brd delay nullb loop; do
+	case $kind in
+	brd)
+		src=/dev/ram0 dst=/dev/ram1
+		what="brd to brd (bios complete in the submitter)"
+		;;
+	delay)
+		kmod dm-delay
+		dmsetup create bench-delay --table "0 $(blockdev --getsz /dev/ram1) delay /dev/ram1 0 $DELAY_MS"
+		src=/dev/ram0 dst=/dev/mapper/bench-delay
+		what="brd to dm-delay over brd, reads and writes delayed $DELAY_MS ms"
+		;;
+	nullb)
+		dmsetup remove bench-delay
+		# The brd pair is done with: its memory goes back for the kinds below.
+		rmmod brd || echo "bench: brd stays loaded" >&2
+		kmod null_blk nr_devices=2 memory_backed=1 irqmode=2 completion_nsec=50000 \
+			gb=$(((MIB + 1023) / 1024)) bs=4096
+		src=/dev/nullb0 dst=/dev/nullb1
+		dd if=/dev/urandom of=$src bs=1M count="$MIB" oflag=direct status=none
+		# Written once, as the brd destination: null_blk too allocates its pages on first write.
+		dd if=/dev/zero of=$dst bs=1M count="$MIB" oflag=direct status=none
+		what="null_blk with memory, timer completions after 50 µs, 4 KiB blocks"
+		;;
+	loop)
+		rmmod null_blk
+		dd if=/dev/urandom of="$TMPDIR/kind-origin.img" bs=1M count="$MIB" status=none
+		truncate -s "${MIB}M" "$TMPDIR/kind-dest.img"
+		src=$(losetup -f --show "$TMPDIR/kind-origin.img")
+		dst=$(losetup -f --show "$TMPDIR/kind-dest.img")
+		what="loop devices over tmpfs files, a fresh sparse destination for every copy"
+		;;
+	esac
+	emit "{\"figure\":\"device_kind\",\"device\":\"$kind\",\"what\":\"$what\",\"mib\":$MIB}"
+	for streams in 1 4; do
+		kind_fresh
+		t0=$(now)
+		raw_copy $streams
+		emit "{\"figure\":\"kind_copy\",\"device\":\"$kind\",\"peer\":\"raw-$streams\",\"seconds\":$(elapsed "$t0"),\"mib\":$MIB}"
+	done
+	for peer in migrate clone-tuned64; do
+		kind_fresh
+		s=$(kind_copy $peer)
+		emit "{\"figure\":\"kind_copy\",\"device\":\"$kind\",\"peer\":\"$peer\",\"seconds\":$s,\"mib\":$MIB}"
+		[ $peer = migrate ] && kind_migrate_s=$s
+	done
+	kind_guest_io
+done
+losetup -d "$src" "$dst"
+rm -f "$TMPDIR/kind-origin.img" "$TMPDIR/kind-dest.img"
+
+# 12. A sparse origin: a loop device over a tmpfs file of MIB MiB of which a tenth is data (1 MiB
+# chunks of random data at random places; the rest was never written: holes), copied by migrate at
+# its defaults onto a fresh sparse file. Chunks that read as zeros should become write-zeroes,
+# which a loop device turns into punched holes, so the destination stays as sparse as the origin.
+# Reported: the destination's allocation (du, and stat's blocks) against the origin's, the time
+# against section 11's full copy of an all-data origin of the same size on the same kind of
+# device, whether the two files are identical (cmp), and the target's count of zero bytes.
+python3 - "$TMPDIR/sparse-origin.img" "$MIB" <<'PY'
+import os, random, sys
+path, mib = sys.argv[1], int(sys.argv[2])
+with open(path, "wb") as f:
+    f.truncate(mib << 20)
+    for chunk in random.sample(range(mib), max(1, mib // 10)):
+        f.seek(chunk << 20)
+        f.write(os.urandom(1 << 20))
+PY
+truncate -s "${MIB}M" "$TMPDIR/sparse-dest.img"
+src=$(losetup -f --show "$TMPDIR/sparse-origin.img")
+dst=$(losetup -f --show "$TMPDIR/sparse-dest.img")
+csv=$out/progress-sparse.csv
+sample_bg bench migrate "$csv"
+t0=$(now)
+progress_start "$csv" "$t0"
+dmsetup create bench --table "0 $sectors migrate $src $dst"
+wait $sampler
+seconds=$(diff_s "$(last_sample "$csv")" "$t0")
+status=$(dmsetup status bench)
+zero_bytes=$(sysfs_file bench zero_bytes zeroed_bytes)
+dmsetup remove bench
+losetup -d "$src" "$dst"
+data=$(stat -c '%b %B' "$TMPDIR/sparse-origin.img" | awk '{ print $1 * $2 }')
+alloc=$(stat -c '%b %B' "$TMPDIR/sparse-dest.img" | awk '{ print $1 * $2 }')
+du=$(du -B1 "$TMPDIR/sparse-dest.img" | cut -f1)
+identical=false
+cmp -s "$TMPDIR/sparse-origin.img" "$TMPDIR/sparse-dest.img" && identical=true
+# The status line's field after the fail reason: zero bytes (a module before issue 11 has none).
+status_zero=$(echo "$status" | awk '{ print ($12 == "") ? "null" : $12 }')
+emit "{\"figure\":\"sparse\",\"mib\":$MIB,\"data_bytes\":$data,\"alloc_bytes\":$alloc,\"du_bytes\":$du,\"seconds\":$seconds,\"full_copy_s\":${kind_migrate_s:-null},\"identical\":$identical,\"zero_bytes\":${zero_bytes:-null},\"status_zero_bytes\":$status_zero,\"state\":\"$(echo "$status" | awk '{ print $4 }')\"}"
+rm -f "$TMPDIR/sparse-origin.img" "$TMPDIR/sparse-dest.img"
+
 rm -f "$out"/*.ready
 echo "# bench done"

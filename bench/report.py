@@ -4,9 +4,10 @@
 
     bench/report.py RESULTS_DIR
 
-reads RESULTS_DIR/bench.jsonl, progress-*.csv and iops-*.csv (written by bench-vm.sh) and writes
-RESULTS_DIR/bench.md, RESULTS_DIR/bench.json and, when matplotlib is installed, the plots
-copy-progress.png, guest-iops.png, converge.png and switch.png.
+reads RESULTS_DIR/bench.jsonl, progress-*.csv, iops-*.csv and controller-*.csv (written by
+bench-vm.sh) and writes RESULTS_DIR/bench.md, RESULTS_DIR/bench.json and, when matplotlib is
+installed, the plots copy-progress.png, guest-iops.png, converge.png, switch.png, controller.png
+and kinds-copy.png.
 """
 import csv
 import json
@@ -24,7 +25,7 @@ def ratio(a, b):
     return round(a / b, 2) if b else None
 
 
-def tables(rows):
+def tables(rows, results):
     by = lambda fig: [r for r in rows if r["figure"] == fig]
     out = ["# dm-migrate bench", ""]
 
@@ -108,15 +109,206 @@ def tables(rows):
                 f"{r['total_regions']} regions and was in sync after {r['resume_s']:.2f} s; the same copy "
                 f"from scratch took {r['scratch_s']:.2f} s ({ratio(r['resume_s'], r['scratch_s'])}x)."]
 
-    out += targets(rows)
 
     out += ["", "## Tracking memory per TiB", "",
             "Measured: MemFree before and after the constructor of a migrate target over two 1 TiB",
-            "null_blk devices (table loaded, not resumed: no copier buffers). Computed: one bit per region.", "",
-            "| region | measured KiB/TiB | bitmap KiB/TiB (computed) |", "|---:|---:|---:|"]
-    for r in by("memory"):
-        out.append(f"| {r['region_kib']} KiB | {r['measured_kib_per_tib']} | {r['bitmap_kib_per_tib']} |")
+            "null_blk devices (table loaded, not resumed: no copier buffers), the median of three loads;",
+            "Slab, VmallocUsed and Percpu are the same loads' deltas. Computed: one bit per region. A",
+            "linear table's load over the same devices, measured the same way, is the noise floor.", ""]
+    memory = by("memory")
+    if memory and "rounds_kib" in memory[0]:
+        r0 = memory[0]
+        out += [f"Loading a linear table took {r0['linear_kib']} KiB of MemFree (rounds: "
+                f"{', '.join(str(x) for x in r0['linear_rounds_kib'])}).", "",
+                "| region | measured KiB/TiB | rounds | Slab | VmallocUsed | Percpu | bitmap KiB/TiB (computed) |",
+                "|---:|---:|---|---:|---:|---:|---:|"]
+        for r in memory:
+            out.append(f"| {r['region_kib']} KiB | {r['measured_kib_per_tib']} | "
+                       f"{', '.join(str(x) for x in r['rounds_kib'])} | {r['slab_kib']} | {r['vmalloc_kib']} | "
+                       f"{r['percpu_kib']} | {r['bitmap_kib_per_tib']} |")
+    else:
+        out += ["| region | measured KiB/TiB | bitmap KiB/TiB (computed) |", "|---:|---:|---:|"]
+        for r in memory:
+            out.append(f"| {r['region_kib']} KiB | {r['measured_kib_per_tib']} | {r['bitmap_kib_per_tib']} |")
+
+    out += issue11_tables(rows, results)
+    out += issue11_targets(rows)
+    out += targets(rows)
     return out
+
+
+def issue11_tables(rows, results):
+    """The sections of issue 11: device kinds, the controller, sync under load, a sparse origin."""
+    by = lambda fig: [r for r in rows if r["figure"] == fig]
+    out = []
+
+    kinds = by("device_kind")
+    if kinds:
+        out += ["", "## Device kinds: idle copy throughput", "",
+                f"The first {kinds[0]['mib']} MiB of each pair, nothing else running. raw-1 is one `dd bs=4M",
+                "iflag=direct oflag=direct`, raw-4 four of them at once, each a quarter (skip/seek);",
+                "migrate at its defaults; clone-tuned64 is dm-clone with `hydration_threshold 64",
+                "hydration_batch_size 64`. The devices:", ""]
+        out += [f"- **{k['device']}**: {k['what']}" for k in kinds]
+        out += ["", "| device | raw-1 MiB/s | raw-4 MiB/s | migrate MiB/s | clone-tuned64 MiB/s | "
+                "migrate vs best raw | migrate vs dm-clone |", "|---|---:|---:|---:|---:|---:|---:|"]
+        for k in kinds:
+            mine = {r["peer"]: r for r in by("kind_copy") if r["device"] == k["device"]}
+            for r in mine.values():
+                r["mib_per_s"] = round(r["mib"] / r["seconds"], 1) if r["seconds"] else None
+            speed = lambda peer: mine[peer]["mib_per_s"] if peer in mine else None
+            raws = [x for x in (speed("raw-1"), speed("raw-4")) if x]
+            k["best_raw_mib_per_s"] = max(raws) if raws else None
+            k["migrate_vs_best_raw"] = ratio(speed("migrate"), k["best_raw_mib_per_s"]) if speed("migrate") else None
+            k["migrate_vs_clone"] = ratio(speed("migrate"), speed("clone-tuned64")) if speed("migrate") else None
+            out.append(f"| {k['device']} | {speed('raw-1')} | {speed('raw-4')} | {speed('migrate')} | "
+                       f"{speed('clone-tuned64')} | {k['migrate_vs_best_raw']} | {k['migrate_vs_clone']} |")
+
+        guest = by("kind_guest_io")
+        out += ["", "## Device kinds: guest 4 KiB random I/O while migrate copies at its defaults", "",
+                "fio libaio iodepth 16 on the device; counted from the copy's release to the end of the copy",
+                "or of fio, for dm-linear (on the origin, no copy) over the same span of its run.", "",
+                "| device | rw | dm-linear IOPS | migrate IOPS | vs dm-linear | dm-linear p99 µs | "
+                "migrate p99 µs | vs dm-linear | copied meanwhile |", "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+        for r in (r for r in guest if r["peer"] == "migrate"):
+            b = next((x for x in guest if x["peer"] == "linear" and x["device"] == r["device"] and x["rw"] == r["rw"]), None)
+            if not b or not r["ios"]:
+                continue
+            r["ratio_to_linear"] = ratio(r["iops"], b["iops"])
+            r["p99_ratio_to_linear"] = ratio(r["p99_us"], b["p99_us"])
+            copied = "all" if r.get("copy_ended") else f"{r.get('fraction', 0) * 100:.0f}%"
+            out.append(f"| {r['device']} | {r['rw']} | {b['iops']} | {r['iops']} | {r['ratio_to_linear']} | "
+                       f"{b['p99_us']} | {r['p99_us']} | {r['p99_ratio_to_linear']} | {copied} |")
+
+    ctl = by("controller")
+    if ctl:
+        out += ["", "## The adaptive controller: a guest load that starts, stops and starts again", "",
+                "Guest fio 4 KiB randrw, iodepth 16, on, off, on, while migrate copies 1 TiB of null_blk (no",
+                "backing memory: it cannot finish). Copy rates from the target's copied bytes over each",
+                "phase; `rate_limit` is the controller's limit (controller.png).", "",
+                "| run | table options | guest IOPS (1st, 2nd load) | guest p99 µs (1st, 2nd) | "
+                "copy MiB/s under load | copy MiB/s between the loads |", "|---|---|---|---|---:|---:|"]
+        for r in ctl:
+            data = controller_csv(os.path.join(results, f"controller-{r['run']}.csv"))
+            on1, on2 = r["on"]
+            t0 = r["t0"]
+            windows = [(t0 + on1["from_s"], t0 + on1["to_s"]), (t0 + on2["from_s"], t0 + on2["to_s"])]
+            rates_on = [copy_rate(data, a, b) for a, b in windows]
+            r["copy_mib_per_s_loaded"] = round(sum(x for x in rates_on if x is not None) / 2, 1) if all(
+                x is not None for x in rates_on) else None
+            r["copy_mib_per_s_idle"] = copy_rate(data, t0 + on1["to_s"] + 0.5, t0 + on2["from_s"])
+            r["guest_iops"] = [on1["iops"], on2["iops"]]
+            out.append(f"| {r['run']} | {r['table_opts'] or '(defaults)'} | {on1['iops']}, {on2['iops']} | "
+                       f"{on1['p99_us']}, {on2['p99_us']} | {r['copy_mib_per_s_loaded']} | {r['copy_mib_per_s_idle']} |")
+
+    for r in by("sync_under_load"):
+        out += ["", "## Time to sync under a flat-out writer", "",
+                f"fio 4 KiB randwrite, iodepth 16, for the whole copy of {r['mib']} MiB of brd at the defaults",
+                f"with `min_rate {r['min_rate_kibps']}`: the bound is size / min_rate = {r['bound_s']} s.", "",
+                "| seconds | bound s | ended | guest write IOPS meanwhile | p99 µs |", "|---:|---:|---|---:|---:|",
+                f"| {r['seconds']:.2f} | {r['bound_s']} | {'yes' if r['copy_ended'] else 'no (' + r['state'] + ', ' + format(r['fraction'] * 100, '.0f') + '%)'} | "
+                f"{r['iops']} | {r['p99_us']} |"]
+
+    for r in by("sparse"):
+        r["alloc_ratio"] = ratio(r["alloc_bytes"], r["data_bytes"])
+        r["time_ratio"] = ratio(r["seconds"], r["full_copy_s"]) if r.get("full_copy_s") else None
+        mib = lambda b: f"{b / 1048576:.1f}"
+        out += ["", "## A sparse origin", "",
+                f"A loop device over a {r['mib']} MiB tmpfs file, a tenth of it data (1 MiB chunks at random places,",
+                "the rest holes), copied by migrate at its defaults onto a fresh sparse file; against the",
+                "loop kind's copy of an all-data origin of the same size (device kinds, above).", "",
+                "| origin data MiB | destination allocated MiB (stat) | du MiB | vs the data | seconds | "
+                "full copy seconds | vs full | identical (cmp) | zero bytes (sysfs, status) |",
+                "|---:|---:|---:|---:|---:|---:|---:|---|---|",
+                f"| {mib(r['data_bytes'])} | {mib(r['alloc_bytes'])} | {mib(r['du_bytes'])} | {r['alloc_ratio']} | "
+                f"{r['seconds']:.2f} | {r['full_copy_s']} | {r['time_ratio']} | {'yes' if r['identical'] else 'no'} | "
+                f"{r['zero_bytes']}, {r['status_zero_bytes']} |"]
+
+    skipped = by("not_measured")
+    if skipped:
+        out += ["", "## Not measured", "", "The target refused these tables (a module without issue 11's options?):", ""]
+        out += [f"- {r['section']}: `{r['table']}`: {r['error']}" for r in skipped]
+    return out
+
+
+def controller_csv(path):
+    """The rows of a controller CSV as (unix seconds, rate KiB/s, limit KiB/s or None, copied bytes)."""
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        return [(float(r["unix_seconds"]), float(r["rate_kibps"]),
+                 float(r["rate_limit_kibps"]) if r["rate_limit_kibps"] else None, float(r["copied_bytes"]))
+                for r in csv.DictReader(f)]
+
+
+def copy_rate(data, start, end):
+    """MiB/s copied between the samples nearest START and END, or None without samples there."""
+    inside = [d for d in data if start <= d[0] <= end]
+    if len(inside) < 2 or inside[-1][0] <= inside[0][0]:
+        return None
+    return round((inside[-1][3] - inside[0][3]) / (inside[-1][0] - inside[0][0]) / 1048576, 1)
+
+
+def issue11_targets(rows):
+    """Issue 11's targets, each with this run's figure, the target, and whether it was met."""
+    by = lambda fig: [r for r in rows if r["figure"] == fig]
+    lines = ["", "## Targets", "", "Issue 11's targets, at default settings, side by side in this one VM run.", "",
+             "| figure | device | this run | target | met |", "|---|---|---|---|---|"]
+
+    def line(what, device, figure, target, met):
+        verdict = "—" if met is None else ("yes" if met else "**no**")
+        lines.append(f"| {what} | {device} | {figure} | {target} | {verdict} |")
+
+    kinds = [k["device"] for k in by("device_kind")] or ["brd"]
+    for device in kinds:
+        for rw in ["randread", "randwrite"]:
+            r = next((x for x in by("kind_guest_io") if x["device"] == device and x["rw"] == rw
+                      and x["peer"] == "migrate" and "ratio_to_linear" in x), None)
+            if r is None:
+                line(f"guest {rw} IOPS while copying", device, "not measured", ">= 0.85x dm-linear", None)
+                line(f"guest {rw} p99 while copying", device, "not measured", "<= 1.5x dm-linear", None)
+                continue
+            line(f"guest {rw} IOPS while copying", device, f"{r['ratio_to_linear']}x", ">= 0.85x dm-linear",
+                 r["ratio_to_linear"] >= 0.85)
+            line(f"guest {rw} p99 while copying", device, f"{r['p99_ratio_to_linear']}x ({r['p99_us']} µs)",
+                 "<= 1.5x dm-linear", r["p99_ratio_to_linear"] <= 1.5)
+    for k in by("device_kind"):
+        if k.get("migrate_vs_best_raw") is None:
+            line("idle copy vs the best raw copy", k["device"], "not measured", ">= 0.95x", None)
+        else:
+            line("idle copy vs the best raw copy (1 or 4 streams)", k["device"],
+                 f"{k['migrate_vs_best_raw']}x ({k['best_raw_mib_per_s']} MiB/s raw)", ">= 0.95x",
+                 k["migrate_vs_best_raw"] >= 0.95)
+        if k.get("migrate_vs_clone") is None:
+            line("idle copy vs dm-clone tuned", k["device"], "not measured", "ahead", None)
+        else:
+            line("idle copy vs dm-clone tuned (64/64)", k["device"], f"{k['migrate_vs_clone']}x", "ahead (> 1x)",
+                 k["migrate_vs_clone"] > 1)
+    r = next(iter(by("sync_under_load")), None)
+    if r:
+        line("time to sync under a flat-out writer", f"brd, {r['mib']} MiB",
+             f"{r['seconds']:.2f} s" if r["copy_ended"] else f"did not end ({r['fraction'] * 100:.0f}% copied)",
+             f"ends, <= size / min_rate = {r['bound_s']} s", r["copy_ended"] and r["seconds"] <= r["bound_s"])
+    else:
+        line("time to sync under a flat-out writer", "brd", "not measured", "<= size / min_rate", None)
+    r = next(iter(by("sparse")), None)
+    if r:
+        line("sparse origin (10% data): destination allocation", "loop", f"{r['alloc_ratio']}x the data",
+             "<= 1.1x the origin's data", r["alloc_ratio"] is not None and r["alloc_ratio"] <= 1.1)
+        line("sparse origin (10% data): time", "loop",
+             f"{r['time_ratio']}x a full copy" if r["time_ratio"] is not None else "no full copy to compare",
+             "<= 0.5x a full copy", None if r["time_ratio"] is None else r["time_ratio"] <= 0.5)
+        line("sparse origin: identical (cmp)", "loop", "yes" if r["identical"] else "no", "identical", r["identical"])
+    else:
+        line("sparse origin (10% data)", "loop", "not measured", "allocation <= 1.1x data, time <= 0.5x", None)
+    r = next((x for x in by("memory") if x["region_kib"] == 64), None)
+    if r:
+        spread = ""
+        if "rounds_kib" in r:
+            spread = f" (rounds {min(r['rounds_kib'])} to {max(r['rounds_kib'])}; a linear table: {r['linear_kib']})"
+        line("tracking memory at 64 KiB regions", "null_blk, 1 TiB", f"{r['measured_kib_per_tib']} KiB/TiB{spread}",
+             "<= 2048 KiB/TiB", r["measured_kib_per_tib"] <= 2048)
+    return lines
 
 
 def targets(rows):
@@ -124,7 +316,7 @@ def targets(rows):
     def find(fig, **keys):
         return next((r for r in rows if r["figure"] == fig and all(r.get(k) == v for k, v in keys.items())), None)
 
-    lines = ["", "## Targets", "", "| target | this run | met |", "|---|---|---|"]
+    lines = ["", "## Earlier targets", "", "| target | this run | met |", "|---|---|---|"]
 
     def line(what, figures, met):
         lines.append(f"| {what} | {figures} | {'yes' if met else 'no'} |")
@@ -241,10 +433,74 @@ def plots(results, rows):
     ax.legend()
     fig.savefig(path("switch.png"), dpi=100, bbox_inches="tight")
 
+    issue11_plots(results, rows, plt)
+
+
+def issue11_plots(results, rows, plt):
+    """controller.png (guest IOPS and copy rate over time, one panel per run) and kinds-copy.png."""
+    path = lambda name: os.path.join(results, name)
+    ctl = [r for r in rows if r["figure"] == "controller"]
+    if ctl:
+        fig, axes = plt.subplots(len(ctl), 1, figsize=(10, 3.2 * len(ctl)), sharex=True, squeeze=False)
+        for ax, r in zip(axes[:, 0], ctl):
+            t0 = r["t0"]
+            for phase in r["on"]:
+                ax.axvspan(phase["from_s"], phase["to_s"], color="0.92", zorder=0)
+            iops = series(path(f"iops-controller-{r['run']}.csv"))
+            if iops:
+                ax.plot(*iops, color="black", linewidth=1, label="guest IOPS (100 ms bins)")
+            ax.set_ylabel("guest IOPS")
+            ax.set_ylim(bottom=0)
+            data = controller_csv(path(f"controller-{r['run']}.csv"))
+            right = ax.twinx()
+            if data:
+                # The copy rate from the copied bytes over about half a second, finer than the
+                # target's own one-second figure, which is drawn too.
+                xs, ys = [], []
+                for i in range(len(data)):
+                    j = next((j for j in range(i, -1, -1) if data[i][0] - data[j][0] >= 0.5), None)
+                    if j is not None and data[i][0] > data[j][0]:
+                        xs.append((data[i][0] + data[j][0]) / 2 - t0)
+                        ys.append((data[i][3] - data[j][3]) / (data[i][0] - data[j][0]) / 1048576)
+                right.plot(xs, ys, color="tab:blue", linewidth=1.5, label="copy MiB/s (copied bytes, 0.5 s)")
+                right.plot([d[0] - t0 for d in data], [d[1] / 1024 for d in data], color="tab:cyan",
+                           linewidth=1, linestyle=":", label="copy MiB/s (the target's rate, 1 s)")
+                limits = [(d[0] - t0, d[2] / 1024 if d[2] else float("nan")) for d in data if d[2] is not None]
+                if limits:
+                    right.plot(*zip(*limits), color="tab:red", linewidth=1, linestyle="--",
+                               label="rate_limit MiB/s (gap: none)")
+            # A log scale: the floor (10 MiB/s) and a flat-out copy (GiB/s) in one panel.
+            right.set_yscale("log")
+            right.set_ylim(1, 20000)
+            right.set_ylabel("copy MiB/s (log)")
+            ax.set_title(f"{r['run']}: {r['table_opts'] or 'defaults'}", fontsize=10)
+            handles = ax.get_legend_handles_labels()[0] + right.get_legend_handles_labels()[0]
+        fig.legend(handles, [h.get_label() for h in handles], loc="lower center", ncol=4, fontsize=8,
+                   bbox_to_anchor=(0.5, -0.02))
+        axes[-1, 0].set_xlabel("seconds from the copy's start (grey: guest load running)")
+        fig.suptitle("The adaptive controller: guest 4 KiB randrw on, off, on while migrate copies 1 TiB of null_blk")
+        fig.savefig(path("controller.png"), dpi=100, bbox_inches="tight")
+
+    kinds = [k for k in rows if k["figure"] == "device_kind"]
+    copies = [r for r in rows if r["figure"] == "kind_copy" and r.get("mib_per_s")]
+    if kinds and copies:
+        peers = ["raw-1", "raw-4", "migrate", "clone-tuned64"]
+        colors = {"raw-1": "tab:gray", "raw-4": "black", "migrate": "tab:blue", "clone-tuned64": "tab:red"}
+        fig, ax = plt.subplots(figsize=(8, 4))
+        width = 0.8 / len(peers)
+        for i, peer in enumerate(peers):
+            heights = [next((r["mib_per_s"] for r in copies if r["device"] == k["device"] and r["peer"] == peer), 0)
+                       for k in kinds]
+            ax.bar([x + (i - 1.5) * width for x in range(len(kinds))], heights, width, label=peer, color=colors[peer])
+        ax.set_xticks(range(len(kinds)), [k["device"] for k in kinds])
+        ax.set(ylabel="MiB/s", title=f"Idle copy throughput per device kind ({kinds[0]['mib']} MiB, one TCG VM run)")
+        ax.legend()
+        fig.savefig(path("kinds-copy.png"), dpi=100, bbox_inches="tight")
+
 
 def main(results):
     rows = [json.loads(line) for line in open(os.path.join(results, "bench.jsonl")) if line.strip()]
-    out = tables(rows)
+    out = tables(rows, results)
     with open(os.path.join(results, "bench.md"), "w") as f:
         f.write("\n".join(out) + "\n")
     with open(os.path.join(results, "bench.json"), "w") as f:
