@@ -166,9 +166,10 @@ stop_fio() {
 	wait "$1" 2>/dev/null || true
 }
 
-# idle_copy PEER: copies with nothing else running; prints the seconds to the end of the copy.
+# idle_copy PEER [CSV]: copies with nothing else running; prints the seconds to the end of the
+# copy. The progress goes to CSV (default progress-PEER.csv).
 idle_copy() {
-	local csv=$out/progress-$1.csv t0
+	local csv=${2:-$out/progress-$1.csv} t0
 	sample_bg bench "$1" "$csv"
 	t0=$(now)
 	progress_start "$csv" "$t0"
@@ -641,17 +642,8 @@ raw_copy() {
 	done
 	for k in "${pids[@]}"; do wait "$k"; done
 }
-# kind_copy PEER: as idle_copy, with the progress kept per device kind.
-kind_copy() {
-	local csv=$out/progress-$kind-$1.csv t0
-	sample_bg bench "$1" "$csv"
-	t0=$(now)
-	progress_start "$csv" "$t0"
-	start_copy "$1"
-	wait $sampler
-	stop_copy
-	diff_s "$(last_sample "$csv")" "$t0"
-}
+# kind_copy PEER: idle_copy, with the progress kept per device kind.
+kind_copy() { idle_copy "$1" "$out/progress-$kind-$1.csv"; }
 # kind_guest_io: section 2's guest runs for dm-linear and migrate on the current kind. migrate is
 # held with `rate 1` (the ceiling: the copy waits) and released with `rate 0`, which leaves it at
 # its defaults; `rate` is max_rate's alias, so this also runs on a module before issue 11.
