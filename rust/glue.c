@@ -436,23 +436,9 @@ bool migrate_kthread_should_stop(void)
 	return kthread_should_stop();
 }
 
-void migrate_kthread_sleep_ms(unsigned int ms)
-{
-	/* Set the state first, so a wake-up between the check and the sleep is not lost. */
-	set_current_state(TASK_INTERRUPTIBLE);
-	if (!kthread_should_stop() && !kthread_should_park())
-		schedule_timeout(msecs_to_jiffies(ms));
-	__set_current_state(TASK_RUNNING);
-}
-
 bool migrate_kthread_stop_requested(void)
 {
 	return kthread_should_stop() || kthread_should_park();
-}
-
-void migrate_kthread_wake(struct task_struct *task)
-{
-	wake_up_process(task);
 }
 
 void migrate_cond_resched(void)

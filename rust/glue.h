@@ -107,10 +107,8 @@ void migrate_kthread_unpark(struct task_struct *task);
 int migrate_kthread_stop(struct task_struct *task);
 /* Parks the calling thread first if that was asked, then says whether it should stop. */
 bool migrate_kthread_should_stop(void);
-void migrate_kthread_sleep_ms(unsigned int ms);
 /* Whether the calling kthread is asked to stop or park, without parking. */
 bool migrate_kthread_stop_requested(void);
-void migrate_kthread_wake(struct task_struct *task);
 void migrate_cond_resched(void);
 u64 migrate_now_ns(void);
 

@@ -12,13 +12,13 @@ use kernel::sync::Arc;
 /// The body of a [`KThread`].
 pub trait ThreadMain: Send + Sync + 'static {
     /// Runs in the thread, in process context; must return soon after
-    /// [`ThreadContext::should_stop`] becomes true, which it checks between units of work (and
-    /// [`ThreadContext::sleep_ms`] wakes up for).
+    /// [`ThreadContext::should_stop`] becomes true, which it checks between units of work (a
+    /// stop or park request ends a stoppable [`super::event::Event::wait`]).
     fn thread_main(&self, thread: &ThreadContext);
 }
 
 /// Proof of running in a thread started by [`KThread::run`]: only such a thread may ask
-/// whether it should stop, or sleep until woken by its [`KThread`].
+/// whether it should stop (and park when asked).
 pub struct ThreadContext {
     /// Not constructible outside this module.
     _private: (),
@@ -39,11 +39,6 @@ impl ThreadContext {
         unsafe { bindings::migrate_kthread_stop_requested() }
     }
 
-    /// Sleeps up to `ms` milliseconds, or until woken by [`KThread::wake`] or a stop request.
-    pub fn sleep_ms(&self, ms: u32) {
-        // SAFETY: As in `should_stop`.
-        unsafe { bindings::migrate_kthread_sleep_ms(ms) };
-    }
 }
 
 /// A kernel thread, created parked, that runs while unparked and is stopped (and waited for) on
@@ -66,7 +61,7 @@ pub struct KThread<T: ThreadMain> {
 
 // SAFETY: A task pointer may be woken up and stopped from any thread; `T` is `Send + Sync`.
 unsafe impl<T: ThreadMain> Send for KThread<T> {}
-// SAFETY: `wake` may be called concurrently.
+// SAFETY: No `&self` method touches the task; park, unpark and stop take `&mut self`.
 unsafe impl<T: ThreadMain> Sync for KThread<T> {}
 
 /// Called by the kthread core as the thread's function.
@@ -121,12 +116,6 @@ impl<T: ThreadMain> KThread<T> {
             unsafe { bindings::migrate_kthread_unpark(self.task.as_ptr()) };
             self.parked = false;
         }
-    }
-
-    /// Wakes the thread from [`ThreadContext::sleep_ms`]; a parked thread stays parked.
-    pub fn wake(&self) {
-        // SAFETY: The task is alive and not stopped (type invariant).
-        unsafe { bindings::migrate_kthread_wake(self.task.as_ptr()) };
     }
 }
 

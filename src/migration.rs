@@ -23,6 +23,7 @@ use crate::engine::message::MessageError;
 use crate::engine::metadata::{Admit, BitmapKind, IntentLog, MetadataError, Phase};
 use crate::engine::state::{FailReason, Progress, State};
 use crate::engine::table::{Geometry, Options, TableError};
+use crate::engine::throttle::GuestLoad;
 use crate::engine::tracker::{bitmap_words, CancelOutcome, Handover, IoKind, Route, Tracker};
 use crate::persist::{Loaded, MetaStore};
 use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
@@ -179,14 +180,15 @@ impl Migration {
         self.dest_failed.load(Ordering::Acquire)
     }
 
-    /// The guest's I/O so far, for the rate controller.
-    pub(crate) fn guest_load(&self) -> GuestTotals {
+    /// The guest's I/O since the migration began, for the rate controller (which takes the
+    /// difference of two of these as one interval's load).
+    pub(crate) fn guest_load(&self) -> GuestLoad {
         // Completed first: a bio that ends between the two reads is then counted as started
         // and not completed (in flight), never the other way round.
         let completed = self.guest_completed.load(Ordering::Acquire);
         let latency_ns = self.guest_latency_ns.load(Ordering::Relaxed);
         let started = self.guest_started.load(Ordering::Acquire);
-        GuestTotals {
+        GuestLoad {
             completed,
             latency_ns,
             in_flight: started.saturating_sub(completed),
@@ -194,15 +196,6 @@ impl Migration {
     }
 }
 
-/// The guest's I/O through the target since it was created.
-pub(crate) struct GuestTotals {
-    /// Guest bios completed.
-    pub(crate) completed: u64,
-    /// The sum of their latencies, from `map` to `end_io`.
-    pub(crate) latency_ns: u64,
-    /// Guest bios in flight.
-    pub(crate) in_flight: u64,
-}
 
 /// What identifies a migration across a reload: the same mapped device, origin and
 /// destination at the same place, with the same regions.
