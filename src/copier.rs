@@ -21,13 +21,18 @@ use crate::engine::state::{FailReason, State};
 use crate::engine::throttle::{GuestLoad, Pacer, RateController, RateMeter, TICK_NS};
 use crate::engine::tracker::{AfterBatch, Batch, CopyResult};
 use crate::engine::SECTOR_SIZE;
-use crate::migration::Engine;
+use crate::migration::{new_bitmap_page, BitmapPage, Engine};
 use core::sync::atomic::Ordering;
 use kernel::prelude::*;
 use kernel::sync::Arc;
 
 /// The size of one copy I/O: contiguous regions are batched up to this (512 KiB).
 const BATCH_BYTES: u64 = 512 * 1024;
+
+/// Pages of the pending bitmap the copier keeps at hand: a batch reaches into two of them at
+/// most (a page holds 32768 regions, a batch 512 KiB of them), and a round that needs more ends
+/// early, the next one going on with a refilled pool.
+const BITMAP_POOL: usize = 4;
 
 /// The copier of one target, run by a [`crate::dm::kthread::KThread`] between resume and
 /// suspend.
@@ -78,6 +83,9 @@ struct Slot {
 struct Copier<'a> {
     engine: &'a Arc<Engine>,
     slots: KVec<Slot>,
+    /// Pages for the pending bitmap, allocated here, where the copier may sleep, and handed to
+    /// the tracker under its spinlock when a batch reaches a part of the bitmap with none.
+    pages: [Option<BitmapPage>; BITMAP_POOL],
     /// The most regions a batch takes.
     max_regions: u64,
     /// The size of a slot's buffer.
@@ -104,6 +112,7 @@ impl ThreadMain for CopierThread {
         let mut copier = Copier {
             engine,
             slots: KVec::new(),
+            pages: Default::default(),
             max_regions,
             buffer_bytes: (max_regions * region_bytes).min(BATCH_BYTES) as usize,
             meter: RateMeter::new(now),
@@ -275,12 +284,19 @@ impl Copier<'_> {
         if free == 0 {
             return Start::Nothing;
         }
-        let round =
-            migration
-                .shared
-                .lock()
-                .tracker
-                .start_round(free, self.max_regions, migration.epochs());
+        for page in self.pages.iter_mut().filter(|p| p.is_none()) {
+            *page = new_bitmap_page().ok();
+        }
+        if self.pages.iter().all(Option::is_none) {
+            return Start::OutOfMemory;
+        }
+        let pages = &mut self.pages;
+        let round = migration.shared.lock().tracker.start_round(
+            free,
+            self.max_regions,
+            migration.epochs(),
+            &mut || pages.iter_mut().find_map(Option::take),
+        );
         let Some(round) = round else {
             return Start::Nothing;
         };

@@ -24,17 +24,35 @@ use crate::engine::metadata::{Admit, BitmapKind, IntentLog, MetadataError, Phase
 use crate::engine::state::{FailReason, Progress, State};
 use crate::engine::table::{Geometry, Options, TableError};
 use crate::engine::throttle::GuestLoad;
-use crate::engine::tracker::{bitmap_words, CancelOutcome, Handover, IoKind, Route, Tracker};
+use crate::engine::bitmap::{self, Chunk};
+use crate::engine::tracker::{
+    bitmap_words, pending_chunks, CancelOutcome, Handover, IoKind, Route, Tracker,
+};
 use crate::persist::{Loaded, MetaStore};
 use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
 use kernel::prelude::*;
 use kernel::sync::{Arc, Mutex, SpinLock};
 use kernel::{new_mutex, new_spinlock};
 
+/// A page of the pending bitmap: [`BITMAP_PAGE_WORDS`] words. It comes from `kmalloc`, not
+/// `vmalloc`: the tracker drops a page whose regions are all copied under the spinlock.
+pub(crate) type BitmapPage = KVec<u64>;
+
+/// The words of a page of the pending bitmap: 4 KiB, the bits of 32768 regions (2 GiB at 64 KiB).
+pub(crate) const BITMAP_PAGE_WORDS: usize = 512;
+
+/// The region tracker of the kernel: its chunk array from `kvmalloc`, pages from `kmalloc`.
+pub(crate) type KernelTracker = Tracker<KVVec<Chunk<BitmapPage>>, BitmapPage>;
+
+/// A new page of the pending bitmap.
+pub(crate) fn new_bitmap_page() -> Result<BitmapPage, kernel::alloc::AllocError> {
+    KVec::from_elem(0u64, BITMAP_PAGE_WORDS, GFP_KERNEL)
+}
+
 /// What the lock protects: the region tracker, the write-intent log, and the bios waiting for
 /// a copy or an intent to land.
 pub(crate) struct Shared {
-    pub(crate) tracker: Tracker<KVVec<u64>>,
+    pub(crate) tracker: KernelTracker,
     /// Present when the migration keeps its state on a metadata device.
     intent: Option<IntentLog<KVVec<u64>>>,
     deferred: BioList,
@@ -101,10 +119,10 @@ impl Migration {
         metadata: bool,
     ) -> Result<Arc<Self>, TableError> {
         use TableError::OutOfMemory;
-        // One bit per region, from kvmalloc: no large contiguous allocation for large devices.
+        // The intent log's bitmaps: one bit per region, from kvmalloc (no large contiguous
+        // allocation for large devices).
         let words = usize::try_from(bitmap_words(geometry.nr_regions)).map_err(|_| OutOfMemory)?;
         let new_bitmap = || KVVec::from_elem(0u64, words, GFP_KERNEL).map_err(|_| OutOfMemory);
-        let bitmap = new_bitmap()?;
         let intent = if metadata {
             Some(IntentLog::new(
                 new_bitmap()?,
@@ -116,8 +134,22 @@ impl Migration {
         } else {
             None
         };
+        // The pending bitmap costs a chunk entry per page of bits, and a page only where the
+        // copy is going on (`engine::bitmap`).
+        let nr_chunks = pending_chunks(
+            geometry.target_sectors,
+            geometry.region_sectors,
+            BITMAP_PAGE_WORDS,
+        );
+        let nr_chunks = usize::try_from(nr_chunks).map_err(|_| OutOfMemory)?;
+        let mut chunks = KVVec::with_capacity(nr_chunks, GFP_KERNEL).map_err(|_| OutOfMemory)?;
+        for _ in 0..nr_chunks {
+            // Within the capacity: no allocation.
+            chunks.push(Chunk::Set, GFP_KERNEL).map_err(|_| OutOfMemory)?;
+        }
         let tracker = Tracker::new(
-            bitmap,
+            chunks,
+            BITMAP_PAGE_WORDS,
             geometry.target_sectors,
             geometry.region_sectors,
             no_switch,
@@ -734,7 +766,7 @@ impl Engine {
         &self,
         phase: Phase,
         reason: Option<FailReason>,
-        end: impl FnOnce(&mut Tracker<KVVec<u64>>) -> bool,
+        end: impl FnOnce(&mut KernelTracker) -> bool,
     ) -> bool {
         let migration = &*self.migration;
         let mut meta = migration.meta.lock();
@@ -806,6 +838,22 @@ impl Engine {
         let mut meta = migration.meta.lock();
         let (store, loaded) =
             MetaStore::open(device, &self.origin, &self.destination, identity, format_id)?;
+        // The pages the recorded bitmap needs, allocated before the spinlock. One that cannot
+        // be had leaves its part of the disk to be copied again whole (`Tracker::restore`).
+        let mut pages = KVec::new();
+        if loaded == Loaded::Copying {
+            let needed = bitmap::pages_needed(
+                self.geometry.nr_regions,
+                BITMAP_PAGE_WORDS,
+                |word| store.pending_word(word),
+            );
+            for _ in 0..needed {
+                let Ok(page) = new_bitmap_page() else { break };
+                if pages.push(Some(page), GFP_KERNEL).is_err() {
+                    break;
+                }
+            }
+        }
         let mut shared = migration.shared.lock();
         let Shared {
             tracker, intent, ..
@@ -813,7 +861,8 @@ impl Engine {
         match loaded {
             Loaded::New | Loaded::StartedOver => {}
             Loaded::Copying => {
-                tracker.restore(|word| store.pending_word(word));
+                let mut page = || pages.iter_mut().find_map(Option::take);
+                tracker.restore(|word| store.pending_word(word), &mut page);
                 if let Some(intent) = intent.as_mut() {
                     for word in 0..tracker.nr_words() {
                         intent.load(word, store.intent_word(word));

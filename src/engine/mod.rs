@@ -9,6 +9,7 @@
 // Plain Rust, in the kernel as in userspace.
 #![forbid(unsafe_code)]
 
+pub mod bitmap;
 pub mod epoch;
 pub mod message;
 pub mod metadata;

@@ -29,6 +29,7 @@
 //! everything goes to the destination; after a failure or a cancel, everything goes to the
 //! origin.
 
+use super::bitmap::{self, Chunk, ChunkedBitmap};
 use super::epoch::{Epoch, WriteEpochs};
 use super::state::{FailReason, Progress, State};
 use core::ops::{DerefMut, Range};
@@ -140,12 +141,12 @@ pub enum Handover {
     StartedOver,
 }
 
-/// The migration's bookkeeping. `B` is the pending bitmap, one bit per region, allocated by the
-/// caller (`ceil(nr_regions / 64)` words).
-pub struct Tracker<B> {
-    pending: B,
+/// The migration's bookkeeping. The pending bitmap, one bit per region, is a
+/// [`ChunkedBitmap`]: `C` its array of chunks and `P` a page of bits, both allocated by the
+/// caller.
+pub struct Tracker<C, P> {
+    pending: ChunkedBitmap<C, P>,
     nr_regions: u64,
-    nr_pending: u64,
     region_sectors: u64,
     target_sectors: u64,
     inflight: [Option<Range<u64>>; MAX_DEPTH],
@@ -167,10 +168,23 @@ pub fn bitmap_words(nr_regions: u64) -> u64 {
     nr_regions.div_ceil(64)
 }
 
-impl<B: DerefMut<Target = [u64]>> Tracker<B> {
-    /// Starts a migration with every region pending. Returns `None` when `pending` is too small.
+/// The number of chunks the pending bitmap of `target_sectors` in regions of `region_sectors`
+/// takes at `chunk_words` words per chunk (see [`Tracker::new`]).
+pub fn pending_chunks(target_sectors: u64, region_sectors: u64, chunk_words: usize) -> u64 {
+    bitmap::nr_chunks(target_sectors.div_ceil(region_sectors.max(1)), chunk_words)
+}
+
+impl<C, P> Tracker<C, P>
+where
+    C: DerefMut<Target = [Chunk<P>]>,
+    P: DerefMut<Target = [u64]>,
+{
+    /// Starts a migration with every region pending. `chunks` has [`pending_chunks`] entries of
+    /// `chunk_words` words each (a power of two); returns `None` when it has not, or the regions
+    /// are not a power of two, or their number does not fit this machine's words.
     pub fn new(
-        mut pending: B,
+        chunks: C,
+        chunk_words: usize,
         target_sectors: u64,
         region_sectors: u64,
         no_switch: bool,
@@ -179,20 +193,12 @@ impl<B: DerefMut<Target = [u64]>> Tracker<B> {
             return None;
         }
         let nr_regions = target_sectors.div_ceil(region_sectors);
-        let words = usize::try_from(bitmap_words(nr_regions)).ok()?;
-        if pending.len() < words {
-            return None;
-        }
-        let full_words = usize::try_from(nr_regions / 64).ok()?;
-        pending.fill(0);
-        pending[..full_words].fill(u64::MAX);
-        if !nr_regions.is_multiple_of(64) {
-            pending[full_words] = (1u64 << (nr_regions % 64)) - 1;
-        }
+        // Word indexes are `usize`.
+        usize::try_from(bitmap_words(nr_regions)).ok()?;
+        let pending = ChunkedBitmap::new(chunks, chunk_words, nr_regions)?;
         let mut tracker = Self {
             pending,
             nr_regions,
-            nr_pending: nr_regions,
             region_sectors,
             target_sectors,
             inflight: Default::default(),
@@ -212,36 +218,23 @@ impl<B: DerefMut<Target = [u64]>> Tracker<B> {
 
     /// Whether `region` still has to be copied (in flight included).
     pub fn is_pending(&self, region: u64) -> bool {
-        // Regions are below `nr_regions`, whose word count fits `usize` (checked in `new`).
-        self.pending[(region / 64) as usize] & (1 << (region % 64)) != 0
+        self.pending.get(region)
     }
 
+    /// The number of regions still to copy (in flight included).
+    fn nr_pending(&self) -> u64 {
+        self.pending.count()
+    }
+
+    /// Records `region` as copied. Its chunk has a page: `next_batch` gave it one before the
+    /// batch was taken (a region without one would stay pending, to be copied again).
     fn clear_pending(&mut self, region: u64) {
-        let word = &mut self.pending[(region / 64) as usize];
-        let bit = 1 << (region % 64);
-        if *word & bit != 0 {
-            *word &= !bit;
-            self.nr_pending -= 1;
-        }
+        self.pending.clear(region);
     }
 
     /// Whether every region in `regions` is pending, a word at a time.
     fn all_pending(&self, regions: Range<u64>) -> bool {
-        let mut region = regions.start;
-        while region < regions.end {
-            let bit = region % 64;
-            let span = (64 - bit).min(regions.end - region);
-            let mask = if span == 64 {
-                u64::MAX
-            } else {
-                ((1u64 << span) - 1) << bit
-            };
-            if self.pending[(region / 64) as usize] & mask != mask {
-                return false;
-            }
-            region += span;
-        }
-        true
+        self.pending.all_set(regions)
     }
 
     fn is_inflight(&self, regions: &Range<u64>) -> bool {
@@ -294,16 +287,20 @@ impl<B: DerefMut<Target = [u64]>> Tracker<B> {
     /// regions each, and flips the write epochs, or returns `None` without flipping when there is
     /// nothing to copy now (all copied or in flight, paused, stopped). Call under the lock that
     /// routes writes; drain [`Round::drain`] before reading the batches.
+    ///
+    /// A batch that reaches into a part of the bitmap with no page yet takes one from `pages`
+    /// (see [`ChunkedBitmap`]); the round ends early when they run out.
     pub fn start_round(
         &mut self,
         depth: usize,
         max_regions: u64,
         epochs: &WriteEpochs,
+        pages: &mut dyn FnMut() -> Option<P>,
     ) -> Option<Round> {
         let mut batches: [Option<Batch>; MAX_DEPTH] = Default::default();
         let mut taken = 0;
         for slot in batches.iter_mut().take(depth) {
-            *slot = self.next_batch(max_regions);
+            *slot = self.next_batch(max_regions, pages);
             taken += usize::from(slot.is_some());
         }
         // An idle round must not flip: see `super::epoch`.
@@ -316,13 +313,17 @@ impl<B: DerefMut<Target = [u64]>> Tracker<B> {
     /// Takes the next run of at most `max_regions` pending regions, or `None` when there is
     /// nothing to start now (all copied or in flight, paused, stopped, or the in-flight table
     /// full). Only [`Tracker::start_round`] may take batches in the kernel.
-    fn next_batch(&mut self, max_regions: u64) -> Option<Batch> {
+    fn next_batch(
+        &mut self,
+        max_regions: u64,
+        pages: &mut dyn FnMut() -> Option<P>,
+    ) -> Option<Batch> {
         // Regions in flight are pending until their batch lands (`batch_done`): when every
         // pending region is in flight there is nothing to take, and no need to scan the bitmap
         // (twice, under the routing lock) to find that out.
         #[cfg(test)]
-        assert!(self.nr_inflight <= self.nr_pending);
-        if self.state != State::Copying || self.paused || self.nr_pending <= self.nr_inflight {
+        assert!(self.nr_inflight <= self.nr_pending());
+        if self.state != State::Copying || self.paused || self.nr_pending() <= self.nr_inflight {
             return None;
         }
         let slot = self.inflight.iter().position(Option::is_none)?;
@@ -330,19 +331,10 @@ impl<B: DerefMut<Target = [u64]>> Tracker<B> {
         // Look from the cursor to the end, then from the start: the copy is sequential, but a
         // region skipped while in flight elsewhere is picked up on the next round.
         for _ in 0..2 {
-            let mut region = self.cursor;
-            while region < self.nr_regions {
-                let word = self.pending[(region / 64) as usize] >> (region % 64);
-                if word == 0 {
-                    region = (region / 64 + 1) * 64;
-                    continue;
-                }
-                region += u64::from(word.trailing_zeros());
-                if region >= self.nr_regions {
-                    break;
-                }
+            let mut from = self.cursor;
+            while let Some(region) = self.pending.next_set(from) {
+                from = region + 1;
                 if self.is_inflight(&(region..region + 1)) {
-                    region += 1;
                     continue;
                 }
                 let mut end = region + 1;
@@ -352,6 +344,11 @@ impl<B: DerefMut<Target = [u64]>> Tracker<B> {
                     && !self.is_inflight(&(end..end + 1))
                 {
                     end += 1;
+                }
+                // Every chunk of the batch's regions needs its page before the batch is taken,
+                // for `batch_done` to record them copied.
+                if !self.pending.prepare(region..end, pages) {
+                    return None;
                 }
                 self.cursor = end;
                 self.inflight[slot] = Some(region..end);
@@ -448,7 +445,7 @@ impl<B: DerefMut<Target = [u64]>> Tracker<B> {
 
     /// Moves to `Synced` when everything is copied and nothing is in flight.
     fn settle(&mut self) {
-        if self.state == State::Copying && self.nr_pending == 0 && self.nr_inflight == 0 {
+        if self.state == State::Copying && self.nr_pending() == 0 && self.nr_inflight == 0 {
             self.state = State::Synced;
         }
     }
@@ -526,14 +523,7 @@ impl<B: DerefMut<Target = [u64]>> Tracker<B> {
 
     /// Every region pending again, copying, nothing in flight: the copy starts from scratch.
     fn start_over(&mut self) {
-        let nr_regions = self.nr_regions;
-        let full_words = (nr_regions / 64) as usize;
-        self.pending.fill(0);
-        self.pending[..full_words].fill(u64::MAX);
-        if !nr_regions.is_multiple_of(64) {
-            self.pending[full_words] = (1u64 << (nr_regions % 64)) - 1;
-        }
-        self.nr_pending = nr_regions;
+        self.pending.fill(true);
         self.inflight = Default::default();
         self.nr_inflight = 0;
         self.cursor = 0;
@@ -554,8 +544,7 @@ impl<B: DerefMut<Target = [u64]>> Tracker<B> {
             self.start_over();
             return Handover::StartedOver;
         }
-        self.pending.fill(0);
-        self.nr_pending = 0;
+        self.pending.fill(false);
         self.inflight = Default::default();
         self.nr_inflight = 0;
         self.switching = false;
@@ -565,12 +554,12 @@ impl<B: DerefMut<Target = [u64]>> Tracker<B> {
 
     /// Word `word` of the pending bitmap: the regions not copied (or in flight).
     pub fn pending_word(&self, word: usize) -> u64 {
-        self.pending[word]
+        self.pending.word(word)
     }
 
     /// Word `word` of the copied bitmap: the regions whose copy landed.
     pub fn copied_word(&self, word: usize) -> u64 {
-        let copied = !self.pending[word];
+        let copied = !self.pending.word(word);
         let first = word as u64 * 64;
         match self.nr_regions.saturating_sub(first) {
             n if n >= 64 => copied,
@@ -581,28 +570,26 @@ impl<B: DerefMut<Target = [u64]>> Tracker<B> {
     /// The number of words of the bitmaps.
     pub fn nr_words(&self) -> usize {
         // Fits: checked in `new`.
-        bitmap_words(self.nr_regions) as usize
+        self.pending.nr_words()
     }
 
     /// Starts from what the metadata device recorded: `pending(word)` gives the regions to
-    /// copy, and nothing is in flight. Bits past the last region are ignored.
-    pub fn restore(&mut self, pending: impl Fn(usize) -> u64) {
-        let words = self.nr_words();
-        let mut nr_pending = 0;
-        for word in 0..words {
-            let mut value = pending(word);
-            if word + 1 == words && !self.nr_regions.is_multiple_of(64) {
-                value &= (1u64 << (self.nr_regions % 64)) - 1;
-            }
-            self.pending[word] = value;
-            nr_pending += u64::from(value.count_ones());
-        }
-        self.nr_pending = nr_pending;
+    /// copy, and nothing is in flight. Bits past the last region are ignored. A part of the
+    /// bitmap that is neither all pending nor all copied takes a page from `pages` (the caller
+    /// counts them with [`bitmap::pages_needed`]); one that finds none is copied again whole.
+    /// Returns whether every part found its page.
+    pub fn restore(
+        &mut self,
+        pending: impl Fn(usize) -> u64,
+        pages: &mut dyn FnMut() -> Option<P>,
+    ) -> bool {
+        let exact = self.pending.load(pending, pages);
         self.inflight = Default::default();
         self.nr_inflight = 0;
         self.cursor = 0;
         self.state = State::Copying;
         self.settle();
+        exact
     }
 
     /// Whether to stay in sync rather than switch, from the table that runs the migration now.
@@ -626,8 +613,8 @@ impl<B: DerefMut<Target = [u64]>> Tracker<B> {
             state: self.state,
             paused: self.paused,
             total_regions: self.nr_regions,
-            copied_regions: self.nr_regions - self.nr_pending,
-            pending_regions: self.nr_pending,
+            copied_regions: self.nr_regions - self.nr_pending(),
+            pending_regions: self.nr_pending(),
             inflight_regions: self.nr_inflight,
             copied_bytes: self.copied_bytes,
             rate_kibps,
@@ -652,19 +639,35 @@ mod tests {
 
     const REGION: u64 = 4;
 
-    fn tracker(sectors: u64, no_switch: bool) -> Tracker<Vec<u64>> {
-        let words = bitmap_words(sectors.div_ceil(REGION)) as usize;
-        Tracker::new(vec![0u64; words], sectors, REGION, no_switch).unwrap()
+    type TestTracker = Tracker<Vec<Chunk<Vec<u64>>>, Vec<u64>>;
+
+    /// A chunk array of `n` chunks, for `Tracker::new`.
+    fn chunks(n: u64) -> Vec<Chunk<Vec<u64>>> {
+        (0..n).map(|_| Chunk::Clear).collect()
+    }
+
+    /// The smallest chunks (a word, 64 regions), for the pages to come and go often.
+    fn tracker(sectors: u64, no_switch: bool) -> TestTracker {
+        let n = pending_chunks(sectors, REGION, 1);
+        Tracker::new(chunks(n), 1, sectors, REGION, no_switch).unwrap()
+    }
+
+    /// A page of the bitmap, always at hand.
+    fn page() -> Option<Vec<u64>> {
+        Some(vec![0; 1])
     }
 
     #[test]
     fn new_marks_every_region_pending_and_nothing_else() {
         let t = tracker(4 * 70 - 1, false);
         assert_eq!(t.nr_regions, 70);
-        assert_eq!(t.pending, vec![u64::MAX, (1 << 6) - 1]);
+        assert_eq!(
+            [t.pending_word(0), t.pending_word(1)],
+            [u64::MAX, (1 << 6) - 1]
+        );
         assert_eq!(t.progress(0).pending_regions, 70);
-        assert!(Tracker::new(vec![0u64; 1], 4 * 70, REGION, false).is_none());
-        assert!(Tracker::new(vec![0u64; 2], 4 * 70, 3, false).is_none());
+        assert!(TestTracker::new(chunks(1), 1, 4 * 70, REGION, false).is_none());
+        assert!(TestTracker::new(chunks(2), 1, 4 * 70, 3, false).is_none());
     }
 
     #[test]
@@ -673,7 +676,7 @@ mod tests {
         assert_eq!(t.route(IoKind::Read, 0, 8), Route::Origin);
         assert_eq!(t.route(IoKind::Write, 0, 8), Route::Origin);
         assert_eq!(t.route(IoKind::Flush, 0, 0), Route::Both);
-        let b = t.next_batch(2).unwrap();
+        let b = t.next_batch(2, &mut page).unwrap();
         assert_eq!(
             b,
             Batch {
@@ -696,7 +699,7 @@ mod tests {
     fn converges_in_one_pass_and_switches() {
         let mut t = tracker(4 * 100 + 2, false);
         let mut batches = 0;
-        while let Some(b) = t.next_batch(8) {
+        while let Some(b) = t.next_batch(8, &mut page) {
             batches += 1;
             t.batch_done(&b, CopyResult::Done);
         }
@@ -714,19 +717,57 @@ mod tests {
     #[test]
     fn restore_starts_from_the_recorded_bitmap() {
         let mut t = tracker(4 * 70, false);
-        t.restore(|w| if w == 0 { 0b101 } else { u64::MAX });
+        assert!(t.restore(|w| if w == 0 { 0b101 } else { u64::MAX }, &mut page));
         assert_eq!(t.progress(0).pending_regions, 2 + 6);
-        assert_eq!(t.next_batch(8).unwrap().regions, 0..1);
-        assert_eq!(t.next_batch(8).unwrap().regions, 2..3);
-        assert_eq!(t.next_batch(8).unwrap().regions, 64..70);
-        t.restore(|_| 0);
+        assert_eq!(t.next_batch(8, &mut page).unwrap().regions, 0..1);
+        assert_eq!(t.next_batch(8, &mut page).unwrap().regions, 2..3);
+        assert_eq!(t.next_batch(8, &mut page).unwrap().regions, 64..70);
+        assert!(t.restore(|_| 0, &mut page));
         assert_eq!(t.state(), State::Synced);
+    }
+
+    #[test]
+    fn a_copy_holds_pages_only_where_it_is() {
+        let epochs = WriteEpochs::new();
+        let mut t = tracker(REGION * 64 * 10, false);
+        let mut most = 0;
+        while let Some(round) = t.start_round(4, 6, &epochs, &mut page) {
+            most = most.max(t.pending.pages());
+            for b in round.batches() {
+                t.batch_done(b, CopyResult::Done);
+            }
+        }
+        // A round of 24 regions reaches into at most two chunks of 64.
+        assert_eq!(most, 2);
+        assert_eq!(t.pending.pages(), 0);
+        assert_eq!(t.state(), State::Synced);
+    }
+
+    #[test]
+    fn no_page_holds_the_copy_back_and_loses_nothing() {
+        let epochs = WriteEpochs::new();
+        let mut t = tracker(REGION * 128, false);
+        let mut none = || None;
+        assert!(t.start_round(4, 8, &epochs, &mut none).is_none());
+        assert_eq!(t.progress(0).pending_regions, 128);
+        // A restore that finds no page for a mixed part copies that part again whole.
+        assert!(!t.restore(|w| if w == 0 { 0b101 } else { 0 }, &mut none));
+        assert_eq!(t.progress(0).pending_regions, 64);
+        assert_eq!(
+            t.start_round(1, 8, &epochs, &mut page)
+                .unwrap()
+                .batches()
+                .next()
+                .unwrap()
+                .regions,
+            0..8
+        );
     }
 
     #[test]
     fn no_switch_stays_synced() {
         let mut t = tracker(8, true);
-        while let Some(b) = t.next_batch(8) {
+        while let Some(b) = t.next_batch(8, &mut page) {
             t.batch_done(&b, CopyResult::Done);
         }
         assert_eq!(t.state(), State::Synced);
@@ -738,19 +779,19 @@ mod tests {
     fn read_errors_are_retried_then_fail() {
         let mut t = tracker(16, false);
         for n in 0..READ_RETRIES {
-            let b = t.next_batch(1).unwrap();
+            let b = t.next_batch(1, &mut page).unwrap();
             assert_eq!(b.regions, 0..1);
             assert_eq!(t.batch_done(&b, CopyResult::ReadError), AfterBatch::Retry);
             assert_eq!(t.retry_delay_ms(), RETRY_DELAY_MS << n);
         }
-        let b = t.next_batch(1).unwrap();
+        let b = t.next_batch(1, &mut page).unwrap();
         assert_eq!(
             t.batch_done(&b, CopyResult::ReadError),
             AfterBatch::Fail(FailReason::OriginRead)
         );
         assert!(t.fail(FailReason::OriginRead));
         assert_eq!(t.state(), State::Failed(FailReason::OriginRead));
-        assert_eq!(t.next_batch(1), None);
+        assert_eq!(t.next_batch(1, &mut page), None);
         assert_eq!(t.route(IoKind::Write, 0, 16), Route::Origin);
         assert_eq!(t.progress(0).errors, u64::from(READ_RETRIES) + 1);
     }
@@ -762,14 +803,14 @@ mod tests {
         let epochs = WriteEpochs::new();
         let mut t = tracker(64, false);
         for _ in 0..READ_RETRIES {
-            let round = t.start_round(4, 2, &epochs).unwrap();
+            let round = t.start_round(4, 2, &epochs, &mut page).unwrap();
             assert_eq!(round.batches().count(), 4);
             for b in round.batches() {
                 assert_eq!(t.batch_done(b, CopyResult::ReadError), AfterBatch::Retry);
             }
         }
         assert_eq!(t.state(), State::Copying);
-        let round = t.start_round(4, 2, &epochs).unwrap();
+        let round = t.start_round(4, 2, &epochs, &mut page).unwrap();
         let firsts: Vec<u64> = round.batches().map(|b| b.regions.start).collect();
         assert_eq!(
             firsts,
@@ -798,14 +839,14 @@ mod tests {
     fn a_transient_read_error_is_survived() {
         let epochs = WriteEpochs::new();
         let mut t = tracker(16, false);
-        let round = t.start_round(1, 1, &epochs).unwrap();
+        let round = t.start_round(1, 1, &epochs, &mut page).unwrap();
         let b = round.batches().next().unwrap();
         assert_eq!(t.batch_done(b, CopyResult::ReadError), AfterBatch::Retry);
-        let round = t.start_round(1, 1, &epochs).unwrap();
+        let round = t.start_round(1, 1, &epochs, &mut page).unwrap();
         let b = round.batches().next().unwrap();
         assert_eq!(t.batch_done(b, CopyResult::Done), AfterBatch::Continue);
         assert_eq!(t.retry_delay_ms(), 0);
-        while let Some(round) = t.start_round(2, 8, &epochs) {
+        while let Some(round) = t.start_round(2, 8, &epochs, &mut page) {
             for b in round.batches() {
                 t.batch_done(b, CopyResult::Done);
             }
@@ -820,10 +861,10 @@ mod tests {
         let before = epochs.enter();
         t.set_paused(true);
         for _ in 0..3 {
-            assert!(t.start_round(4, 1, &epochs).is_none());
+            assert!(t.start_round(4, 1, &epochs, &mut page).is_none());
         }
         t.set_paused(false);
-        let round = t.start_round(4, 1, &epochs).unwrap();
+        let round = t.start_round(4, 1, &epochs, &mut page).unwrap();
         epochs.start_drain(round.drain);
         assert!(
             !epochs.is_drained(round.drain),
@@ -837,7 +878,7 @@ mod tests {
     fn the_switch_defers_writes_until_it_ends() {
         let epochs = WriteEpochs::new();
         let mut t = tracker(8, false);
-        while let Some(round) = t.start_round(4, 8, &epochs) {
+        while let Some(round) = t.start_round(4, 8, &epochs, &mut page) {
             for b in round.batches() {
                 t.batch_done(b, CopyResult::Done);
             }
@@ -854,7 +895,7 @@ mod tests {
         assert_eq!(t.route(IoKind::Write, 0, 1), Route::Destination);
         // A failure during the switch wins over it.
         let mut t = tracker(8, false);
-        let round = t.start_round(1, 8, &epochs).unwrap();
+        let round = t.start_round(1, 8, &epochs, &mut page).unwrap();
         t.batch_done(round.batches().next().unwrap(), CopyResult::Done);
         assert!(t.begin_switch());
         assert!(t.fail(FailReason::DestinationWrite));
@@ -879,7 +920,7 @@ mod tests {
         // An identical reload of a failed migration starts it over; of a live one, nothing.
         let mut t = tracker(64, false);
         assert!(!t.restart());
-        let round = t.start_round(2, 3, &epochs).unwrap();
+        let round = t.start_round(2, 3, &epochs, &mut page).unwrap();
         for b in round.batches() {
             t.batch_done(b, CopyResult::Done);
         }
@@ -892,11 +933,12 @@ mod tests {
 
     #[test]
     fn huge_writes_are_routed_a_word_at_a_time() {
-        let words = bitmap_words(1 << 20) as usize;
-        let mut t = Tracker::new(vec![0u64; words], 1 << 20, 1, false).unwrap();
+        let mut t = TestTracker::new(chunks(1 << 14), 1, 1 << 20, 1, false).unwrap();
         assert_eq!(t.route(IoKind::Write, 0, 1 << 20), Route::Origin);
         assert_eq!(t.route(IoKind::Write, 3, (1 << 20) - 70), Route::Origin);
-        t.clear_pending((1 << 19) + 5);
+        let copied = (1 << 19) + 5;
+        assert!(t.pending.prepare(copied..copied + 1, &mut page));
+        t.clear_pending(copied);
         assert_eq!(t.route(IoKind::Write, 3, (1 << 20) - 70), Route::Both);
         assert_eq!(t.route(IoKind::Write, (1 << 19) + 6, 100), Route::Origin);
     }
@@ -905,9 +947,9 @@ mod tests {
     fn write_error_fails_and_pause_stops_batches() {
         let mut t = tracker(16, false);
         t.set_paused(true);
-        assert_eq!(t.next_batch(1), None);
+        assert_eq!(t.next_batch(1, &mut page), None);
         t.set_paused(false);
-        let b = t.next_batch(1).unwrap();
+        let b = t.next_batch(1, &mut page).unwrap();
         let after = t.batch_done(&b, CopyResult::WriteError);
         assert_eq!(after, AfterBatch::Fail(FailReason::DestinationWrite));
         t.fail(FailReason::DestinationWrite);
@@ -957,6 +999,8 @@ mod tests {
             flush_fails: bool,
         },
         Pause(bool),
+        /// The copier's pool of bitmap pages runs dry (`true`) or is refilled.
+        NoPages(bool),
         Cancel,
         Fail,
         /// A table reload while suspended: an identical table shares the migration (and starts a
@@ -981,6 +1025,7 @@ mod tests {
             10 => Just(Op::CheckFailure),
             20 => prop::bool::weighted(0.05).prop_map(|flush_fails| Op::SwitchStep { flush_fails }),
             15 => any::<bool>().prop_map(Op::Pause),
+            10 => any::<bool>().prop_map(Op::NoPages),
             1 => Just(Op::Cancel),
             1 => Just(Op::Fail),
             4 => any::<bool>().prop_map(|identical| Op::Reload { identical }),
@@ -1016,7 +1061,7 @@ mod tests {
 
     /// A disk modelled as one version number per sector.
     struct Model {
-        tracker: Tracker<Vec<u64>>,
+        tracker: TestTracker,
         epochs: WriteEpochs,
         no_switch: bool,
         /// The acknowledged contents: what the guest expects to read back.
@@ -1029,6 +1074,8 @@ mod tests {
         /// A mirrored write's destination half failed (the kernel's `dest_failed`).
         dest_failed: bool,
         version: u32,
+        /// The copier's pool of bitmap pages is empty.
+        no_pages: bool,
     }
 
     impl Model {
@@ -1047,6 +1094,7 @@ mod tests {
                 copier: Copier::default(),
                 dest_failed: false,
                 version: 0,
+                no_pages: false,
             }
         }
 
@@ -1162,8 +1210,13 @@ mod tests {
                 }
                 Op::StartRound { depth, max } => {
                     let free = depth.saturating_sub(self.copier.flight.len());
+                    let no_pages = self.no_pages;
+                    let mut pages = || (!no_pages).then(|| vec![0; 1]);
                     if self.copier.draining.is_none() && !self.copier.switching && free > 0 {
-                        if let Some(round) = self.tracker.start_round(free, max, &self.epochs) {
+                        if let Some(round) =
+                            self.tracker
+                                .start_round(free, max, &self.epochs, &mut pages)
+                        {
                             for b in round.batches() {
                                 assert!(b.regions.end - b.regions.start <= max);
                                 assert!(b.sectors.end <= self.truth.len() as u64);
@@ -1243,6 +1296,7 @@ mod tests {
                     _ => {}
                 },
                 Op::Pause(p) => self.tracker.set_paused(p),
+                Op::NoPages(none) => self.no_pages = none,
                 Op::Cancel => {
                     self.tracker.cancel();
                     self.release_deferred();
@@ -1309,6 +1363,7 @@ mod tests {
         /// Lets every write land and the copier run to the end, as once the guest goes quiet.
         fn drain(&mut self) {
             self.tracker.set_paused(false);
+            self.no_pages = false;
             for _ in 0..10_000 {
                 if self.dest_failed && self.copier.is_idle() {
                     self.step(Op::CheckFailure);
