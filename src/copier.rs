@@ -34,6 +34,9 @@ const BATCH_BYTES: u64 = 512 * 1024;
 /// early, the next one going on with a refilled pool.
 const BITMAP_POOL: usize = 4;
 
+/// How long the copier waits for memory when its pool of bitmap pages could not be refilled.
+const PAGE_RETRY_MS: u32 = 100;
+
 /// The copier of one target, run by a [`crate::dm::kthread::KThread`] between resume and
 /// suspend.
 pub(crate) struct CopierThread {
@@ -287,9 +290,8 @@ impl Copier<'_> {
         for page in self.pages.iter_mut().filter(|p| p.is_none()) {
             *page = new_bitmap_page().ok();
         }
-        if self.pages.iter().all(Option::is_none) {
-            return Start::OutOfMemory;
-        }
+        // With a full pool a batch always finds its pages (it reaches into two at most).
+        let pool_short = self.pages.iter().any(Option::is_none);
         let pages = &mut self.pages;
         let round = migration.shared.lock().tracker.start_round(
             free,
@@ -298,7 +300,13 @@ impl Copier<'_> {
             &mut || pages.iter_mut().find_map(Option::take),
         );
         let Some(round) = round else {
-            return Start::Nothing;
+            // Nothing to copy now, or no page for what there is: memory is short, and is
+            // tried again soon (nothing else would wake the copier).
+            return if pool_short {
+                Start::WaitMs(PAGE_RETRY_MS)
+            } else {
+                Start::Nothing
+            };
         };
         // The writes routed to these regions before the round have to land before the reads.
         engine.drain(round.drain);

@@ -838,8 +838,10 @@ impl Engine {
         let mut meta = migration.meta.lock();
         let (store, loaded) =
             MetaStore::open(device, &self.origin, &self.destination, identity, format_id)?;
-        // The pages the recorded bitmap needs, allocated before the spinlock. One that cannot
-        // be had leaves its part of the disk to be copied again whole (`Tracker::restore`).
+        // The pages the recorded bitmap needs, allocated before the spinlock, every one: a
+        // part of the bitmap restored as all pending without its page would be more pending in
+        // memory than on the device, and a write to a region copied on the device would then go
+        // to the origin alone, with no intent bit, to be lost by a crash before the next commit.
         let mut pages = KVec::new();
         if loaded == Loaded::Copying {
             let needed = bitmap::pages_needed(
@@ -848,10 +850,10 @@ impl Engine {
                 |word| store.pending_word(word),
             );
             for _ in 0..needed {
-                let Ok(page) = new_bitmap_page() else { break };
-                if pages.push(Some(page), GFP_KERNEL).is_err() {
-                    break;
-                }
+                let page = new_bitmap_page().map_err(|_| MetadataError::OutOfMemory)?;
+                pages
+                    .push(Some(page), GFP_KERNEL)
+                    .map_err(|_| MetadataError::OutOfMemory)?;
             }
         }
         let mut shared = migration.shared.lock();
@@ -862,7 +864,10 @@ impl Engine {
             Loaded::New | Loaded::StartedOver => {}
             Loaded::Copying => {
                 let mut page = || pages.iter_mut().find_map(Option::take);
-                tracker.restore(|word| store.pending_word(word), &mut page);
+                if !tracker.restore(|word| store.pending_word(word), &mut page) {
+                    // Never: the pages were counted with the same rule, under the same mutex.
+                    return Err(MetadataError::OutOfMemory);
+                }
                 if let Some(intent) = intent.as_mut() {
                     for word in 0..tracker.nr_words() {
                         intent.load(word, store.intent_word(word));

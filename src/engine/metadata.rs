@@ -187,6 +187,8 @@ pub enum MetadataError {
     ReadError,
     /// Writing the metadata device failed.
     WriteError,
+    /// No memory for what the metadata records (the pages of a partly copied bitmap).
+    OutOfMemory,
 }
 
 impl MetadataError {
@@ -216,6 +218,7 @@ impl MetadataError {
             }
             Self::ReadError => c"Error reading the metadata device",
             Self::WriteError => c"Error writing the metadata device",
+            Self::OutOfMemory => c"Out of memory loading the metadata",
         }
     }
 }
