@@ -184,6 +184,24 @@ pub enum Command {
         /// The device.
         name: Option<String>,
     },
+    /// Print the shell completion script for SHELL (e.g. `dmmig completions bash >
+    /// /usr/share/bash-completion/completions/dmmig`).
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Write the manual pages, dmmig(8) and one per command (dmmig-move(8), ...), to DIR.
+    #[command(hide = true)]
+    Manpages {
+        /// The folder to write them to (created if missing).
+        dir: std::path::PathBuf,
+    },
+}
+
+/// The whole command line's definition, for the generators.
+pub fn command() -> clap::Command {
+    use clap::CommandFactory;
+    Cli::command()
 }
 
 #[cfg(test)]

@@ -3,6 +3,7 @@
 
 use crate::cli::Command;
 use crate::dm::{Dm, Info};
+use crate::docs;
 use crate::error::{Error, Result};
 use crate::migrate::{run_move, run_recover, MoveOptions, RecoverOptions};
 use crate::nodes;
@@ -14,6 +15,12 @@ use std::io::{IsTerminal, Read};
 
 /// Runs one command.
 pub fn run(command: Command, json: bool) -> Result<()> {
+    // The generators need no device-mapper (nor root): they run at build and install time.
+    let command = match command {
+        Command::Completions { shell } => return docs::completions(shell, &mut std::io::stdout()),
+        Command::Manpages { dir } => return docs::manpages(&dir),
+        command => command,
+    };
     let dm = Dm::open()?;
     let out = Output { json };
     match command {
@@ -133,6 +140,8 @@ pub fn run(command: Command, json: bool) -> Result<()> {
         Command::Continue { name } => dm.message(&name, 0, "resume").map(drop),
         Command::Cancel { name } => dm.message(&name, 0, "cancel").map(drop),
         Command::Rate { name, kibps } => dm.message(&name, 0, &format!("rate {kibps}")).map(drop),
+        // Carried out above, before the control device is opened.
+        Command::Completions { .. } | Command::Manpages { .. } => Ok(()),
     }
 }
 

@@ -4,6 +4,7 @@
 pub mod cli;
 pub mod commands;
 pub mod dm;
+pub mod docs;
 pub mod error;
 pub mod metadata;
 pub mod migrate;
