@@ -265,7 +265,10 @@ impl Copier<'_> {
             let wait_ns = wait_ns.min(self.next_tick_ns.saturating_sub(now).max(1));
             return Start::WaitMs(ms_until(now + wait_ns, now));
         }
-        let depth = engine.depth.load(Ordering::Relaxed) as usize;
+        let configured = engine.depth.load(Ordering::Relaxed);
+        let depth = self
+            .controller
+            .copy_depth((configured != 0).then_some(configured)) as usize;
         while self.slots.len() < depth {
             let Ok(io) = IoBatch::new(self.buffer_bytes, migration.copier_event.clone()) else {
                 break;

@@ -514,6 +514,8 @@ pub(crate) struct Engine {
     pub(crate) max_rate_kibps: AtomicU64,
     /// The limit the controller set last, KiB/s; 0 for none.
     pub(crate) rate_limit_kibps: AtomicU64,
+    /// The copy depth set by the table's `copy_depth` or a `depth` message; 0 for none (the
+    /// controller picks it: `RateController::copy_depth`).
     pub(crate) depth: AtomicU32,
     /// The measured copy rate, KiB/s.
     pub(crate) measured_kibps: AtomicU64,
@@ -548,7 +550,7 @@ impl Engine {
             min_rate_kibps: AtomicU64::new(options.min_rate_kibps()),
             max_rate_kibps: AtomicU64::new(options.max_rate_kibps()),
             rate_limit_kibps: AtomicU64::new(options.max_rate_kibps()),
-            depth: AtomicU32::new(options.depth()),
+            depth: AtomicU32::new(options.copy_depth.unwrap_or(0)),
             skip_zeroes: AtomicBool::new(skip_zeroes),
             options,
             bios,

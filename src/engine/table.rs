@@ -11,7 +11,8 @@
 //!   region_size <sectors>   Unit of copying and dirty tracking: a power of two from 1 to
 //!                           2097152 sectors and a multiple of both logical block sizes.
 //!                           Default 128 (64 KiB).
-//!   copy_depth <n>          Copy batches in flight at once, 1 to 16. Default 4.
+//!   copy_depth <n>          Copy batches in flight at once, 1 to 16. Default: 16 while the
+//!                           guest is idle, 4 while it is busy (4 with min_rate 0).
 //!   min_rate <KiB/s>        The adaptive copy rate's floor: the copy never goes slower, so
 //!                           it always finishes. Default 10240. 0 turns the adaptive rate off:
 //!                           the copy then always runs at max_rate.
@@ -41,8 +42,6 @@ pub const DEFAULT_REGION_SECTORS: u64 = 128;
 pub const MIN_REGION_SECTORS: u64 = 1;
 /// The largest region size in sectors (1 GiB), as dm-clone.
 pub const MAX_REGION_SECTORS: u64 = 1 << 21;
-/// The default number of copy batches in flight.
-pub const DEFAULT_COPY_DEPTH: u32 = 4;
 /// The most regions a target may have: one bit each, so the bitmap stays at most 128 MiB (a
 /// 64 TiB device at the default 64 KiB regions has 2^30), well below the `INT_MAX` that
 /// `kvmalloc` refuses.
@@ -205,11 +204,6 @@ impl Options {
     /// The region size in sectors, the default when none was given.
     pub fn region_sectors(&self) -> u64 {
         self.region_size.unwrap_or(DEFAULT_REGION_SECTORS)
-    }
-
-    /// The copy depth, the default when none was given.
-    pub fn depth(&self) -> u32 {
-        self.copy_depth.unwrap_or(DEFAULT_COPY_DEPTH)
     }
 
     /// The adaptive rate's floor in KiB/s, the default when none was given.

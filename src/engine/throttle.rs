@@ -40,6 +40,14 @@ pub const LOWER_PERCENT: u64 = 125;
 /// The default floor, `min_rate`, in KiB/s.
 pub const DEFAULT_MIN_RATE_KIBPS: u64 = 10240;
 
+/// Copy batches in flight while the guest is idle, when the table sets no `copy_depth`: on a
+/// device with latency (a network, a loop device's worker) more bytes in flight is more speed,
+/// and no guest pays for it.
+pub const IDLE_COPY_DEPTH: u32 = 16;
+
+/// Copy batches in flight while the guest is busy, when the table sets no `copy_depth`.
+pub const BUSY_COPY_DEPTH: u32 = 4;
+
 /// The least step the limit rises by per interval, in KiB/s.
 const MIN_STEP_KIBPS: u64 = 1024;
 
@@ -190,6 +198,23 @@ impl RateController {
         self.min_kibps > 0 && (self.max_kibps == 0 || self.min_kibps < self.max_kibps)
     }
 
+    /// Whether the guest did nothing for [`QUIET_TICKS`] intervals (as at the start).
+    pub fn is_guest_idle(&self) -> bool {
+        self.quiet_ticks >= QUIET_TICKS
+    }
+
+    /// The copy batches to keep in flight: `configured` (the table's `copy_depth`, or a
+    /// message's) when there is one; otherwise [`IDLE_COPY_DEPTH`] while the controller sees an
+    /// idle guest and [`BUSY_COPY_DEPTH`] while it sees a busy one or does not adapt (`min_rate
+    /// 0`: the copy's rate and depth are as configured, whatever the guest does).
+    pub fn copy_depth(&self, configured: Option<u32>) -> u32 {
+        match configured {
+            Some(depth) => depth,
+            None if self.is_adaptive() && self.is_guest_idle() => IDLE_COPY_DEPTH,
+            None => BUSY_COPY_DEPTH,
+        }
+    }
+
     /// Changes the bounds (a message); the limit moves inside them at once.
     pub fn set_bounds(&mut self, min_kibps: u64, max_kibps: u64) {
         self.min_kibps = min_kibps;
@@ -266,6 +291,27 @@ mod tests {
     use super::*;
 
     const S: u64 = 1_000_000_000;
+
+    #[test]
+    fn the_depth_is_deep_only_for_an_idle_guest_unless_configured() {
+        let mut c = RateController::new(10240, 0);
+        assert_eq!(c.copy_depth(None), IDLE_COPY_DEPTH, "no guest yet");
+        assert_eq!(c.copy_depth(Some(2)), 2);
+        let busy = GuestLoad {
+            completed: 100,
+            latency_ns: 100 * 50_000,
+            in_flight: 16,
+        };
+        c.tick(busy);
+        assert_eq!(c.copy_depth(None), BUSY_COPY_DEPTH, "the guest showed up");
+        assert_eq!(c.copy_depth(Some(16)), 16);
+        for _ in 0..QUIET_TICKS {
+            c.tick(GuestLoad::default());
+        }
+        assert_eq!(c.copy_depth(None), IDLE_COPY_DEPTH, "idle again");
+        let fixed = RateController::new(0, 0);
+        assert_eq!(fixed.copy_depth(None), BUSY_COPY_DEPTH, "min_rate 0: as before");
+    }
 
     #[test]
     fn the_meter_reports_the_last_full_second() {
