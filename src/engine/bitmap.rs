@@ -54,7 +54,10 @@ pub struct ChunkedBitmap<C, P> {
 /// The number of chunks a bitmap of `nr_bits` bits takes, at `chunk_words` words per chunk.
 pub fn nr_chunks(nr_bits: u64, chunk_words: usize) -> u64 {
     // No division that can panic (the kernel's objtool does not know Rust's panics end).
-    match (64u64).checked_mul(chunk_words as u64).and_then(NonZeroU64::new) {
+    match (64u64)
+        .checked_mul(chunk_words as u64)
+        .and_then(NonZeroU64::new)
+    {
         Some(per) => nr_bits / per + u64::from(nr_bits % per != 0),
         None => 0,
     }

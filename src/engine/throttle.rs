@@ -310,7 +310,11 @@ mod tests {
         }
         assert_eq!(c.copy_depth(None), IDLE_COPY_DEPTH, "idle again");
         let fixed = RateController::new(0, 0);
-        assert_eq!(fixed.copy_depth(None), BUSY_COPY_DEPTH, "min_rate 0: as before");
+        assert_eq!(
+            fixed.copy_depth(None),
+            BUSY_COPY_DEPTH,
+            "min_rate 0: as before"
+        );
     }
 
     #[test]
