@@ -10,6 +10,8 @@ packages=(
 	make "$KERNEL_SOURCE_PACKAGE"
 	# The test VM and what runs inside it.
 	qemu-system-x86 busybox-static dmsetup fio util-linux python3
+	# The udev test (test_udev_finish.sh) runs systemd-udevd in the VM.
+	udev
 	# dmmig: the devicemapper crate builds against libdevmapper headers found by pkg-config.
 	libdevmapper-dev pkg-config
 )

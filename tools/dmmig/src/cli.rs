@@ -151,6 +151,16 @@ pub enum Command {
         #[arg(long)]
         no_progress: bool,
     },
+    /// Finish a switched migration that nobody is watching (run by the udev rule).
+    ///
+    /// Swaps NAME to a linear table on the migration's destination, then retires what `dmmig
+    /// move` recorded of the move, if anything: its metadata, the origin's loop device and image
+    /// (unless kept). Run by the udev rule on the target's switched uevent. Does nothing, and
+    /// succeeds, when there is nothing to finish or a `dmmig move` of NAME is still running.
+    Finish {
+        /// The dm device: NAME or /dev/mapper/NAME.
+        device: String,
+    },
     /// Print what a migration's metadata device or file records: phase, generation, copied,
     /// dirty and still-to-copy regions.
     Inspect {

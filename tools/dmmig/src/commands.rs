@@ -5,7 +5,7 @@ use crate::cli::Command;
 use crate::dm::{Dm, Info};
 use crate::docs;
 use crate::error::{Error, Result};
-use crate::migrate::{run_move, run_recover, MoveOptions, RecoverOptions};
+use crate::migrate::{run_finish, run_move, run_recover, Finish, MoveOptions, RecoverOptions};
 use crate::nodes;
 use crate::table::TableLine;
 use dm_migrate_engine::state::{Progress, State};
@@ -101,6 +101,32 @@ pub fn run(command: Command, json: bool) -> Result<()> {
                 no_progress,
             };
             do_recover(out, &device, &options)
+        }
+        Command::Finish { device } => {
+            match run_finish(device_name(&device)?)? {
+                Finish::Done(summary) => {
+                    if json {
+                        return out.print_json(&summary);
+                    }
+                    println!(
+                        "{}: finished on {} (I/O held {:.1} ms){}",
+                        summary.device,
+                        summary.destination,
+                        summary.longest_pause_ms,
+                        summary
+                            .removed_image
+                            .map(|i| format!(", removed {i}"))
+                            .unwrap_or_default()
+                    );
+                }
+                Finish::Nothing(why) => {
+                    if json {
+                        return out.print_json(&serde_json::json!({ "nothing": why }));
+                    }
+                    eprintln!("dmmig: nothing to finish: {why}");
+                }
+            }
+            Ok(())
         }
         Command::Inspect { metadata } => {
             let seen = crate::metadata::inspect(&metadata)?;

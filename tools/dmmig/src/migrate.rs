@@ -987,6 +987,135 @@ pub fn run_recover(name: &str, opts: &RecoverOptions, stop: Arc<AtomicBool>) -> 
     })
 }
 
+/// What `finish` did.
+#[derive(Debug, Clone)]
+pub enum Finish {
+    /// The disk was on its destination's migrate table, switched: it is on a linear there now.
+    Done(Summary),
+    /// Nothing to finish, and why (not a migrate table, not switched yet, a `move` at work).
+    Nothing(String),
+}
+
+/// Finishes a migration that has switched, with nobody watching it (run by the udev rule on the
+/// `switched` uevent, or by hand): swaps `name` to a linear table on the destination, then, if
+/// `move` left a record of this very move, retires what it recorded as `move` would have (the
+/// metadata, the origin's loop device and, unless it was to be kept, its image). Without a
+/// record nothing is detached or removed. Anything else (no such device, another table, a
+/// migration still copying, a `move` or `recover` of the disk still running, which finishes
+/// the move itself) is left as it is.
+pub fn run_finish(name: &str) -> Result<Finish> {
+    let nothing = |why: String| Ok(Finish::Nothing(why));
+    let dm = Dm::open()?;
+    let _lock = match lock(name) {
+        Ok(lock) => lock,
+        Err(Error::Usage(_)) => {
+            return nothing(format!(
+                "a dmmig move or recover of '{name}' is running: it finishes"
+            ))
+        }
+        Err(e) => return Err(e),
+    };
+    if dm.info(name).is_err() {
+        return nothing(format!("no device '{name}'"));
+    }
+    let table = dm.table(name)?;
+    let line = match table.as_slice() {
+        [line] if line.target_type == "migrate" => line.clone(),
+        _ => return nothing(format!("'{name}' is not on a migrate table")),
+    };
+    let status = dm.status(name)?;
+    let state = status
+        .first()
+        .and_then(|l| Progress::parse_info(&l.params))
+        .map(|p| p.state);
+    if state != Some(State::Switched) {
+        return nothing(format!("the migration of '{name}' has not switched"));
+    }
+    let mut words = line.params.split(' ');
+    let (Some(origin), Some(dest)) = (words.next(), words.next()) else {
+        return Err(Error::Failed(format!("cannot read the table of '{name}'")));
+    };
+    let device = |number: &str| {
+        let (major, minor) = number
+            .split_once(':')
+            .and_then(|(a, b)| Some((a.parse().ok()?, b.parse().ok()?)))
+            .ok_or_else(|| Error::Failed(format!("bad device '{number}' in the table")))?;
+        BlockDev::of_number(major, minor)
+    };
+    let (origin, destination) = (device(origin)?, device(dest)?);
+    // Only the record of this move: the same destination (a block device, or the image the
+    // destination's loop device is attached to).
+    let record = MoveRecord::read(name)
+        .ok()
+        .filter(|r| same_device(&r.destination, &destination));
+    let started = Instant::now();
+    let linear = TableLine {
+        start: 0,
+        length: line.length,
+        target_type: "linear".into(),
+        params: format!("{} 0", destination.number()),
+    };
+    let pause = swap_table(&dm, name, &[linear])?;
+    let seconds = started.elapsed().as_secs_f64();
+    let mut removed_image = None;
+    if let Some(record) = &record {
+        // In the order `recover` uses: the record and the metadata first, then the origin,
+        // which a finished move no longer needs.
+        MoveRecord::remove(name);
+        if let Some(dev) = loop_of(&record.metadata) {
+            detach(&dev);
+        }
+        if record.metadata_created {
+            let _ = fs::remove_file(&record.metadata);
+        }
+        let image = origin.loop_backing_file();
+        if image.is_some() {
+            if let Some(kname) = origin.kernel_name() {
+                detach(Path::new(&format!("/dev/{kname}")));
+            }
+        }
+        if !record.keep_source
+            && image
+                .as_deref()
+                .is_some_and(|i| same_file(i, &record.origin))
+            && fs::remove_file(&record.origin).is_ok()
+        {
+            removed_image = Some(record.origin.display().to_string());
+        }
+    }
+    Ok(Finish::Done(Summary {
+        device: name.to_string(),
+        destination: destination
+            .kernel_name()
+            .map(|n| format!("/dev/{n}"))
+            .unwrap_or_else(|| destination.number()),
+        bytes: line.length * SECTOR_SIZE,
+        seconds,
+        mean_mib_per_s: 0.0,
+        longest_pause_ms: pause.as_secs_f64() * 1000.0,
+        removed_image,
+    }))
+}
+
+/// Whether `path` is `device`: the block device itself, or an image its loop device is attached
+/// to.
+fn same_device(path: &Path, device: &BlockDev) -> bool {
+    if let Ok(dev) = BlockDev::of_path(path) {
+        return dev.major == device.major && dev.minor == device.minor;
+    }
+    device
+        .loop_backing_file()
+        .is_some_and(|image| same_file(&image, path))
+}
+
+/// Whether two paths name the same file.
+fn same_file(a: &Path, b: &Path) -> bool {
+    match (fs::metadata(a), fs::metadata(b)) {
+        (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+        _ => false,
+    }
+}
+
 fn progress_bar(hidden: bool, bytes: u64) -> Option<indicatif::ProgressBar> {
     if hidden {
         return None;
