@@ -27,7 +27,7 @@ KERNEL_DEP :=
 endif
 
 .PHONY: all setup kernel kernel-debug module vm-module tools test-userspace lint check check-debug check-debug-ci \
-	demo crash-test copy-throughput bench bench-smoke clean
+	demo crash-test copy-throughput bench bench-smoke install install-module uninstall clean
 
 all: module
 
@@ -120,6 +120,61 @@ bench-smoke: vm-module
 	VM_TIMEOUT=1800 VM_KEEP_RESULTS=$(CURDIR)/results/bench BENCH_MIB=32 BENCH_FIO_S=1 BENCH_RATE_S=2 BENCH_ROUNDS=1 \
 		scripts/vm.sh $(KDIR) bench/bench-vm.sh
 	bench/report.py results/bench
+
+# Installation on a host: dmmig (release build), its man pages and shell completions, the udev
+# rule that finishes a switched move, and the module. DESTDIR stages it for a package. The
+# module is built against the running kernel's build tree (or KVER=, or INSTALL_KDIR=) when that
+# tree is Rust-enabled; Debian's linux-headers packages are not (they carry no rust/ metadata):
+# then build the module against your own Rust-enabled tree with `make install-module
+# INSTALL_KDIR=/path/to/tree`.
+PREFIX ?= /usr/local
+SBINDIR ?= $(PREFIX)/sbin
+MANDIR ?= $(PREFIX)/share/man
+# udev reads rules from /usr/lib, /etc and /run only, whatever the prefix.
+UDEVRULESDIR ?= /usr/lib/udev/rules.d
+BASHCOMPDIR ?= $(PREFIX)/share/bash-completion/completions
+ZSHCOMPDIR ?= $(PREFIX)/share/zsh/site-functions
+FISHCOMPDIR ?= $(PREFIX)/share/fish/vendor_completions.d
+KVER ?= $(shell uname -r)
+INSTALL_KDIR ?= /lib/modules/$(KVER)/build
+UDEV_RULE := 70-dmmig-finish.rules
+
+install: setup
+	cargo build --release -p dmmig
+	install -D -m 0755 target/release/dmmig $(DESTDIR)$(SBINDIR)/dmmig
+	rm -rf target/man && target/release/dmmig manpages target/man
+	install -d $(DESTDIR)$(MANDIR)/man8
+	install -m 0644 target/man/*.8 $(DESTDIR)$(MANDIR)/man8/
+	install -d $(DESTDIR)$(BASHCOMPDIR) $(DESTDIR)$(ZSHCOMPDIR) $(DESTDIR)$(FISHCOMPDIR)
+	target/release/dmmig completions bash >$(DESTDIR)$(BASHCOMPDIR)/dmmig
+	target/release/dmmig completions zsh >$(DESTDIR)$(ZSHCOMPDIR)/_dmmig
+	target/release/dmmig completions fish >$(DESTDIR)$(FISHCOMPDIR)/dmmig.fish
+	install -d $(DESTDIR)$(UDEVRULESDIR)
+	sed 's|@DMMIG@|$(SBINDIR)/dmmig|' udev/$(UDEV_RULE) >$(DESTDIR)$(UDEVRULESDIR)/$(UDEV_RULE)
+	@if scripts/rust-kdir.sh $(INSTALL_KDIR); then \
+		$(MAKE) --no-print-directory install-module; \
+	else \
+		echo "make install: dm-migrate.ko NOT installed: $(INSTALL_KDIR) is not a Rust-enabled kernel build tree"; \
+		echo "  (it needs CONFIG_RUST=y and the rust/ metadata of the build, which distribution header"; \
+		echo "  packages do not ship). Build and install the module against your kernel's own tree:"; \
+		echo "  make install-module INSTALL_KDIR=/path/to/linux"; \
+	fi
+
+install-module:
+	@scripts/rust-kdir.sh $(INSTALL_KDIR) || { \
+		echo "install-module: $(INSTALL_KDIR) is not a Rust-enabled kernel build tree (CONFIG_RUST=y and rust/*.rmeta)"; \
+		exit 1; }
+	$(MAKE) -C $(INSTALL_KDIR) LLVM=$(LLVM) M=$(CURDIR) modules
+	$(MAKE) -C $(INSTALL_KDIR) LLVM=$(LLVM) M=$(CURDIR) INSTALL_MOD_PATH=$(DESTDIR) \
+		INSTALL_MOD_DIR=extra modules_install
+	@if [ -z "$(DESTDIR)" ]; then depmod -a $(KVER); fi
+
+uninstall:
+	rm -f $(DESTDIR)$(SBINDIR)/dmmig $(DESTDIR)$(MANDIR)/man8/dmmig.8 $(DESTDIR)$(MANDIR)/man8/dmmig-*.8
+	rm -f $(DESTDIR)$(BASHCOMPDIR)/dmmig $(DESTDIR)$(ZSHCOMPDIR)/_dmmig $(DESTDIR)$(FISHCOMPDIR)/dmmig.fish
+	rm -f $(DESTDIR)$(UDEVRULESDIR)/$(UDEV_RULE)
+	rm -f $(DESTDIR)/lib/modules/$(KVER)/extra/dm-migrate.ko*
+	@if [ -z "$(DESTDIR)" ]; then depmod -a $(KVER) 2>/dev/null || true; fi
 
 clean:
 	@if [ -d "$(KDIR)" ]; then $(MAKE) -C $(KDIR) LLVM=$(LLVM) M=$(CURDIR) clean; fi
