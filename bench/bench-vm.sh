@@ -683,6 +683,21 @@ kind_guest_io() {
 				"$log"_clat.1.log "$t0" "$end"
 		done
 	done
+	# What mirroring alone costs the guest's writes on this kind: migrate in sync (no_switch,
+	# every region copied), where every write goes to both devices, against dm-linear above.
+	# While copying, the share of writes that land on copied regions pays this.
+	kind_fresh
+	dmsetup create bench --table "0 $sectors migrate $src $dst 1 no_switch"
+	local waited=0
+	until [ "$(dmsetup status bench | awk '{ print $4 }')" = synced ] || [ $waited -ge 600 ]; do
+		sleep 0.2
+		waited=$((waited + 1))
+	done
+	t0=$(now)
+	fio_log /dev/mapper/bench randwrite "$FIO_S" "$log"
+	stop_copy
+	emit_io "{\"figure\":\"kind_guest_io\",\"device\":\"$kind\",\"peer\":\"mirrored\",\"rw\":\"randwrite\",\"copy_ended\":true}" \
+		"$log"_clat.1.log "$t0" "$(echo "$t0 + $FIO_S" | bc)"
 }
 for kind in brd delay nullb loop; do
 	case $kind in
