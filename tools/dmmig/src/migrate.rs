@@ -1068,19 +1068,20 @@ pub fn run_finish(name: &str) -> Result<Finish> {
         if record.metadata_created {
             let _ = fs::remove_file(&record.metadata);
         }
+        // The old image and its loop device go, as after `move`, unless they were to be kept;
+        // only the image this move recorded, and only if the origin is attached to it.
         let image = origin.loop_backing_file();
-        if image.is_some() {
-            if let Some(kname) = origin.kernel_name() {
-                detach(Path::new(&format!("/dev/{kname}")));
-            }
-        }
         if !record.keep_source
             && image
                 .as_deref()
                 .is_some_and(|i| same_file(i, &record.origin))
-            && fs::remove_file(&record.origin).is_ok()
         {
-            removed_image = Some(record.origin.display().to_string());
+            if let Some(kname) = origin.kernel_name() {
+                detach(Path::new(&format!("/dev/{kname}")));
+            }
+            if fs::remove_file(&record.origin).is_ok() {
+                removed_image = Some(record.origin.display().to_string());
+            }
         }
     }
     Ok(Finish::Done(Summary {
