@@ -43,10 +43,13 @@ diag "under load: rate_kibps $loaded, rate_limit_kibps $loaded_limit"
 	stop_fail "rate_limit_kibps under load: $loaded_limit"
 wait $loader || { sed 's/^/# /' "$TEST_TMP/fio.log"; fail "fio failed"; }
 # Idle: the ceiling after two quiet intervals; the measured rate follows within its window.
+# A sample counts only if the copy was still going after it was read: rate_limit_kibps reads
+# 0 once the copy has ended, while rate_kibps still shows the last full second.
 best=0 limit=0 start=$SECONDS
 while [ $((SECONDS - start)) -lt 10 ] && [ "$(migrate_state ctl)" = copying ]; do
 	rate=$(cat "$dir/rate_kibps")
-	[ "$rate" -gt "$best" ] && best=$rate && limit=$(cat "$dir/rate_limit_kibps")
+	rate_limit=$(cat "$dir/rate_limit_kibps")
+	[ "$(migrate_state ctl)" = copying ] && [ "$rate" -gt "$best" ] && best=$rate limit=$rate_limit
 	sleep 0.2
 done
 diag "idle: best rate_kibps $best (rate_limit_kibps $limit)"

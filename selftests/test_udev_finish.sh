@@ -15,10 +15,21 @@ command -v udevadm >/dev/null || skip "udevadm is not installed"
 [ -e /run/udev/control ] && skip "a udev daemon is running already: this test runs its own"
 load_migrate
 
-# The shipped rule, with this tree's dmmig, the test's state folder and a log.
+# The shipped rule, with this tree's dmmig, the test's state folder and a log of what finish
+# printed (the background finish inherits the log).
 mkdir -p /run/udev/rules.d
-sed -e "s|@DMMIG@|/usr/bin/env DMMIG_STATE_DIR=$DMMIG_STATE_DIR $DMMIG|" "$REPO_ROOT/udev/70-dmmig-finish.rules" >/run/udev/rules.d/70-dmmig-finish.rules
-grep -q "RUN+=\"/usr/bin/env" /run/udev/rules.d/70-dmmig-finish.rules || fail "rule not rewritten"
+finish_log=$TEST_TMP/finish.log
+sed -e "s|RUN+=\"@DMMIG@ finish \(.*\)\"|RUN+=\"/bin/sh -c 'DMMIG_STATE_DIR=$DMMIG_STATE_DIR $DMMIG finish \1 >>$finish_log 2>\&1'\"|" \
+	"$REPO_ROOT/udev/70-dmmig-finish.rules" >/run/udev/rules.d/70-dmmig-finish.rules
+grep -q "$DMMIG finish" /run/udev/rules.d/70-dmmig-finish.rules ||
+	fail "rule not rewritten: $(cat /run/udev/rules.d/70-dmmig-finish.rules)"
+# fail_log MESSAGE: fails with what udev's dmmig finish runs printed.
+fail_log() {
+	sed 's/^/# finish: /' "$finish_log" 2>/dev/null
+	diag "state: $(ls "$DMMIG_STATE_DIR" 2>&1); loops: $(losetup -a | tr '\n' ' ')"
+	diag "rule: $(tail -1 /run/udev/rules.d/70-dmmig-finish.rules)"
+	fail "$@"
+}
 "$UDEVD" --daemon --resolve-names=never || fail "systemd-udevd did not start"
 stop_udevd() {
 	udevadm control --exit 2>/dev/null
@@ -33,7 +44,7 @@ wait_linear() {
 	local start=$SECONDS want="0 $(sectors "$2") linear $(devnum "$2") 0"
 	until [ "$(dmsetup table "$1")" = "$want" ]; do
 		[ $((SECONDS - start)) -lt 60 ] ||
-			fail "$1 not finished by udev: $(dmsetup table "$1"); status $(dmsetup status "$1")"
+			fail_log "$1 not finished by udev: $(dmsetup table "$1"); status $(dmsetup status "$1")"
 		sleep 0.2
 	done
 }
@@ -95,7 +106,7 @@ wait_linear "$disk" "$new"
 # The rest of finish (metadata, the old loop device and image) follows the swap.
 start=$SECONDS
 while [ -e "$old_img" ] || [ -e "$DMMIG_STATE_DIR/$disk.json" ]; do
-	[ $((SECONDS - start)) -lt 30 ] || fail "finish left the old image or the record"
+	[ $((SECONDS - start)) -lt 30 ] || fail_log "finish left the old image or the record"
 	sleep 0.2
 done
 losetup -a | grep -q "$old_img" && fail "the old image is still attached"
@@ -103,6 +114,8 @@ losetup -a | grep -q "$old_img" && fail "the old image is still attached"
 same_bytes "/dev/mapper/$disk" "$TEST_TMP/expected"
 same_bytes "$new" "$TEST_TMP/expected"
 diag "killed dmmig move: finished by udev onto $new_img, $old_img removed"
+sed 's/^/# finish: /' "$finish_log"
+grep -q "finished on" "$finish_log" || fail "dmmig finish printed no summary"
 
 # 3. Nothing to finish: a finish of a device on a linear table changes nothing.
 "$DMMIG" finish "$disk" 2>"$TEST_TMP/nothing.log" || fail "finish of a finished move failed"

@@ -160,6 +160,12 @@ pub enum Command {
     Finish {
         /// The dm device: NAME or /dev/mapper/NAME.
         device: String,
+        /// Hand the work to a process of its own and return at once: through systemd-run where
+        /// systemd runs, else a detached process. For udev's RUN, which must not wait for a
+        /// change of the device whose event it handles (the resume's own uevent would wait for
+        /// this one to end: a deadlock until udev's timeout).
+        #[arg(long)]
+        background: bool,
     },
     /// Print what a migration's metadata device or file records: phase, generation, copied,
     /// dirty and still-to-copy regions.

@@ -5,7 +5,9 @@ use crate::cli::Command;
 use crate::dm::{Dm, Info};
 use crate::docs;
 use crate::error::{Error, Result};
-use crate::migrate::{run_finish, run_move, run_recover, Finish, MoveOptions, RecoverOptions};
+use crate::migrate::{
+    run_finish, run_move, run_recover, spawn_finish, Finish, MoveOptions, RecoverOptions,
+};
 use crate::nodes;
 use crate::table::TableLine;
 use dm_migrate_engine::state::{Progress, State};
@@ -102,7 +104,11 @@ pub fn run(command: Command, json: bool) -> Result<()> {
             };
             do_recover(out, &device, &options)
         }
-        Command::Finish { device } => {
+        Command::Finish {
+            device,
+            background: true,
+        } => spawn_finish(device_name(&device)?),
+        Command::Finish { device, .. } => {
             match run_finish(device_name(&device)?)? {
                 Finish::Done(summary) => {
                     if json {

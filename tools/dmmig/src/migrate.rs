@@ -1098,6 +1098,44 @@ pub fn run_finish(name: &str) -> Result<Finish> {
     }))
 }
 
+/// Runs `dmmig finish NAME` in a process of its own and returns without waiting for it: a
+/// transient systemd unit (`systemd-run`) where systemd is the init system, whose udev kills
+/// whatever a RUN program leaves behind; otherwise a child in a process group of its own. Its output
+/// goes where this process's goes.
+pub fn spawn_finish(name: &str) -> Result<()> {
+    use std::os::unix::process::CommandExt;
+    use std::process::{Command, Stdio};
+    let exe = std::env::current_exe()
+        .map_err(|e| Error::Failed(format!("cannot find dmmig's own path: {e}")))?;
+    let failed =
+        |e: std::io::Error| Error::Failed(format!("cannot start dmmig finish {name}: {e}"));
+    if Path::new("/run/systemd/system").exists() {
+        let status = Command::new("systemd-run")
+            .args(["--no-block", "--collect", "--quiet", "--description"])
+            .arg(format!("dmmig finish {name}"))
+            .arg(&exe)
+            .args(["finish", name])
+            .stdin(Stdio::null())
+            .status()
+            .map_err(failed)?;
+        return if status.success() {
+            Ok(())
+        } else {
+            Err(Error::Failed(format!(
+                "systemd-run dmmig finish {name}: {status}"
+            )))
+        };
+    }
+    // A process group of its own: nothing that signals the caller's group reaches it.
+    Command::new(&exe)
+        .args(["finish", name])
+        .stdin(Stdio::null())
+        .process_group(0)
+        .spawn()
+        .map(drop)
+        .map_err(failed)
+}
+
 /// Whether `path` is `device`: the block device itself, or an image its loop device is attached
 /// to.
 fn same_device(path: &Path, device: &BlockDev) -> bool {
