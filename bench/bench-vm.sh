@@ -191,7 +191,8 @@ idle_copy() {
 copier_ticks() {
 	local file
 	for file in /proc/[0-9]*/comm; do
-		if [ "$(cat "$file" 2>/dev/null)" = dm-migrate/copier ]; then
+		# comm holds 15 characters: "dm-migrate/copier" reads "dm-migrate/copi".
+		if [ "$(cat "$file" 2>/dev/null)" = dm-migrate/copi ]; then
 			awk '{ print $14 + $15 }' "${file%/comm}/stat"
 			return
 		fi

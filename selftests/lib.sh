@@ -191,7 +191,8 @@ copier_pids() {
 	local file pid
 	for file in /proc/[0-9]*/comm; do
 		pid=${file#/proc/}
-		[ "$(cat "$file" 2>/dev/null)" = dm-migrate/copier ] && echo "${pid%/comm}"
+		# comm holds 15 characters: "dm-migrate/copier" reads "dm-migrate/copi".
+		[ "$(cat "$file" 2>/dev/null)" = dm-migrate/copi ] && echo "${pid%/comm}"
 	done
 }
 

@@ -93,18 +93,31 @@ pub enum Command {
         /// The event number to wait past.
         event_nr: Option<u32>,
     },
-    /// Move a running disk to DESTINATION, then retire its old image.
+    /// Move a running disk to DESTINATION (or several: --to), then retire its old image.
     ///
-    /// The disk is a dm device that is one linear segment over its origin. DESTINATION is a block
-    /// device or a new image file (created sparse, sized to the disk and loop-attached). Once the
-    /// migrate target has switched, the table becomes a linear on the destination and the old
-    /// loop device is detached and its image unlinked (unless --keep-source). On any failure,
-    /// Ctrl-C or SIGTERM the disk stays on its origin and what move created is removed.
+    /// `dmmig move NAME DESTINATION`, or `dmmig move NAME... --to DIR|DEST...` for all of a VM's
+    /// disks at once. A disk is a dm device that is one linear segment over its origin. A
+    /// destination is a block device or a new image file (created sparse, sized to the disk and
+    /// loop-attached); `--to DIR` makes DIR/NAME.img for each disk. Once a migrate target has
+    /// switched, the table becomes a linear on the destination and the old loop device is
+    /// detached and its image unlinked (unless --keep-source). On any failure, Ctrl-C or SIGTERM
+    /// a disk that has not switched stays on its origin and what move created is removed. Several
+    /// disks move in parallel under one rate budget (--max-rate and --min-rate are totals); one
+    /// disk's failure stops them all, and with --switch-together none switches before all are in
+    /// sync, so that all stay on their origins.
     Move {
-        /// The dm device: NAME or /dev/mapper/NAME.
-        device: String,
-        /// A block device, or a path for a new image file.
-        destination: std::path::PathBuf,
+        /// The dm devices (NAME or /dev/mapper/NAME); without --to, one device and then its
+        /// DESTINATION.
+        #[arg(required = true, value_name = "DEVICE")]
+        devices: Vec<String>,
+        /// Where the disks go: an existing folder for new images (DIR/NAME.img), or one block
+        /// device or new image path per disk, in order.
+        #[arg(long, num_args = 1.., value_name = "DIR|DEST")]
+        to: Vec<std::path::PathBuf>,
+        /// Hold every disk mirrored and in sync until all are, then switch them at once (each
+        /// disk's copy is loaded with no_switch and reloaded without it at the end).
+        #[arg(long)]
+        switch_together: bool,
         /// The copy rate's ceiling in KiB/s (0: unlimited, the default).
         #[arg(long = "max-rate", visible_alias = "rate")]
         max_rate: Option<u64>,
@@ -214,6 +227,26 @@ pub enum Command {
     },
 }
 
+/// The disks of a `move` and where each goes: `NAME DESTINATION`, or `NAME... --to DIR|DEST...`
+/// (see `Command::Move`).
+pub fn move_targets(
+    devices: &[String],
+    to: &[std::path::PathBuf],
+) -> Result<Vec<(String, std::path::PathBuf)>, String> {
+    if to.is_empty() {
+        return match devices {
+            [device, destination] => Ok(vec![(device.clone(), destination.into())]),
+            [_] => Err("no destination: dmmig move NAME DESTINATION, or NAME... --to DIR".into()),
+            _ => {
+                Err("several disks need --to DIR (a folder for new images) or --to DEST...".into())
+            }
+        };
+    }
+    let names: Vec<&str> = devices.iter().map(String::as_str).collect();
+    let dests = crate::multi::destinations(&names, to).map_err(|e| e.to_string())?;
+    Ok(devices.iter().cloned().zip(dests).collect())
+}
+
 /// The whole command line's definition, for the generators.
 pub fn command() -> clap::Command {
     use clap::CommandFactory;
@@ -274,8 +307,9 @@ mod tests {
         ])
         .unwrap();
         let Command::Move {
-            device,
-            destination,
+            devices,
+            to,
+            switch_together,
             max_rate: rate,
             min_rate,
             region_size,
@@ -288,8 +322,11 @@ mod tests {
         else {
             panic!()
         };
-        assert_eq!(device, "disk");
-        assert_eq!(destination, std::path::PathBuf::from("/srv/new.img"));
+        assert_eq!(
+            move_targets(&devices, &to).unwrap(),
+            [("disk".to_string(), std::path::PathBuf::from("/srv/new.img"))]
+        );
+        assert!(!switch_together);
         assert_eq!((rate, region_size, depth), (Some(1024), Some(256), Some(8)));
         assert_eq!(min_rate, Some(512));
         assert!(keep_source && no_progress);
@@ -311,9 +348,50 @@ mod tests {
     }
 
     #[test]
+    fn moves_several_disks_with_to() {
+        let cli = parse(&[
+            "move",
+            "r",
+            "d",
+            "l",
+            "--to",
+            "/a",
+            "/b",
+            "/c",
+            "--switch-together",
+        ])
+        .unwrap();
+        let Command::Move {
+            devices,
+            to,
+            switch_together,
+            ..
+        } = cli.command
+        else {
+            panic!()
+        };
+        assert!(switch_together);
+        let targets = move_targets(&devices, &to).unwrap();
+        assert_eq!(targets.len(), 3);
+        assert_eq!(
+            targets[2],
+            ("l".to_string(), std::path::PathBuf::from("/c"))
+        );
+        for (devices, to) in [
+            (&["disk"][..], &[][..]),
+            (&["a", "b", "c"], &[]),
+            (&["a", "b"], &["/x", "/y", "/z"]),
+        ] {
+            let devices: Vec<String> = devices.iter().map(|d| d.to_string()).collect();
+            let to: Vec<std::path::PathBuf> = to.iter().map(std::path::PathBuf::from).collect();
+            assert!(move_targets(&devices, &to).is_err(), "{devices:?} {to:?}");
+        }
+    }
+
+    #[test]
     fn refuses_bad_arguments() {
         for bad in [
-            &["move", "disk"][..],
+            &["move"][..],
             &["move", "disk", "x", "--depth", "17"],
             &["move", "disk", "x", "--rate", "fast"],
             &["move", "disk", "x", "--metadata", "/m", "--no-metadata"],

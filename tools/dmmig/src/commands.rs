@@ -66,8 +66,9 @@ pub fn run(command: Command, json: bool) -> Result<()> {
         }
         Command::Mknodes { name } => mknodes(&dm, name.as_deref()),
         Command::Move {
-            device,
-            destination,
+            devices,
+            to,
+            switch_together,
             max_rate,
             min_rate,
             region_size,
@@ -86,8 +87,15 @@ pub fn run(command: Command, json: bool) -> Result<()> {
                 no_progress,
                 metadata,
                 no_metadata,
+                gate: None,
             };
-            do_move(out, &device, &destination, &options)
+            let targets = crate::cli::move_targets(&devices, &to).map_err(Error::Usage)?;
+            match targets.as_slice() {
+                [(device, destination)] if !switch_together => {
+                    do_move(out, device, destination, &options)
+                }
+                _ => do_move_many(out, &targets, &options, switch_together),
+            }
         }
         Command::Recover {
             device,
@@ -305,6 +313,90 @@ fn do_move(out: Output, device: &str, dest: &std::path::Path, options: &MoveOpti
         println!("removed the old image {image}");
     }
     Ok(())
+}
+
+fn do_move_many(
+    out: Output,
+    targets: &[(String, std::path::PathBuf)],
+    options: &MoveOptions,
+    switch_together: bool,
+) -> Result<()> {
+    if options.metadata.is_some() && targets.len() > 1 {
+        return Err(Error::Usage(
+            "--metadata names one device or file: with several disks each gets its own \
+             (next to its new image, or in the state folder)"
+                .into(),
+        ));
+    }
+    let names = targets
+        .iter()
+        .map(|(device, _)| device_name(device))
+        .collect::<Result<Vec<_>>>()?;
+    let mut unique = names.clone();
+    unique.sort_unstable();
+    unique.dedup();
+    if unique.len() != names.len() {
+        return Err(Error::Usage("a disk is named twice".into()));
+    }
+    let dests: Vec<_> = targets.iter().map(|(_, dest)| dest.clone()).collect();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(signal, stop.clone())
+            .map_err(|e| Error::Failed(format!("cannot handle signals: {e}")))?;
+    }
+    let outcomes = crate::multi::run_moves(&names, &dests, options, switch_together, stop);
+    let mut first_error = None;
+    let mut summaries = Vec::new();
+    for (name, outcome) in names.iter().zip(outcomes) {
+        match outcome {
+            Ok(summary) => {
+                if !out.json {
+                    println!(
+                        "moved {} ({} bytes) to {} in {:.1} s, {:.1} MiB/s; longest I/O pause {:.1} ms{}",
+                        summary.device,
+                        summary.bytes,
+                        summary.destination,
+                        summary.seconds,
+                        summary.mean_mib_per_s,
+                        summary.longest_pause_ms,
+                        summary
+                            .removed_image
+                            .as_ref()
+                            .map(|i| format!("; removed {i}"))
+                            .unwrap_or_default()
+                    );
+                }
+                summaries.push(summary);
+            }
+            Err(e) => {
+                eprintln!("dmmig: {name}: {e}");
+                // The cause, rather than a disk that was stopped because of it.
+                let stopped = |e: &Error| e.to_string().starts_with("interrupted");
+                if first_error.as_ref().is_none_or(|f| stopped(f) && !stopped(&e)) {
+                    first_error = Some(e);
+                }
+            }
+        }
+    }
+    if out.json {
+        out.print_json(&summaries)?;
+    }
+    match first_error {
+        None => Ok(()),
+        Some(e) => {
+            let moved: Vec<&str> = summaries.iter().map(|s| s.device.as_str()).collect();
+            if moved.is_empty() {
+                eprintln!("dmmig: the move failed; every disk stays on its origin");
+            } else {
+                eprintln!(
+                    "dmmig: the move failed; moved before it could be stopped (switched): {}; \
+                     the others stay on their origins",
+                    moved.join(", ")
+                );
+            }
+            Err(e)
+        }
+    }
 }
 
 fn do_recover(out: Output, device: &str, options: &RecoverOptions) -> Result<()> {

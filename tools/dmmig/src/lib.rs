@@ -8,5 +8,6 @@ pub mod docs;
 pub mod error;
 pub mod metadata;
 pub mod migrate;
+pub mod multi;
 pub mod nodes;
 pub mod table;

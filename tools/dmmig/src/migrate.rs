@@ -38,6 +38,9 @@ pub struct MoveOptions {
     pub metadata: Option<PathBuf>,
     /// Run without a metadata device: a crash then loses the copy's progress.
     pub no_metadata: bool,
+    /// Several disks switching together: the migration is loaded with `no_switch`, waits in
+    /// sync at this gate until every disk of the move is, and only then may switch.
+    pub gate: Option<Arc<crate::multi::SwitchGate>>,
 }
 
 /// What `move` records for `recover`: enough to load the migrate table again after a reboot.
@@ -292,15 +295,31 @@ impl Created {
 fn attach_loop(image: &Path) -> Result<PathBuf> {
     let control = loopdev::LoopControl::open()
         .map_err(|e| Error::Failed(format!("cannot open /dev/loop-control: {e}")))?;
-    let device = control
-        .next_free()
-        .map_err(|e| Error::Failed(format!("no free loop device: {e}")))?;
-    device
-        .attach_file(image)
-        .map_err(|e| Error::Failed(format!("cannot attach {}: {e}", image.display())))?;
-    device
-        .path()
-        .ok_or_else(|| Error::Failed("loop device has no path".into()))
+    // Another process (or another disk of the same move) may take the free device between
+    // `next_free` and the attach, which then fails busy: take the next one.
+    let mut tries = 0;
+    loop {
+        let device = control
+            .next_free()
+            .map_err(|e| Error::Failed(format!("no free loop device: {e}")))?;
+        match device.attach_file(image) {
+            Ok(()) => {
+                return device
+                    .path()
+                    .ok_or_else(|| Error::Failed("loop device has no path".into()))
+            }
+            Err(e) if e.raw_os_error() == Some(nix::libc::EBUSY) && tries < 20 => {
+                tries += 1;
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            Err(e) => {
+                return Err(Error::Failed(format!(
+                    "cannot attach {}: {e}",
+                    image.display()
+                )))
+            }
+        }
+    }
 }
 
 /// The metadata of a move: a small file next to a new image (or in the state folder), loop-
@@ -514,6 +533,19 @@ fn wait_for_switch(
     bytes: u64,
     stop: &AtomicBool,
 ) -> Result<()> {
+    wait_for_state(dm, name, no_progress, bytes, stop, "switched")
+}
+
+/// Follows a migration until its state is `want` (`switched`, or `synced` with no_switch), as
+/// [`wait_for_switch`].
+fn wait_for_state(
+    dm: &Dm,
+    name: &str,
+    no_progress: bool,
+    bytes: u64,
+    stop: &AtomicBool,
+    want: &str,
+) -> Result<()> {
     let info = dm.info(name)?;
     let sysfs = PathBuf::from(format!(
         "/sys/dev/block/{}:{}/migrate",
@@ -534,7 +566,7 @@ fn wait_for_switch(
             bar.set_message(format!("{state} {rate} KiB/s"));
         }
         match state.as_str() {
-            "switched" => break Ok(()),
+            s if s == want => break Ok(()),
             "failed" | "cancelled" => {
                 let status = dm
                     .status(name)?
@@ -576,7 +608,7 @@ pub fn run_move(
         copy_depth: opts.depth,
         max_rate: opts.max_rate,
         min_rate: opts.min_rate,
-        no_switch: false,
+        no_switch: opts.gate.is_some(),
         metadata: !opts.no_metadata,
         ..Options::default()
     };
@@ -661,9 +693,10 @@ pub fn run_move(
             recorded = true;
             Some(dev)
         };
+        let metadata_number = metadata.map_or(String::new(), |m| m.number());
         let mut params = format!("{} {}", origin.number(), destination.number());
         options
-            .write(&mut params, &metadata.map_or(String::new(), |m| m.number()))
+            .write(&mut params, &metadata_number)
             .map_err(|_| Error::Failed("table text".into()))?;
         let migrate = TableLine {
             start: 0,
@@ -674,7 +707,35 @@ pub fn run_move(
         let started = Instant::now();
         destination_in_use = true;
         let mut longest = swap_table(&dm, name, &[migrate])?;
-        let outcome = wait_for_switch(&dm, name, opts.no_progress, bytes, &stop);
+        let outcome = match &opts.gate {
+            None => wait_for_switch(&dm, name, opts.no_progress, bytes, &stop),
+            // In sync (mirrored, not switching) until every disk is, then the same migration
+            // without no_switch: the target switches at once, as each disk of the move does.
+            Some(gate) => wait_for_state(&dm, name, opts.no_progress, bytes, &stop, "synced")
+                .and_then(|()| gate.pass(&stop))
+                .and_then(|()| {
+                    let mut params = format!("{} {}", origin.number(), destination.number());
+                    Options {
+                        no_switch: false,
+                        ..options
+                    }
+                    .write(&mut params, &metadata_number)
+                    .map_err(|_| Error::Failed("table text".into()))?;
+                    let switching = TableLine {
+                        start: 0,
+                        length: original.length,
+                        target_type: "migrate".into(),
+                        params,
+                    };
+                    longest = longest.max(swap_table(&dm, name, &[switching])?);
+                    wait_for_switch(&dm, name, opts.no_progress, bytes, &stop)
+                }),
+        };
+        if outcome.is_err() {
+            if let Some(gate) = &opts.gate {
+                gate.abort();
+            }
+        }
         if let Err(e) = outcome {
             match settle(&dm, name)? {
                 // Back to the original table: the migration is over without a switch, so the

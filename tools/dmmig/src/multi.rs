@@ -1,0 +1,278 @@
+//! Moving several disks of one VM in one command: a `move` per disk, in parallel, with a shared
+//! rate budget, one progress display, and either each disk finished as it switches or, with
+//! `--switch-together`, every disk held in sync until all are and then switched.
+//!
+//! One flag stops them all: a signal, or any disk's failure. A disk that has not switched then
+//! goes back on its origin (its `move` cancels the migration and puts the original table back);
+//! one that had switched is finished, as a single `move` does, since only its destination has its
+//! newest writes. With `--switch-together` no disk may switch before every disk is in sync, so a
+//! failure during the copy leaves every disk on its origin.
+
+use crate::dm::Dm;
+use crate::error::{Error, Result};
+use crate::migrate::{run_move, MoveOptions, Summary};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
+
+/// Where the disks of a `--switch-together` move wait, each in sync, until every one is.
+#[derive(Debug)]
+pub struct SwitchGate {
+    disks: usize,
+    state: Mutex<GateState>,
+    changed: Condvar,
+}
+
+#[derive(Debug, Default)]
+struct GateState {
+    in_sync: usize,
+    aborted: bool,
+}
+
+impl SwitchGate {
+    /// A gate for `disks` disks.
+    pub fn new(disks: usize) -> Self {
+        Self {
+            disks,
+            state: Mutex::new(GateState::default()),
+            changed: Condvar::new(),
+        }
+    }
+
+    /// Says that this disk is in sync, and waits until every disk is; fails when the move is
+    /// given up meanwhile (a disk failed, or `stop` was set).
+    pub fn pass(&self, stop: &AtomicBool) -> Result<()> {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        state.in_sync += 1;
+        self.changed.notify_all();
+        loop {
+            if state.aborted || stop.load(Ordering::Relaxed) {
+                return Err(Error::Failed(
+                    "another disk of the move failed, or the move was interrupted".into(),
+                ));
+            }
+            if state.in_sync >= self.disks {
+                return Ok(());
+            }
+            // Woken by each arrival and by an abort; the timeout is for `stop` (a signal).
+            state = self
+                .changed
+                .wait_timeout(state, Duration::from_millis(200))
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+    }
+
+    /// Gives the move up: every disk waiting at the gate, and every one to come, fails.
+    pub fn abort(&self) {
+        self.state.lock().unwrap_or_else(|e| e.into_inner()).aborted = true;
+        self.changed.notify_all();
+    }
+}
+
+/// Where each disk goes: `--to DIR` (an existing folder: a new image `DIR/NAME.img` per disk) or
+/// one destination per disk, in order.
+pub fn destinations(names: &[&str], to: &[PathBuf]) -> Result<Vec<PathBuf>> {
+    match to {
+        [dir] if dir.is_dir() => Ok(names.iter().map(|n| dir.join(format!("{n}.img"))).collect()),
+        _ if to.len() == names.len() => Ok(to.to_vec()),
+        _ => Err(Error::Usage(format!(
+            "{} disks and {} destinations: give --to DIR (a folder for new images) or one \
+             destination per disk",
+            names.len(),
+            to.len()
+        ))),
+    }
+}
+
+/// The options of one disk of an `n`-disk move: the rate budget shared evenly.
+fn share(opts: &MoveOptions, n: u64) -> MoveOptions {
+    let split = |kibps: Option<u64>| kibps.map(|k| if k == 0 { 0 } else { (k / n).max(1) });
+    MoveOptions {
+        max_rate: split(opts.max_rate),
+        min_rate: split(
+            opts.min_rate
+                .or(Some(dm_migrate_engine::throttle::DEFAULT_MIN_RATE_KIBPS)),
+        ),
+        no_progress: true,
+        ..opts.clone()
+    }
+}
+
+/// Moves every disk `names[i]` to `dests[i]` at once; returns each disk's outcome, in order.
+/// `stop` (a signal) stops them all, as does any disk's failure.
+pub fn run_moves(
+    names: &[&str],
+    dests: &[PathBuf],
+    opts: &MoveOptions,
+    switch_together: bool,
+    stop: Arc<AtomicBool>,
+) -> Vec<Result<Summary>> {
+    let n = names.len();
+    let show_progress = !opts.no_progress;
+    let mut opts = share(opts, n as u64);
+    opts.gate = switch_together.then(|| Arc::new(SwitchGate::new(n)));
+    let done = AtomicBool::new(false);
+    std::thread::scope(|scope| {
+        let progress = show_progress.then(|| scope.spawn(|| draw_progress(names, &done)));
+        let movers: Vec<_> = names
+            .iter()
+            .zip(dests)
+            .map(|(name, dest)| {
+                let (opts, stop) = (&opts, stop.clone());
+                scope.spawn(move || {
+                    let outcome = run_move(name, dest, opts, stop.clone());
+                    if outcome.is_err() {
+                        // Every other disk goes back too (or finishes, if it had switched).
+                        stop.store(true, Ordering::Relaxed);
+                        if let Some(gate) = &opts.gate {
+                            gate.abort();
+                        }
+                    }
+                    outcome
+                })
+            })
+            .collect();
+        let outcomes = movers
+            .into_iter()
+            .map(|m| {
+                m.join()
+                    .unwrap_or_else(|_| Err(Error::Failed("the move's thread panicked".into())))
+            })
+            .collect();
+        done.store(true, Ordering::Relaxed);
+        if let Some(progress) = progress {
+            let _ = progress.join();
+        }
+        outcomes
+    })
+}
+
+/// One progress bar per disk and a total with its ETA, from the targets' sysfs counters, until
+/// `done`.
+fn draw_progress(names: &[&str], done: &AtomicBool) {
+    let Ok(dm) = Dm::open() else { return };
+    let multi = indicatif::MultiProgress::new();
+    let style = |template: &str| {
+        indicatif::ProgressStyle::with_template(template)
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+    };
+    let sizes: Vec<u64> = names
+        .iter()
+        .map(|name| {
+            dm.table(name)
+                .map(|t| t.iter().map(|l| l.length).sum::<u64>() * dm_migrate_engine::SECTOR_SIZE)
+                .unwrap_or(0)
+        })
+        .collect();
+    let bars: Vec<_> = names
+        .iter()
+        .zip(&sizes)
+        .map(|(name, &bytes)| {
+            let bar = multi.add(indicatif::ProgressBar::new(bytes));
+            bar.set_style(style(&format!(
+                "{name:>16} {{bar:24}} {{bytes}}/{{total_bytes}} {{binary_bytes_per_sec}} {{msg}}"
+            )));
+            bar
+        })
+        .collect();
+    let total = multi.add(indicatif::ProgressBar::new(sizes.iter().sum()));
+    total.set_style(style(
+        "           total {bar:24} {bytes}/{total_bytes} {binary_bytes_per_sec} ETA {eta}",
+    ));
+    // The sysfs folder of a disk is read again each round: its migrate table comes and goes.
+    let counter = |name: &str, file: &str| -> Option<String> {
+        let info = dm.info(name).ok()?;
+        let path = Path::new("/sys/dev/block")
+            .join(format!("{}:{}", info.major, info.minor))
+            .join("migrate")
+            .join(file);
+        std::fs::read_to_string(path)
+            .ok()
+            .map(|s| s.trim().to_string())
+    };
+    while !done.load(Ordering::Relaxed) {
+        let mut sum = 0;
+        for ((name, bar), &bytes) in names.iter().zip(&bars).zip(&sizes) {
+            let state = counter(name, "state");
+            let copied = match state.as_deref() {
+                Some(_) => counter(name, "copied_bytes")
+                    .and_then(|s| s.parse().ok())
+                    .unwrap_or(0),
+                // No migrate table: not loaded yet, or finished (a linear on the destination).
+                None => bar.position(),
+            };
+            bar.set_position(copied);
+            bar.set_message(state.unwrap_or_default());
+            sum += copied.min(bytes);
+        }
+        total.set_position(sum);
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    for bar in bars.iter().chain([&total]) {
+        bar.finish_and_clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn destinations_are_a_folder_or_one_each() {
+        let dir = std::env::temp_dir();
+        let names = ["vm1-root", "vm1-data"];
+        assert_eq!(
+            destinations(&names, std::slice::from_ref(&dir)).unwrap(),
+            [dir.join("vm1-root.img"), dir.join("vm1-data.img")]
+        );
+        let two = [PathBuf::from("/dev/sdb"), PathBuf::from("/dev/sdc")];
+        assert_eq!(destinations(&names, &two).unwrap(), two);
+        let err = destinations(&names, &two[..1]).unwrap_err();
+        assert!(matches!(err, Error::Usage(_)), "{err}");
+    }
+
+    #[test]
+    fn the_rate_budget_is_shared() {
+        let opts = MoveOptions {
+            max_rate: Some(30000),
+            min_rate: None,
+            ..Default::default()
+        };
+        let one = share(&opts, 3);
+        assert_eq!((one.max_rate, one.min_rate), (Some(10000), Some(10240 / 3)));
+        let unlimited = share(
+            &MoveOptions {
+                max_rate: Some(0),
+                min_rate: Some(0),
+                ..Default::default()
+            },
+            3,
+        );
+        assert_eq!((unlimited.max_rate, unlimited.min_rate), (Some(0), Some(0)));
+    }
+
+    #[test]
+    fn the_gate_opens_when_every_disk_is_in_sync_and_an_abort_fails_all() {
+        let stop = AtomicBool::new(false);
+        let gate = SwitchGate::new(2);
+        std::thread::scope(|s| {
+            let first = s.spawn(|| gate.pass(&stop));
+            std::thread::sleep(Duration::from_millis(50));
+            assert!(
+                !first.is_finished(),
+                "passed before the second disk was in sync"
+            );
+            assert!(gate.pass(&stop).is_ok());
+            assert!(first.join().unwrap().is_ok());
+        });
+        let gate = SwitchGate::new(2);
+        std::thread::scope(|s| {
+            let waiting = s.spawn(|| gate.pass(&stop));
+            gate.abort();
+            assert!(waiting.join().unwrap().is_err());
+        });
+        assert!(gate.pass(&stop).is_err(), "a disk after the abort");
+    }
+}
