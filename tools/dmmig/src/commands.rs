@@ -372,7 +372,10 @@ fn do_move_many(
                 eprintln!("dmmig: {name}: {e}");
                 // The cause, rather than a disk that was stopped because of it.
                 let stopped = |e: &Error| e.to_string().starts_with("interrupted");
-                if first_error.as_ref().is_none_or(|f| stopped(f) && !stopped(&e)) {
+                if first_error
+                    .as_ref()
+                    .is_none_or(|f| stopped(f) && !stopped(&e))
+                {
                     first_error = Some(e);
                 }
             }
