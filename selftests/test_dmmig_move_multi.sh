@@ -109,6 +109,15 @@ for d in "${disks[@]}"; do
 	echo "0 65536 linear $(devnum "${!origin}") 0" >"$TEST_TMP/table-$d"
 	snapshot "$(dm_path "$d")" "$TEST_TMP/before-$d"
 done
+# Two disks onto one device, and a disk onto another disk of the move, are refused up front.
+"$DMMIG" move "$DEV_PREFIX-a" "$DEV_PREFIX-b" --to "$dest_a" "$dest_a" 2>"$TEST_TMP/dup.log"
+rc=$?
+[ $rc -eq 2 ] && grep -q "same destination" "$TEST_TMP/dup.log" ||
+	fail "one destination for two disks: exit $rc, $(cat "$TEST_TMP/dup.log")"
+"$DMMIG" move "$DEV_PREFIX-a" "$DEV_PREFIX-b" --to "$(dm_path b)" "$dest_b" 2>"$TEST_TMP/dup.log"
+rc=$?
+[ $rc -eq 2 ] && grep -q "is the disk" "$TEST_TMP/dup.log" ||
+	fail "a disk of the move as a destination: exit $rc, $(cat "$TEST_TMP/dup.log")"
 "$DMMIG" move "${disks[@]/#/$DEV_PREFIX-}" --to "$dest_a" "$dest_b" "$(dm_path bad)" --no-progress \
 	--max-rate 6144 >"$TEST_TMP/fail.log" 2>&1 && { sed 's/^/# /' "$TEST_TMP/fail.log"; fail "the move did not fail"; }
 sed 's/^/# /' "$TEST_TMP/fail.log"

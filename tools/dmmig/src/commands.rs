@@ -339,6 +339,7 @@ fn do_move_many(
         return Err(Error::Usage("a disk is named twice".into()));
     }
     let dests: Vec<_> = targets.iter().map(|(_, dest)| dest.clone()).collect();
+    crate::multi::check_destinations(&Dm::open()?, &names, &dests)?;
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         signal_hook::flag::register(signal, stop.clone())

@@ -712,7 +712,22 @@ pub fn run_move(
             // In sync (mirrored, not switching) until every disk is, then the same migration
             // without no_switch: the target switches at once, as each disk of the move does.
             Some(gate) => wait_for_state(&dm, name, opts.no_progress, bytes, &stop, "synced")
-                .and_then(|()| gate.pass(&stop))
+                .and_then(|()| {
+                    let sysfs = PathBuf::from(format!(
+                        "/sys/dev/block/{}:{}/migrate",
+                        info.major, info.minor
+                    ));
+                    let in_sync = || counter(&sysfs, "state").as_deref() == Some("synced");
+                    gate.pass(&stop, &in_sync)?;
+                    // Once more just before the reload: a failed or cancelled copy must not be
+                    // started again (an identical reload retries it) while the others switch.
+                    if !in_sync() {
+                        return Err(Error::Failed(
+                            "the migration left its sync at the switch".into(),
+                        ));
+                    }
+                    Ok(())
+                })
                 .and_then(|()| {
                     let mut params = format!("{} {}", origin.number(), destination.number());
                     Options {
@@ -1120,17 +1135,10 @@ pub fn run_finish(name: &str) -> Result<Finish> {
     let seconds = started.elapsed().as_secs_f64();
     let mut removed_image = None;
     if let Some(record) = &record {
-        // In the order `recover` uses: the record and the metadata first, then the origin,
-        // which a finished move no longer needs.
-        MoveRecord::remove(name);
-        if let Some(dev) = loop_of(&record.metadata) {
-            detach(&dev);
-        }
-        if record.metadata_created {
-            let _ = fs::remove_file(&record.metadata);
-        }
-        // The old image and its loop device go, as after `move`, unless they were to be kept;
-        // only the image this move recorded, and only if the origin is attached to it.
+        // The old image first, then the metadata, then the record: a crash in between leaves
+        // the record and the switched metadata, with which `recover` keeps the disk on the
+        // destination (it needs no origin); never an old image without a record, which a boot
+        // script could bring the disk back on.
         let image = origin.loop_backing_file();
         if !record.keep_source
             && image
@@ -1143,6 +1151,17 @@ pub fn run_finish(name: &str) -> Result<Finish> {
             if fs::remove_file(&record.origin).is_ok() {
                 removed_image = Some(record.origin.display().to_string());
             }
+        }
+        if let Some(dev) = loop_of(&record.metadata) {
+            detach(&dev);
+        }
+        if record.metadata_created {
+            let _ = fs::remove_file(&record.metadata);
+        }
+        MoveRecord::remove(name);
+        sync_dir(&state_dir());
+        if let Some(dir) = record.origin.parent() {
+            sync_dir(dir);
         }
     }
     Ok(Finish::Done(Summary {
@@ -1206,6 +1225,11 @@ fn same_device(path: &Path, device: &BlockDev) -> bool {
     device
         .loop_backing_file()
         .is_some_and(|image| same_file(&image, path))
+}
+
+/// Makes the removals in folder `dir` durable, as far as it can.
+fn sync_dir(dir: &Path) {
+    let _ = File::open(dir).and_then(|d| d.sync_all());
 }
 
 /// Whether two paths name the same file.

@@ -41,8 +41,10 @@ impl SwitchGate {
     }
 
     /// Says that this disk is in sync, and waits until every disk is; fails when the move is
-    /// given up meanwhile (a disk failed, or `stop` was set).
-    pub fn pass(&self, stop: &AtomicBool) -> Result<()> {
+    /// given up meanwhile (a disk failed, or `stop` was set), and gives it up when this disk
+    /// leaves its sync while it waits (`in_sync` says false: failed, cancelled): it would not
+    /// be in sync when the others switch.
+    pub fn pass(&self, stop: &AtomicBool, in_sync: &dyn Fn() -> bool) -> Result<()> {
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
         state.in_sync += 1;
         self.changed.notify_all();
@@ -50,6 +52,13 @@ impl SwitchGate {
             if state.aborted || stop.load(Ordering::Relaxed) {
                 return Err(Error::Failed(
                     "another disk of the move failed, or the move was interrupted".into(),
+                ));
+            }
+            if !in_sync() {
+                state.aborted = true;
+                self.changed.notify_all();
+                return Err(Error::Failed(
+                    "the migration left its sync while the other disks caught up".into(),
                 ));
             }
             if state.in_sync >= self.disks {
@@ -84,6 +93,65 @@ pub fn destinations(names: &[&str], to: &[PathBuf]) -> Result<Vec<PathBuf>> {
             to.len()
         ))),
     }
+}
+
+/// What a destination is, to tell two apart: a device number, a file, or a path to create.
+#[derive(Debug, PartialEq, Eq)]
+enum Identity {
+    Device(u64),
+    File(u64, u64),
+    New(PathBuf),
+}
+
+fn identity(path: &Path) -> Identity {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    match std::fs::metadata(path) {
+        Ok(m) if m.file_type().is_block_device() => Identity::Device(m.rdev()),
+        Ok(m) => Identity::File(m.dev(), m.ino()),
+        // A new image: its folder resolved, so that two spellings of one path compare equal.
+        Err(_) => Identity::New(
+            path.parent()
+                .and_then(|p| {
+                    std::fs::canonicalize(if p.as_os_str().is_empty() {
+                        Path::new(".")
+                    } else {
+                        p
+                    })
+                    .ok()
+                })
+                .map_or_else(
+                    || path.to_path_buf(),
+                    |dir| dir.join(path.file_name().unwrap_or_default()),
+                ),
+        ),
+    }
+}
+
+/// Refuses destinations that are one device (or file) under two names, and a destination that is
+/// a disk of the move: each disk's exclusive check of its destination is over before any table
+/// holds it, so two disks of one move could otherwise both be loaded onto the same device.
+pub fn check_destinations(dm: &Dm, names: &[&str], dests: &[PathBuf]) -> Result<()> {
+    let ids: Vec<Identity> = dests.iter().map(|d| identity(d)).collect();
+    for (i, id) in ids.iter().enumerate() {
+        if let Some(j) = ids[..i].iter().position(|other| other == id) {
+            return Err(Error::Usage(format!(
+                "{} and {} are the same destination: each disk needs its own",
+                dests[j].display(),
+                dests[i].display()
+            )));
+        }
+        for name in names {
+            let info = dm.info(name)?;
+            let disk = nix::sys::stat::makedev(u64::from(info.major), u64::from(info.minor));
+            if *id == Identity::Device(disk) {
+                return Err(Error::Usage(format!(
+                    "{} is the disk {name} of this move: give another device or a new image path",
+                    dests[i].display()
+                )));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The options of one disk of an `n`-disk move: the rate budget shared evenly.
@@ -122,14 +190,15 @@ pub fn run_moves(
             .map(|(name, dest)| {
                 let (opts, stop) = (&opts, stop.clone());
                 scope.spawn(move || {
+                    // A disk that fails (or whose thread panics) stops every other: back on
+                    // its origin, or finished if it had switched.
+                    let mut stop_all = StopAll {
+                        stop: &stop,
+                        gate: opts.gate.as_deref(),
+                        armed: true,
+                    };
                     let outcome = run_move(name, dest, opts, stop.clone());
-                    if outcome.is_err() {
-                        // Every other disk goes back too (or finishes, if it had switched).
-                        stop.store(true, Ordering::Relaxed);
-                        if let Some(gate) = &opts.gate {
-                            gate.abort();
-                        }
-                    }
+                    stop_all.armed = outcome.is_err();
                     outcome
                 })
             })
@@ -147,6 +216,25 @@ pub fn run_moves(
         }
         outcomes
     })
+}
+
+/// Stops every disk of the move when dropped armed: at a disk's failure, and when its thread
+/// unwinds from a panic.
+struct StopAll<'a> {
+    stop: &'a AtomicBool,
+    gate: Option<&'a SwitchGate>,
+    armed: bool,
+}
+
+impl Drop for StopAll<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            self.stop.store(true, Ordering::Relaxed);
+            if let Some(gate) = self.gate {
+                gate.abort();
+            }
+        }
+    }
 }
 
 /// One progress bar per disk and a total with its ETA, from the targets' sysfs counters, until
@@ -234,6 +322,18 @@ mod tests {
     }
 
     #[test]
+    fn one_destination_under_two_names_is_one() {
+        let dir = std::env::temp_dir();
+        let a = dir.join("dmmig-identity-test.img");
+        let b = dir.join(".").join("dmmig-identity-test.img");
+        assert_eq!(identity(&a), identity(&b), "a new image");
+        std::fs::write(&a, b"x").unwrap();
+        assert_eq!(identity(&a), identity(&b), "an existing file");
+        assert_ne!(identity(&a), identity(&dir.join("other.img")));
+        std::fs::remove_file(&a).unwrap();
+    }
+
+    #[test]
     fn the_rate_budget_is_shared() {
         let opts = MoveOptions {
             max_rate: Some(30000),
@@ -257,22 +357,34 @@ mod tests {
     fn the_gate_opens_when_every_disk_is_in_sync_and_an_abort_fails_all() {
         let stop = AtomicBool::new(false);
         let gate = SwitchGate::new(2);
+        let ok = || true;
         std::thread::scope(|s| {
-            let first = s.spawn(|| gate.pass(&stop));
+            let first = s.spawn(|| gate.pass(&stop, &ok));
             std::thread::sleep(Duration::from_millis(50));
             assert!(
                 !first.is_finished(),
                 "passed before the second disk was in sync"
             );
-            assert!(gate.pass(&stop).is_ok());
+            assert!(gate.pass(&stop, &ok).is_ok());
             assert!(first.join().unwrap().is_ok());
         });
         let gate = SwitchGate::new(2);
         std::thread::scope(|s| {
-            let waiting = s.spawn(|| gate.pass(&stop));
+            let waiting = s.spawn(|| gate.pass(&stop, &ok));
             gate.abort();
             assert!(waiting.join().unwrap().is_err());
         });
-        assert!(gate.pass(&stop).is_err(), "a disk after the abort");
+        assert!(gate.pass(&stop, &ok).is_err(), "a disk after the abort");
+        // A disk that leaves its sync while it waits gives the move up for all.
+        let gate = SwitchGate::new(2);
+        let failed = AtomicBool::new(false);
+        let synced = || !failed.load(Ordering::Relaxed);
+        std::thread::scope(|s| {
+            let waiting = s.spawn(|| gate.pass(&stop, &synced));
+            std::thread::sleep(Duration::from_millis(50));
+            failed.store(true, Ordering::Relaxed);
+            assert!(waiting.join().unwrap().is_err());
+            assert!(gate.pass(&stop, &ok).is_err(), "the other disk");
+        });
     }
 }
