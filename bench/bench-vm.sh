@@ -191,11 +191,13 @@ idle_copy() {
 copier_ticks() {
 	local file
 	for file in /proc/[0-9]*/comm; do
-		# comm holds 15 characters: "dm-migrate/copier" reads "dm-migrate/copi".
-		if [ "$(cat "$file" 2>/dev/null)" = dm-migrate/copi ]; then
+		# A kthread's comm shows its full name on this kernel; older ones cut it at 15 characters.
+		case $(cat "$file" 2>/dev/null) in
+		dm-migrate/copier | dm-migrate/copi)
 			awk '{ print $14 + $15 }' "${file%/comm}/stat"
 			return
-		fi
+			;;
+		esac
 	done
 }
 

@@ -191,8 +191,10 @@ copier_pids() {
 	local file pid
 	for file in /proc/[0-9]*/comm; do
 		pid=${file#/proc/}
-		# comm holds 15 characters: "dm-migrate/copier" reads "dm-migrate/copi".
-		[ "$(cat "$file" 2>/dev/null)" = dm-migrate/copi ] && echo "${pid%/comm}"
+		# A kthread's comm shows its full name on this kernel; older ones cut it at 15 characters.
+		case $(cat "$file" 2>/dev/null) in
+		dm-migrate/copier | dm-migrate/copi) echo "${pid%/comm}" ;;
+		esac
 	done
 }
 
