@@ -694,19 +694,22 @@ pub fn run_move(
             Some(dev)
         };
         let metadata_number = metadata.map_or(String::new(), |m| m.number());
-        let mut params = format!("{} {}", origin.number(), destination.number());
-        options
-            .write(&mut params, &metadata_number)
-            .map_err(|_| Error::Failed("table text".into()))?;
-        let migrate = TableLine {
-            start: 0,
-            length: original.length,
-            target_type: "migrate".into(),
-            params,
+        // The migrate table of the move, with `options`.
+        let migrate_line = |options: &Options| -> Result<TableLine> {
+            let mut params = format!("{} {}", origin.number(), destination.number());
+            options
+                .write(&mut params, &metadata_number)
+                .map_err(|_| Error::Failed("table text".into()))?;
+            Ok(TableLine {
+                start: 0,
+                length: original.length,
+                target_type: "migrate".into(),
+                params,
+            })
         };
         let started = Instant::now();
         destination_in_use = true;
-        let mut longest = swap_table(&dm, name, &[migrate])?;
+        let mut longest = swap_table(&dm, name, &[migrate_line(&options)?])?;
         let outcome = match &opts.gate {
             None => wait_for_switch(&dm, name, opts.no_progress, bytes, &stop),
             // In sync (mirrored, not switching) until every disk is, then the same migration
@@ -729,19 +732,10 @@ pub fn run_move(
                     Ok(())
                 })
                 .and_then(|()| {
-                    let mut params = format!("{} {}", origin.number(), destination.number());
-                    Options {
+                    let switching = migrate_line(&Options {
                         no_switch: false,
                         ..options
-                    }
-                    .write(&mut params, &metadata_number)
-                    .map_err(|_| Error::Failed("table text".into()))?;
-                    let switching = TableLine {
-                        start: 0,
-                        length: original.length,
-                        target_type: "migrate".into(),
-                        params,
-                    };
+                    })?;
                     longest = longest.max(swap_table(&dm, name, &[switching])?);
                     wait_for_switch(&dm, name, opts.no_progress, bytes, &stop)
                 }),
