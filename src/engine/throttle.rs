@@ -215,15 +215,19 @@ impl RateController {
         }
     }
 
-    /// Changes the bounds (a message); the limit moves inside them at once.
+    /// Changes the bounds (a message); the limit moves inside them at once. A controller that
+    /// starts to adapt while the guest is busy starts at the floor, as when the guest shows up.
     pub fn set_bounds(&mut self, min_kibps: u64, max_kibps: u64) {
+        let was_adaptive = self.is_adaptive();
         self.min_kibps = min_kibps;
         self.max_kibps = max_kibps;
-        if !self.is_adaptive() || self.quiet_ticks >= QUIET_TICKS {
-            self.limit_kibps = max_kibps;
+        self.limit_kibps = if !self.is_adaptive() || self.is_guest_idle() {
+            max_kibps
+        } else if !was_adaptive {
+            min_kibps
         } else {
-            self.limit_kibps = self.clamp(self.limit_kibps);
-        }
+            self.clamp(self.limit_kibps)
+        };
     }
 
     /// The limit in force, KiB/s; 0 for none.
@@ -243,19 +247,24 @@ impl RateController {
 
     /// Takes one interval's guest load and returns the limit for the next, KiB/s (0: none).
     pub fn tick(&mut self, load: GuestLoad) -> u64 {
+        // Whether the guest is idle is followed also while there is nothing to choose, for
+        // when a message gives the controller bounds to choose between.
+        let was_idle = self.is_guest_idle();
+        self.quiet_ticks = if load.is_busy() {
+            0
+        } else {
+            self.quiet_ticks.saturating_add(1)
+        };
         if !self.is_adaptive() {
             self.limit_kibps = self.max_kibps;
             return self.limit_kibps;
         }
         if !load.is_busy() {
-            self.quiet_ticks = self.quiet_ticks.saturating_add(1);
-            if self.quiet_ticks >= QUIET_TICKS {
+            if self.is_guest_idle() {
                 self.limit_kibps = self.max_kibps;
             }
             return self.limit_kibps;
         }
-        let was_idle = self.quiet_ticks >= QUIET_TICKS;
-        self.quiet_ticks = 0;
         if was_idle {
             // The interval's latencies were made beside a copy at the ceiling: not a baseline.
             self.limit_kibps = self.min_kibps;
@@ -315,6 +324,37 @@ mod tests {
             BUSY_COPY_DEPTH,
             "min_rate 0: as before"
         );
+    }
+
+    #[test]
+    fn a_controller_turned_on_under_load_starts_at_the_floor() {
+        // A floor above the ceiling: nothing to choose, the limit is the ceiling; the guest is
+        // busy meanwhile.
+        let mut c = RateController::new(2048, 1);
+        let busy = GuestLoad {
+            completed: 100,
+            latency_ns: 100 * 50_000,
+            in_flight: 16,
+        };
+        for _ in 0..5 {
+            assert_eq!(c.tick(busy), 1);
+        }
+        // A max_rate message makes it adaptive: the guest is known to be busy, so the copy
+        // starts at the floor with the busy depth, not at the ceiling with 16 batches.
+        c.set_bounds(2048, 65536);
+        assert_eq!(c.limit_kibps(), 2048);
+        assert_eq!(c.copy_depth(None), BUSY_COPY_DEPTH);
+        // The same bounds again (every tick sets them) change nothing.
+        c.set_bounds(2048, 65536);
+        assert_eq!(c.limit_kibps(), 2048);
+        // Turned on while the guest is idle: the ceiling.
+        let mut c = RateController::new(2048, 1);
+        for _ in 0..QUIET_TICKS {
+            c.tick(GuestLoad::default());
+        }
+        c.set_bounds(2048, 65536);
+        assert_eq!(c.limit_kibps(), 65536);
+        assert_eq!(c.copy_depth(None), IDLE_COPY_DEPTH);
     }
 
     #[test]
