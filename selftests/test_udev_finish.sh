@@ -35,6 +35,10 @@ stop_udevd() {
 	udevadm control --exit 2>/dev/null
 	rm -f /run/udev/rules.d/70-dmmig-finish.rules
 	cleanup
+	# The control socket stays behind, and libdevmapper and the devicemapper crate take it for
+	# a running udev: the tests after this one would wait on udev cookies nobody completes.
+	pkill -x systemd-udevd 2>/dev/null
+	rm -f /run/udev/control
 }
 trap stop_udevd EXIT
 udevadm settle -t 10
@@ -81,11 +85,7 @@ disk=$DEV_PREFIX-moved
 dmsetup create "$disk" --table "0 $len linear $old 0" || fail "create failed"
 "$DMMIG" move "$disk" "$new_img" --no-progress --max-rate 2048 >"$TEST_TMP/move.log" 2>&1 &
 mover=$!
-start=$SECONDS
-until dmsetup table "$disk" | grep -q ' migrate '; do
-	[ $((SECONDS - start)) -lt 30 ] || fail "no migrate table: $(dmsetup table "$disk")"
-	sleep 0.05
-done
+wait_migrate_table "$disk"
 kill -KILL $mover
 wait $mover 2>/dev/null
 [ -e "$DMMIG_STATE_DIR/$disk.json" ] || fail "move left no record"
