@@ -331,6 +331,16 @@ fio_verify_only() {
 	}
 }
 
+# wait_migrate_table DM_NAME: waits until the dm device DM_NAME (full name) runs a migrate
+# table, as once `dmmig move` has loaded it (30 s at most).
+wait_migrate_table() {
+	local start=$SECONDS
+	until dmsetup table "$1" | grep -q ' migrate '; do
+		[ $((SECONDS - start)) -lt 30 ] || fail "no migrate table: $(dmsetup table "$1")"
+		sleep 0.05
+	done
+}
+
 # wait_field NAME N VALUE [SECONDS]: waits until INFO field N of NAME reads VALUE (default 30 s).
 wait_field() {
 	local start=$SECONDS

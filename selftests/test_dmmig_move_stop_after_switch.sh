@@ -14,11 +14,7 @@ disk=$DEV_PREFIX-disk
 dmsetup create "$disk" --table "0 $len linear $old 0" || fail "create failed"
 "$DMMIG" move "$disk" "$new" --no-progress --keep-source --rate 4096 >"$TEST_TMP/move.log" 2>&1 &
 mover=$!
-start=$SECONDS
-until dmsetup table "$disk" | grep -q ' migrate '; do
-	[ $((SECONDS - start)) -lt 30 ] || fail "no migrate table: $(dmsetup table "$disk")"
-	sleep 0.05
-done
+wait_migrate_table "$disk"
 kill -STOP $mover
 dmsetup message "$disk" 0 rate 0 || fail "rate failed"
 start=$SECONDS
