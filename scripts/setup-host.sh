@@ -12,6 +12,8 @@ packages=(
 	qemu-system-x86 busybox-static dmsetup fio util-linux python3
 	# The udev test (test_udev_finish.sh) runs systemd-udevd in the VM.
 	udev
+	# The NBD destination test serves an export with qemu-nbd in a second network namespace.
+	qemu-utils
 	# dmmig: the devicemapper crate builds against libdevmapper headers found by pkg-config.
 	libdevmapper-dev pkg-config
 )
