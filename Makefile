@@ -27,7 +27,7 @@ KERNEL_DEP :=
 endif
 
 .PHONY: all setup kernel kernel-debug module vm-module tools test-userspace lint check check-debug check-debug-ci \
-	demo crash-test copy-throughput bench bench-smoke install install-module uninstall clean
+	demo e2e guest-writer crash-test copy-throughput bench bench-smoke install install-module uninstall clean
 
 all: module
 
@@ -93,6 +93,16 @@ check-debug-ci:
 
 demo: tools vm-module
 	scripts/vm.sh $(KDIR) selftests/demo.sh
+
+# The nested guest's writer, linked statically: the nested guest's initramfs has no libc.
+guest-writer: setup
+	cargo rustc -q -p guest-writer --release --bin guest-writer -- -C target-feature=+crt-static
+
+# A real VM on the moving disk: a nested QEMU guest (TCG) boots the test kernel on the dm device
+# that dmmig moves, with a verifying writer, and boots again from the new image to verify it
+# (about 10 minutes). E2E_RATE, E2E_DISK_MIB and E2E_SETTLE_S tune it.
+e2e: tools vm-module guest-writer
+	VM_TIMEOUT=$${VM_TIMEOUT:-3600} scripts/vm.sh $(KDIR) selftests/e2e.sh
 
 # Real crashes: QEMU killed (SIGKILL) at random times during a dmmig move under a verifying
 # writer, a boot, dmmig recover, and every acknowledged write checked; CRASH_KILLS kills (12).

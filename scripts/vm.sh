@@ -34,8 +34,8 @@ mkdir -p "$results" "$work/initramfs"/{bin,sbin,dev,proc,sys,host}
 	echo "export HOME=/run/tmp TMPDIR=/run/tmp DM_DISABLE_UDEV=1 VM_RESULTS=/run/results"
 	echo "export KDIR=$(printf %q "$kdir") REPO_ROOT=$(printf %q "$REPO_ROOT")"
 	echo "export KMOD_ROOT=$(printf %q "$modroot")"
-	# Settings for the command (BENCH_*, MODULE, DMMIG) travel with it.
-	for v in $(compgen -e | grep -E '^(BENCH_[A-Z_]+|MODULE|DMMIG)$'); do
+	# Settings for the command (BENCH_*, E2E_*, MODULE, DMMIG) travel with it.
+	for v in $(compgen -e | grep -E '^(BENCH_[A-Z_]+|E2E_[A-Z_]+|MODULE|DMMIG)$'); do
 		echo "export $v=$(printf %q "${!v}")"
 	done
 	echo "cd $(printf %q "$PWD")"
