@@ -145,6 +145,14 @@ pub enum Command {
         /// the switch needs the admin to put the disk on the destination.
         #[arg(long)]
         no_metadata: bool,
+        /// For an nbd:// destination: seconds an NBD request may take before the connection is
+        /// called dead and reconnected (default 10).
+        #[arg(long, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..))]
+        nbd_timeout: Option<u64>,
+        /// For an nbd:// destination: seconds the kernel holds requests for a reconnect before
+        /// it fails them, and the migration with them (default 30).
+        #[arg(long, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..))]
+        nbd_dead_conn_timeout: Option<u64>,
     },
     /// Finish a move after a crash or reboot: resume the copy from the metadata, or swap to the
     /// destination if it had switched; then retire the old image as move would.
@@ -213,6 +221,12 @@ pub enum Command {
         /// The device.
         name: Option<String>,
     },
+    /// Attach or detach a remote NBD export as a local /dev/nbdN (what an nbd:// destination of
+    /// `move` uses).
+    Nbd {
+        #[command(subcommand)]
+        action: NbdCommand,
+    },
     /// Print the shell completion script for SHELL (e.g. `dmmig completions bash >
     /// /usr/share/bash-completion/completions/dmmig`).
     Completions {
@@ -224,6 +238,41 @@ pub enum Command {
     Manpages {
         /// The folder to write them to (created if missing).
         dir: std::path::PathBuf,
+    },
+}
+
+/// `dmmig nbd` commands.
+#[derive(Debug, Subcommand)]
+pub enum NbdCommand {
+    /// Connect nbd://HOST[:PORT]/EXPORT as a new /dev/nbdN and print its path. A keeper process
+    /// stays behind and reconnects whenever the kernel reports the connection dead, until the
+    /// device is disconnected.
+    Connect {
+        /// nbd://HOST[:PORT]/EXPORT (port 10809 by default).
+        url: String,
+        /// Seconds an NBD request may take before the connection is called dead.
+        #[arg(long, value_name = "SECONDS", default_value_t = crate::nbd::DEFAULT_TIMEOUT_S,
+              value_parser = clap::value_parser!(u64).range(1..))]
+        timeout: u64,
+        /// Seconds the kernel holds requests for a reconnect before it fails them.
+        #[arg(long, value_name = "SECONDS", default_value_t = crate::nbd::DEFAULT_DEAD_CONN_TIMEOUT_S,
+              value_parser = clap::value_parser!(u64).range(1..))]
+        dead_conn_timeout: u64,
+    },
+    /// Disconnect an NBD device (its keeper then exits).
+    Disconnect {
+        /// The device, e.g. /dev/nbd0.
+        device: std::path::PathBuf,
+    },
+    /// The keeper: connect, print the device, and reconnect it until it is disconnected.
+    #[command(hide = true)]
+    Keep {
+        /// nbd://HOST[:PORT]/EXPORT.
+        url: String,
+        #[arg(long, value_name = "SECONDS", default_value_t = crate::nbd::DEFAULT_TIMEOUT_S)]
+        timeout: u64,
+        #[arg(long, value_name = "SECONDS", default_value_t = crate::nbd::DEFAULT_DEAD_CONN_TIMEOUT_S)]
+        dead_conn_timeout: u64,
     },
 }
 
@@ -318,6 +367,7 @@ mod tests {
             no_progress,
             metadata,
             no_metadata,
+            ..
         } = cli.command
         else {
             panic!()

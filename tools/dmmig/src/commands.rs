@@ -21,6 +21,7 @@ pub fn run(command: Command, json: bool) -> Result<()> {
     let command = match command {
         Command::Completions { shell } => return docs::completions(shell, &mut std::io::stdout()),
         Command::Manpages { dir } => return docs::manpages(&dir),
+        Command::Nbd { action } => return nbd_command(action),
         command => command,
     };
     let dm = Dm::open()?;
@@ -77,8 +78,15 @@ pub fn run(command: Command, json: bool) -> Result<()> {
             no_progress,
             metadata,
             no_metadata,
+            nbd_timeout,
+            nbd_dead_conn_timeout,
         } => {
+            let defaults = crate::nbd::Timeouts::default();
             let options = MoveOptions {
+                nbd: crate::nbd::Timeouts {
+                    request_s: nbd_timeout.unwrap_or(defaults.request_s),
+                    dead_conn_s: nbd_dead_conn_timeout.unwrap_or(defaults.dead_conn_s),
+                },
                 max_rate,
                 min_rate,
                 region_size,
@@ -181,7 +189,7 @@ pub fn run(command: Command, json: bool) -> Result<()> {
         Command::Cancel { name } => dm.message(&name, 0, "cancel").map(drop),
         Command::Rate { name, kibps } => dm.message(&name, 0, &format!("rate {kibps}")).map(drop),
         // Carried out above, before the control device is opened.
-        Command::Completions { .. } | Command::Manpages { .. } => Ok(()),
+        Command::Completions { .. } | Command::Manpages { .. } | Command::Nbd { .. } => Ok(()),
     }
 }
 
@@ -552,6 +560,53 @@ fn mknodes(dm: &Dm, name: Option<&str>) -> Result<()> {
     match name {
         Some(name) if !found => Err(Error::NotFound(name.to_string())),
         _ => Ok(()),
+    }
+}
+
+/// `dmmig nbd ...`: attach and detach NBD exports.
+fn nbd_command(action: crate::cli::NbdCommand) -> Result<()> {
+    use crate::cli::NbdCommand;
+    use crate::nbd::{NbdUrl, Timeouts};
+    let url = |text: &str| {
+        NbdUrl::parse(text)?
+            .ok_or_else(|| Error::Usage(format!("'{text}' is not an nbd://HOST[:PORT]/EXPORT URL")))
+    };
+    match action {
+        NbdCommand::Connect {
+            url: text,
+            timeout,
+            dead_conn_timeout,
+        } => {
+            let device = crate::nbd::connect(
+                &url(&text)?,
+                Timeouts {
+                    request_s: timeout,
+                    dead_conn_s: dead_conn_timeout,
+                },
+            )?;
+            println!("{}", device.display());
+            Ok(())
+        }
+        NbdCommand::Disconnect { device } => crate::nbd::disconnect(crate::nbd::index_of(&device)?),
+        NbdCommand::Keep {
+            url: text,
+            timeout,
+            dead_conn_timeout,
+        } => {
+            let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+            for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+                signal_hook::flag::register(signal, stop.clone())
+                    .map_err(|e| Error::Failed(format!("cannot handle signals: {e}")))?;
+            }
+            crate::nbd::keep(
+                &url(&text)?,
+                Timeouts {
+                    request_s: timeout,
+                    dead_conn_s: dead_conn_timeout,
+                },
+                stop,
+            )
+        }
     }
 }
 

@@ -26,6 +26,12 @@ pub fn manpages(dir: &Path) -> Result<()> {
     write_page(&dir.join("dmmig.8"), page(command.clone())).map_err(failed)?;
     for sub in command.get_subcommands().filter(|s| !s.is_hide_set()) {
         let name = format!("dmmig-{}", sub.get_name());
+        // Commands of commands (`dmmig nbd connect`) get pages of their own too.
+        for inner in sub.get_subcommands().filter(|s| !s.is_hide_set()) {
+            let name = format!("{name}-{}", inner.get_name());
+            let inner = inner.clone().name(name.clone()).display_name(name.clone());
+            write_page(&dir.join(format!("{name}.8")), page(inner)).map_err(failed)?;
+        }
         let sub = sub.clone().name(name.clone()).display_name(name.clone());
         write_page(&dir.join(format!("{name}.8")), page(sub)).map_err(failed)?;
     }
@@ -73,8 +79,25 @@ mod tests {
             let page = std::fs::read_to_string(dir.join(format!("dmmig-{name}.8"))).unwrap();
             assert!(page.contains(&format!("dmmig\\-{name}")), "dmmig-{name}.8");
         }
+        for name in ["connect", "disconnect"] {
+            let page = std::fs::read_to_string(dir.join(format!("dmmig-nbd-{name}.8"))).unwrap();
+            assert!(
+                page.contains(&format!("dmmig\\-nbd\\-{name}")),
+                "dmmig-nbd-{name}.8"
+            );
+        }
+        assert!(
+            !dir.join("dmmig-nbd-keep.8").exists(),
+            "a page for the hidden keeper"
+        );
         let mv = std::fs::read_to_string(dir.join("dmmig-move.8")).unwrap();
-        for option in ["max\\-rate", "min\\-rate", "keep\\-source", "metadata"] {
+        for option in [
+            "max\\-rate",
+            "min\\-rate",
+            "keep\\-source",
+            "metadata",
+            "nbd\\-timeout",
+        ] {
             assert!(mv.contains(option), "dmmig-move.8 lacks {option}");
         }
         std::fs::remove_dir_all(&dir).unwrap();

@@ -9,5 +9,6 @@ pub mod error;
 pub mod metadata;
 pub mod migrate;
 pub mod multi;
+pub mod nbd;
 pub mod nodes;
 pub mod table;

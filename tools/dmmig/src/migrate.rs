@@ -41,6 +41,8 @@ pub struct MoveOptions {
     /// Several disks switching together: the migration is loaded with `no_switch`, waits in
     /// sync at this gate until every disk of the move is, and only then may switch.
     pub gate: Option<Arc<crate::multi::SwitchGate>>,
+    /// The NBD client's timeouts, for an nbd:// destination.
+    pub nbd: crate::nbd::Timeouts,
 }
 
 /// What `move` records for `recover`: enough to load the migrate table again after a reboot.
@@ -255,6 +257,8 @@ struct Created {
     meta_loop: Option<PathBuf>,
     /// A metadata device given with `--metadata`, wiped when the move ends.
     meta_given: Option<PathBuf>,
+    /// The NBD device an nbd:// destination was connected as.
+    nbd: Option<PathBuf>,
 }
 
 impl Created {
@@ -280,6 +284,11 @@ impl Created {
 
     fn undo(&mut self) {
         self.remove_metadata(true);
+        if let Some(dev) = self.nbd.take() {
+            if let Ok(index) = crate::nbd::index_of(&dev) {
+                let _ = crate::nbd::disconnect(index);
+            }
+        }
         if let Some(dev) = self.loop_dev.take() {
             if let Ok(l) = loopdev::LoopDevice::open(&dev) {
                 let _ = l.detach();
@@ -632,6 +641,22 @@ pub fn run_move(
     let mut destination_in_use = false;
     // Whether `move` recorded itself for `recover`.
     let mut recorded = false;
+    // An nbd:// destination is connected first, and is then a block device like any other.
+    let nbd_device;
+    let dest = match dest
+        .to_str()
+        .map(crate::nbd::NbdUrl::parse)
+        .transpose()?
+        .flatten()
+    {
+        Some(url) => {
+            nbd_device = crate::nbd::connect(&url, opts.nbd)?;
+            eprintln!("dmmig: {url} is {}", nbd_device.display());
+            created.nbd = Some(nbd_device.clone());
+            nbd_device.as_path()
+        }
+        None => dest,
+    };
     let result = (|| {
         if let Ok(dev) = BlockDev::of_path(dest) {
             if (dev.major, dev.minor) == (info.major, info.minor) {

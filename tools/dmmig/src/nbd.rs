@@ -1,0 +1,799 @@
+//! A destination on another host: `nbd://HOST[:PORT]/EXPORT`, attached with the kernel's NBD
+//! client the way `nbd-client` does it over netlink, and kept connected the way
+//! `nbd-client -persist` keeps it.
+//!
+//! dmmig does the NBD handshake itself (fixed newstyle, `NBD_OPT_GO`, or `NBD_OPT_EXPORT_NAME`
+//! with an older server), then hands the connected socket to the kernel with the generic netlink
+//! command `NBD_CMD_CONNECT`; the kernel answers with the index of the `/dev/nbdN` it set up.
+//!
+//! The connection is held by a keeper: a `dmmig nbd keep` process that outlives the command that
+//! started it. It subscribes to the NBD family's multicast group *before* it connects, so that it
+//! sees every `NBD_CMD_LINK_DEAD` of its device (the kernel sends one when a request times out or
+//! the socket fails), and then reconnects: a new handshake and `NBD_CMD_RECONFIGURE` with the new
+//! socket, tried once a second for as long as the device is configured. Meanwhile the kernel
+//! holds the device's requests for up to the dead-connection timeout and fails them after it; a
+//! failed write to a migration's destination fails the migration, which leaves the disk on its
+//! origin with every write. The keeper ends when the device is disconnected (`dmmig nbd
+//! disconnect`, or `NBD_CMD_DISCONNECT` from any tool).
+
+use std::fs;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpStream, ToSocketAddrs};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use nix::sys::socket::{
+    bind, recv, send, setsockopt, socket, sockopt, AddressFamily, MsgFlags, NetlinkAddr, SockFlag,
+    SockProtocol, SockType,
+};
+use nix::sys::time::TimeVal;
+
+use crate::error::{Error, Result};
+
+/// The NBD port IANA assigned, `nbd-server`'s and `qemu-nbd`'s default.
+pub const DEFAULT_PORT: u16 = 10809;
+
+/// How long an NBD request may take before the kernel calls the connection dead (seconds).
+pub const DEFAULT_TIMEOUT_S: u64 = 10;
+/// How long the kernel holds requests for the keeper to reconnect before it fails them
+/// (seconds). A guest write mirrored to the destination waits this long at worst.
+pub const DEFAULT_DEAD_CONN_TIMEOUT_S: u64 = 30;
+
+/// Where an export is: `nbd://HOST[:PORT]/EXPORT`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NbdUrl {
+    pub host: String,
+    pub port: u16,
+    pub export: String,
+}
+
+impl NbdUrl {
+    /// Parses an `nbd://` URL; `Ok(None)` when `text` is not one (a path).
+    pub fn parse(text: &str) -> Result<Option<Self>> {
+        let Some(rest) = text.strip_prefix("nbd://") else {
+            return Ok(None);
+        };
+        let bad = |why: &str| {
+            Error::Usage(format!(
+                "bad NBD URL '{text}': {why} (nbd://HOST[:PORT]/EXPORT)"
+            ))
+        };
+        let (authority, export) = rest.split_once('/').unwrap_or((rest, ""));
+        let (host, port) = match authority.rsplit_once(':') {
+            Some((host, port)) => (
+                host,
+                port.parse::<u16>()
+                    .ok()
+                    .filter(|&p| p != 0)
+                    .ok_or_else(|| bad("the port is not a number from 1 to 65535"))?,
+            ),
+            None => (authority, DEFAULT_PORT),
+        };
+        if host.is_empty() {
+            return Err(bad("no host"));
+        }
+        if export.len() > 4096 || export.contains('\0') {
+            return Err(bad("the export name is too long or has a NUL"));
+        }
+        Ok(Some(Self {
+            host: host.to_string(),
+            port,
+            export: export.to_string(),
+        }))
+    }
+}
+
+impl std::fmt::Display for NbdUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "nbd://{}:{}/{}", self.host, self.port, self.export)
+    }
+}
+
+/// How the kernel should treat the connection.
+#[derive(Debug, Clone, Copy)]
+pub struct Timeouts {
+    /// Seconds a request may take before the connection is called dead.
+    pub request_s: u64,
+    /// Seconds requests are held for a reconnect before they fail.
+    pub dead_conn_s: u64,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Self {
+            request_s: DEFAULT_TIMEOUT_S,
+            dead_conn_s: DEFAULT_DEAD_CONN_TIMEOUT_S,
+        }
+    }
+}
+
+// The NBD protocol's handshake (doc/proto.md of the NBD project).
+const NBDMAGIC: u64 = 0x4e42_444d_4147_4943;
+const IHAVEOPT: u64 = 0x4948_4156_454f_5054;
+const REPLY_MAGIC: u64 = 0x0003_e889_0455_65a9;
+const FLAG_FIXED_NEWSTYLE: u16 = 1 << 0;
+const FLAG_NO_ZEROES: u16 = 1 << 1;
+const OPT_EXPORT_NAME: u32 = 1;
+const OPT_GO: u32 = 7;
+const REP_ACK: u32 = 1;
+const REP_INFO: u32 = 3;
+const REP_ERR_UNSUP: u32 = (1 << 31) + 1;
+const REP_ERR_UNKNOWN: u32 = (1 << 31) + 6;
+const INFO_EXPORT: u16 = 0;
+/// Transmission flags.
+const TFLAG_READ_ONLY: u16 = 1 << 1;
+
+/// A connected export, in its transmission phase: what the kernel takes over.
+pub struct Export {
+    pub stream: TcpStream,
+    pub size: u64,
+    pub flags: u16,
+}
+
+fn read_u16(stream: &mut TcpStream) -> std::io::Result<u16> {
+    let mut b = [0u8; 2];
+    stream.read_exact(&mut b)?;
+    Ok(u16::from_be_bytes(b))
+}
+
+fn read_u32(stream: &mut TcpStream) -> std::io::Result<u32> {
+    let mut b = [0u8; 4];
+    stream.read_exact(&mut b)?;
+    Ok(u32::from_be_bytes(b))
+}
+
+fn read_u64(stream: &mut TcpStream) -> std::io::Result<u64> {
+    let mut b = [0u8; 8];
+    stream.read_exact(&mut b)?;
+    Ok(u64::from_be_bytes(b))
+}
+
+fn send_option(stream: &mut TcpStream, option: u32, data: &[u8]) -> std::io::Result<()> {
+    let mut msg = Vec::with_capacity(16 + data.len());
+    msg.extend_from_slice(&IHAVEOPT.to_be_bytes());
+    msg.extend_from_slice(&option.to_be_bytes());
+    msg.extend_from_slice(&(data.len() as u32).to_be_bytes());
+    msg.extend_from_slice(data);
+    stream.write_all(&msg)
+}
+
+/// Connects to the server and negotiates `url`'s export; fails within about `timeout`.
+pub fn negotiate(url: &NbdUrl, timeout: Duration) -> Result<Export> {
+    let failed = |what: String| Error::Failed(format!("NBD server {url}: {what}"));
+    let addrs: Vec<_> = (url.host.as_str(), url.port)
+        .to_socket_addrs()
+        .map_err(|e| failed(format!("cannot resolve {}: {e}", url.host)))?
+        .collect();
+    let mut last = None;
+    let mut stream = None;
+    for addr in &addrs {
+        match TcpStream::connect_timeout(addr, timeout) {
+            Ok(s) => {
+                stream = Some(s);
+                break;
+            }
+            Err(e) => last = Some(e),
+        }
+    }
+    let mut stream = stream.ok_or_else(|| {
+        failed(format!(
+            "cannot connect: {}",
+            last.map_or("no address".to_string(), |e| e.to_string())
+        ))
+    })?;
+    let io = |e: std::io::Error| failed(format!("handshake: {e}"));
+    stream.set_read_timeout(Some(timeout)).map_err(io)?;
+    stream.set_write_timeout(Some(timeout)).map_err(io)?;
+    stream.set_nodelay(true).map_err(io)?;
+
+    if read_u64(&mut stream).map_err(io)? != NBDMAGIC {
+        return Err(failed("not an NBD server (no NBDMAGIC)".into()));
+    }
+    if read_u64(&mut stream).map_err(io)? != IHAVEOPT {
+        return Err(failed(
+            "the server speaks only the old-style handshake, which has no export names".into(),
+        ));
+    }
+    let server_flags = read_u16(&mut stream).map_err(io)?;
+    if server_flags & FLAG_FIXED_NEWSTYLE == 0 {
+        return Err(failed("the server does not speak fixed newstyle".into()));
+    }
+    let no_zeroes = server_flags & FLAG_NO_ZEROES != 0;
+    let client_flags = u32::from(FLAG_FIXED_NEWSTYLE | (server_flags & FLAG_NO_ZEROES));
+    stream.write_all(&client_flags.to_be_bytes()).map_err(io)?;
+
+    // NBD_OPT_GO: the export's size and flags, or an error the server can explain.
+    let mut data = Vec::new();
+    data.extend_from_slice(&(url.export.len() as u32).to_be_bytes());
+    data.extend_from_slice(url.export.as_bytes());
+    data.extend_from_slice(&0u16.to_be_bytes());
+    send_option(&mut stream, OPT_GO, &data).map_err(io)?;
+    let mut export = None;
+    loop {
+        if read_u64(&mut stream).map_err(io)? != REPLY_MAGIC {
+            return Err(failed("bad option reply".into()));
+        }
+        let _option = read_u32(&mut stream).map_err(io)?;
+        let reply = read_u32(&mut stream).map_err(io)?;
+        let len = read_u32(&mut stream).map_err(io)? as usize;
+        if len > 1 << 20 {
+            return Err(failed("an option reply of more than 1 MiB".into()));
+        }
+        let mut payload = vec![0u8; len];
+        stream.read_exact(&mut payload).map_err(io)?;
+        match reply {
+            REP_ACK => break,
+            REP_INFO
+                if len >= 12 && u16::from_be_bytes([payload[0], payload[1]]) == INFO_EXPORT =>
+            {
+                let size = u64::from_be_bytes(payload[2..10].try_into().expect("8 bytes"));
+                let flags = u16::from_be_bytes([payload[10], payload[11]]);
+                export = Some((size, flags));
+            }
+            REP_INFO => {}
+            REP_ERR_UNSUP => {
+                // An older server: NBD_OPT_EXPORT_NAME, which answers with the size and flags.
+                send_option(&mut stream, OPT_EXPORT_NAME, url.export.as_bytes()).map_err(io)?;
+                let size = read_u64(&mut stream).map_err(io)?;
+                let flags = read_u16(&mut stream).map_err(io)?;
+                if !no_zeroes {
+                    let mut zeroes = [0u8; 124];
+                    stream.read_exact(&mut zeroes).map_err(io)?;
+                }
+                export = Some((size, flags));
+                break;
+            }
+            REP_ERR_UNKNOWN => {
+                return Err(failed(format!("no export named '{}'", url.export)));
+            }
+            err if err & (1 << 31) != 0 => {
+                let message = String::from_utf8_lossy(&payload);
+                return Err(failed(format!(
+                    "the server refused the export (error {:#x}{}{message})",
+                    err,
+                    if message.is_empty() { "" } else { ": " }
+                )));
+            }
+            _ => {}
+        }
+    }
+    let (size, flags) = export.ok_or_else(|| failed("the server sent no export size".into()))?;
+    if flags & TFLAG_READ_ONLY != 0 {
+        return Err(failed(format!(
+            "the export '{}' is read-only; a destination must be writable",
+            url.export
+        )));
+    }
+    // The kernel's socket has its own timeouts: these were for the handshake only.
+    stream.set_read_timeout(None).map_err(io)?;
+    stream.set_write_timeout(None).map_err(io)?;
+    Ok(Export {
+        stream,
+        size,
+        flags,
+    })
+}
+
+// Generic netlink, and the NBD family's commands and attributes (<linux/nbd-netlink.h>).
+const NLMSG_ERROR: u16 = 2;
+const NLMSG_DONE: u16 = 3;
+const NLM_F_REQUEST: u16 = 1;
+const NLM_F_ACK: u16 = 4;
+const NLA_F_NESTED: u16 = 1 << 15;
+const NLA_TYPE_MASK: u16 = 0x3fff;
+const GENL_ID_CTRL: u16 = 0x10;
+const CTRL_CMD_GETFAMILY: u8 = 3;
+const CTRL_ATTR_FAMILY_ID: u16 = 1;
+const CTRL_ATTR_FAMILY_NAME: u16 = 2;
+const CTRL_ATTR_MCAST_GROUPS: u16 = 7;
+const CTRL_ATTR_MCAST_GRP_NAME: u16 = 1;
+const CTRL_ATTR_MCAST_GRP_ID: u16 = 2;
+const NBD_GENL_VERSION: u8 = 1;
+const NBD_CMD_CONNECT: u8 = 1;
+const NBD_CMD_DISCONNECT: u8 = 2;
+const NBD_CMD_RECONFIGURE: u8 = 3;
+const NBD_CMD_LINK_DEAD: u8 = 4;
+const NBD_ATTR_INDEX: u16 = 1;
+const NBD_ATTR_SIZE_BYTES: u16 = 2;
+const NBD_ATTR_BLOCK_SIZE_BYTES: u16 = 3;
+const NBD_ATTR_TIMEOUT: u16 = 4;
+const NBD_ATTR_SERVER_FLAGS: u16 = 5;
+const NBD_ATTR_SOCKETS: u16 = 7;
+const NBD_ATTR_DEAD_CONN_TIMEOUT: u16 = 8;
+const NBD_ATTR_BACKEND_IDENTIFIER: u16 = 10;
+const NBD_SOCK_ITEM: u16 = 1;
+const NBD_SOCK_FD: u16 = 1;
+
+/// Netlink attributes, built in a buffer.
+#[derive(Default)]
+struct Attrs(Vec<u8>);
+
+impl Attrs {
+    fn put(&mut self, kind: u16, payload: &[u8]) -> &mut Self {
+        self.0
+            .extend_from_slice(&((4 + payload.len()) as u16).to_ne_bytes());
+        self.0.extend_from_slice(&kind.to_ne_bytes());
+        self.0.extend_from_slice(payload);
+        while !self.0.len().is_multiple_of(4) {
+            self.0.push(0);
+        }
+        self
+    }
+
+    fn u32(&mut self, kind: u16, value: u32) -> &mut Self {
+        self.put(kind, &value.to_ne_bytes())
+    }
+
+    fn u64(&mut self, kind: u16, value: u64) -> &mut Self {
+        self.put(kind, &value.to_ne_bytes())
+    }
+
+    fn string(&mut self, kind: u16, value: &str) -> &mut Self {
+        let mut bytes = value.as_bytes().to_vec();
+        bytes.push(0);
+        self.put(kind, &bytes)
+    }
+
+    fn nested(&mut self, kind: u16, inner: &Attrs) -> &mut Self {
+        self.put(kind | NLA_F_NESTED, &inner.0)
+    }
+}
+
+/// The attributes in `data`: (type, payload) pairs; a truncated tail is ignored.
+fn parse_attrs(mut data: &[u8]) -> Vec<(u16, &[u8])> {
+    let mut attrs = Vec::new();
+    while data.len() >= 4 {
+        let len = u16::from_ne_bytes([data[0], data[1]]) as usize;
+        let kind = u16::from_ne_bytes([data[2], data[3]]) & NLA_TYPE_MASK;
+        if len < 4 || len > data.len() {
+            break;
+        }
+        attrs.push((kind, &data[4..len]));
+        data = &data[len.next_multiple_of(4).min(data.len())..];
+    }
+    attrs
+}
+
+fn attr<'a>(attrs: &[(u16, &'a [u8])], kind: u16) -> Option<&'a [u8]> {
+    attrs.iter().find(|(k, _)| *k == kind).map(|(_, v)| *v)
+}
+
+fn attr_u32(attrs: &[(u16, &[u8])], kind: u16) -> Option<u32> {
+    attr(attrs, kind)?
+        .get(..4)
+        .map(|b| u32::from_ne_bytes(b.try_into().expect("4 bytes")))
+}
+
+/// One message of a netlink reply: its type, and the generic netlink command and attributes.
+struct Message {
+    kind: u16,
+    seq: u32,
+    cmd: u8,
+    /// The negative errno of an NLMSG_ERROR (0: the acknowledgement).
+    error: i32,
+    attrs: Vec<u8>,
+}
+
+fn parse_messages(mut data: &[u8]) -> Vec<Message> {
+    let mut messages = Vec::new();
+    while data.len() >= 16 {
+        let len = u32::from_ne_bytes(data[0..4].try_into().expect("4 bytes")) as usize;
+        if len < 16 || len > data.len() {
+            break;
+        }
+        let kind = u16::from_ne_bytes([data[4], data[5]]);
+        let seq = u32::from_ne_bytes(data[8..12].try_into().expect("4 bytes"));
+        let body = &data[16..len];
+        let (cmd, error, attrs) = match kind {
+            NLMSG_ERROR if body.len() >= 4 => (
+                0,
+                i32::from_ne_bytes(body[0..4].try_into().expect("4 bytes")),
+                Vec::new(),
+            ),
+            _ if body.len() >= 4 => (body[0], 0, body[4..].to_vec()),
+            _ => (0, 0, Vec::new()),
+        };
+        messages.push(Message {
+            kind,
+            seq,
+            cmd,
+            error,
+            attrs,
+        });
+        data = &data[len.next_multiple_of(4).min(data.len())..];
+    }
+    messages
+}
+
+/// A generic netlink socket, bound to the NBD family.
+struct Genl {
+    fd: OwnedFd,
+    family: u16,
+    group: Option<u32>,
+    seq: u32,
+}
+
+impl Genl {
+    fn open() -> Result<Self> {
+        let failed = |e: nix::Error| Error::Failed(format!("netlink: {e}"));
+        let fd = socket(
+            AddressFamily::Netlink,
+            SockType::Raw,
+            SockFlag::SOCK_CLOEXEC,
+            SockProtocol::NetlinkGeneric,
+        )
+        .map_err(failed)?;
+        bind(fd.as_raw_fd(), &NetlinkAddr::new(0, 0)).map_err(failed)?;
+        let mut genl = Self {
+            fd,
+            family: GENL_ID_CTRL,
+            group: None,
+            seq: 0,
+        };
+        let mut attrs = Attrs::default();
+        attrs.string(CTRL_ATTR_FAMILY_NAME, "nbd");
+        let reply = genl
+            .request(CTRL_CMD_GETFAMILY, 1, &attrs)
+            .map_err(|e| match e {
+                Error::Failed(why) if why.contains("No such file") => Error::Failed(
+                    "the kernel has no NBD client: modprobe nbd (CONFIG_BLK_DEV_NBD)".into(),
+                ),
+                e => e,
+            })?;
+        let attrs = parse_attrs(&reply);
+        genl.family = attr(&attrs, CTRL_ATTR_FAMILY_ID)
+            .and_then(|b| b.get(..2))
+            .map(|b| u16::from_ne_bytes([b[0], b[1]]))
+            .ok_or_else(|| Error::Failed("netlink: no id for the nbd family".into()))?;
+        if let Some(groups) = attr(&attrs, CTRL_ATTR_MCAST_GROUPS) {
+            for (_, group) in parse_attrs(groups) {
+                let group = parse_attrs(group);
+                if attr(&group, CTRL_ATTR_MCAST_GRP_NAME) == Some(b"nbd_mc_group\0") {
+                    genl.group = attr_u32(&group, CTRL_ATTR_MCAST_GRP_ID);
+                }
+            }
+        }
+        Ok(genl)
+    }
+
+    fn receive(&self) -> nix::Result<Vec<Message>> {
+        let mut buf = vec![0u8; 65536];
+        let n = recv(self.fd.as_raw_fd(), &mut buf, MsgFlags::empty())?;
+        Ok(parse_messages(&buf[..n]))
+    }
+
+    /// Sends a command and waits for its acknowledgement; returns the reply's attributes (empty
+    /// when the command has no reply but the acknowledgement).
+    fn request(&mut self, cmd: u8, version: u8, attrs: &Attrs) -> Result<Vec<u8>> {
+        self.seq += 1;
+        let seq = self.seq;
+        let len = 16 + 4 + attrs.0.len();
+        let mut msg = Vec::with_capacity(len);
+        msg.extend_from_slice(&(len as u32).to_ne_bytes());
+        msg.extend_from_slice(&self.family.to_ne_bytes());
+        msg.extend_from_slice(&(NLM_F_REQUEST | NLM_F_ACK).to_ne_bytes());
+        msg.extend_from_slice(&seq.to_ne_bytes());
+        msg.extend_from_slice(&0u32.to_ne_bytes());
+        msg.extend_from_slice(&[cmd, version, 0, 0]);
+        msg.extend_from_slice(&attrs.0);
+        let failed = |e: nix::Error| Error::Failed(format!("netlink: {e}"));
+        send(self.fd.as_raw_fd(), &msg, MsgFlags::empty()).map_err(failed)?;
+        let mut reply = Vec::new();
+        loop {
+            for m in self.receive().map_err(failed)? {
+                if m.seq != seq {
+                    continue;
+                }
+                match m.kind {
+                    NLMSG_ERROR if m.error == 0 => return Ok(reply),
+                    NLMSG_ERROR => {
+                        return Err(Error::Failed(format!(
+                            "netlink: {}",
+                            nix::Error::from_raw(-m.error).desc()
+                        )))
+                    }
+                    NLMSG_DONE => return Ok(reply),
+                    _ => reply = m.attrs,
+                }
+            }
+        }
+    }
+
+    /// Joins the NBD family's multicast group, to hear of dead links.
+    fn subscribe(&self) -> Result<()> {
+        let group = self.group.ok_or_else(|| {
+            Error::Failed("netlink: the nbd family has no multicast group".into())
+        })?;
+        setsockopt(&self.fd, NetlinkAddMembership, &group)
+            .map_err(|e| Error::Failed(format!("netlink: cannot join the nbd group: {e}")))?;
+        setsockopt(&self.fd, sockopt::ReceiveTimeout, &TimeVal::new(1, 0))
+            .map_err(|e| Error::Failed(format!("netlink: {e}")))
+    }
+}
+
+/// `NETLINK_ADD_MEMBERSHIP`, which nix does not have.
+#[derive(Clone, Copy)]
+struct NetlinkAddMembership;
+
+impl nix::sys::socket::SetSockOpt for NetlinkAddMembership {
+    type Val = u32;
+
+    fn set<F: std::os::fd::AsFd>(&self, fd: &F, group: &u32) -> nix::Result<()> {
+        // SAFETY: `fd` is a live socket for the duration of the call, and the option's value is
+        // the 4 bytes of `group`, which outlive the call; the kernel only reads them.
+        let res = unsafe {
+            nix::libc::setsockopt(
+                fd.as_fd().as_raw_fd(),
+                nix::libc::SOL_NETLINK,
+                nix::libc::NETLINK_ADD_MEMBERSHIP,
+                std::ptr::from_ref(group).cast(),
+                std::mem::size_of::<u32>() as nix::libc::socklen_t,
+            )
+        };
+        nix::errno::Errno::result(res).map(drop)
+    }
+}
+
+fn sockets_attr(export: &Export) -> Attrs {
+    let mut fd = Attrs::default();
+    fd.u32(NBD_SOCK_FD, export.stream.as_raw_fd() as u32);
+    let mut item = Attrs::default();
+    item.nested(NBD_SOCK_ITEM, &fd);
+    item
+}
+
+/// The device of NBD index `index`.
+pub fn device_path(index: u32) -> PathBuf {
+    PathBuf::from(format!("/dev/nbd{index}"))
+}
+
+/// The index of an NBD device path (`/dev/nbd3` is 3).
+pub fn index_of(device: &Path) -> Result<u32> {
+    device
+        .file_name()
+        .and_then(|n| n.to_str())
+        .and_then(|n| n.strip_prefix("nbd"))
+        .and_then(|n| n.parse().ok())
+        .ok_or_else(|| Error::Usage(format!("{} is not an NBD device", device.display())))
+}
+
+/// Whether NBD device `index` has a live configuration (its `pid` file exists from the connect
+/// to the last disconnect).
+fn configured(index: u32) -> bool {
+    Path::new(&format!("/sys/block/nbd{index}/pid")).exists()
+}
+
+/// Asks the kernel to disconnect NBD device `index`.
+pub fn disconnect(index: u32) -> Result<()> {
+    let mut genl = Genl::open()?;
+    let mut attrs = Attrs::default();
+    attrs.u32(NBD_ATTR_INDEX, index);
+    genl.request(NBD_CMD_DISCONNECT, NBD_GENL_VERSION, &attrs)
+        .map(drop)
+}
+
+/// Hands a negotiated export to the kernel; returns the index of its device.
+fn kernel_connect(
+    genl: &mut Genl,
+    url: &NbdUrl,
+    export: &Export,
+    timeouts: Timeouts,
+) -> Result<u32> {
+    let mut attrs = Attrs::default();
+    attrs
+        .u64(NBD_ATTR_SIZE_BYTES, export.size)
+        .u64(NBD_ATTR_BLOCK_SIZE_BYTES, 512)
+        .u64(NBD_ATTR_TIMEOUT, timeouts.request_s)
+        .u64(NBD_ATTR_DEAD_CONN_TIMEOUT, timeouts.dead_conn_s)
+        .u64(NBD_ATTR_SERVER_FLAGS, u64::from(export.flags))
+        .string(NBD_ATTR_BACKEND_IDENTIFIER, &url.to_string())
+        .nested(NBD_ATTR_SOCKETS, &sockets_attr(export));
+    let reply = genl.request(NBD_CMD_CONNECT, NBD_GENL_VERSION, &attrs)?;
+    attr_u32(&parse_attrs(&reply), NBD_ATTR_INDEX)
+        .ok_or_else(|| Error::Failed("netlink: the kernel sent no NBD device index".into()))
+}
+
+/// Gives NBD device `index` a new connection in place of its dead one. The kernel wants the
+/// backend the device was connected with, so that a reconnect cannot swap in another export.
+fn kernel_reconfigure(genl: &mut Genl, index: u32, url: &NbdUrl, export: &Export) -> Result<()> {
+    let mut attrs = Attrs::default();
+    attrs
+        .u32(NBD_ATTR_INDEX, index)
+        .string(NBD_ATTR_BACKEND_IDENTIFIER, &url.to_string())
+        .nested(NBD_ATTR_SOCKETS, &sockets_attr(export));
+    genl.request(NBD_CMD_RECONFIGURE, NBD_GENL_VERSION, &attrs)
+        .map(drop)
+}
+
+/// A line from the keeper on stderr. The keeper outlives the command that started it, whose
+/// stderr may be a pipe nobody reads any more: a failed write must not end the keeper.
+fn note(text: std::fmt::Arguments) {
+    let _ = writeln!(std::io::stderr(), "dmmig: {text}");
+}
+
+/// `dmmig nbd keep`: connects `url` as a new NBD device, prints the device's path on stdout
+/// (the line its starter waits for), then keeps it connected until it is disconnected.
+pub fn keep(url: &NbdUrl, timeouts: Timeouts, stop: Arc<AtomicBool>) -> Result<()> {
+    // Subscribed before the connect: no dead link of the device can go unheard.
+    let events = Genl::open()?;
+    events.subscribe()?;
+    let mut genl = Genl::open()?;
+    let handshake_timeout = Duration::from_secs(timeouts.request_s.max(1));
+    let export = negotiate(url, handshake_timeout)?;
+    let size = export.size;
+    let index = kernel_connect(&mut genl, url, &export, timeouts)?;
+    drop(export);
+    let mut stdout = std::io::stdout();
+    let _ = writeln!(stdout, "{}", device_path(index).display());
+    let _ = stdout.flush();
+    let started = Instant::now();
+    loop {
+        if stop.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        // A connect is followed by the pid file at once; allow a moment before calling it gone.
+        if !configured(index) && started.elapsed() > Duration::from_secs(2) {
+            return Ok(());
+        }
+        let messages = match events.receive() {
+            Ok(m) => m,
+            Err(nix::Error::EAGAIN | nix::Error::EINTR) => continue,
+            Err(e) => return Err(Error::Failed(format!("netlink: {e}"))),
+        };
+        let dead = messages.iter().any(|m| {
+            m.kind == events.family
+                && m.cmd == NBD_CMD_LINK_DEAD
+                && attr_u32(&parse_attrs(&m.attrs), NBD_ATTR_INDEX) == Some(index)
+        });
+        if !dead {
+            continue;
+        }
+        note(format_args!(
+            "nbd{index}: the connection to {url} is dead; reconnecting"
+        ));
+        let mut tries = 0u64;
+        loop {
+            if stop.load(Ordering::Relaxed) || !configured(index) {
+                return Ok(());
+            }
+            tries += 1;
+            let attempt = negotiate(url, handshake_timeout).and_then(|export| {
+                if export.size != size {
+                    return Err(Error::Failed(format!(
+                        "the export's size changed from {size} to {} bytes",
+                        export.size
+                    )));
+                }
+                kernel_reconfigure(&mut genl, index, url, &export)
+            });
+            match attempt {
+                Ok(()) => {
+                    note(format_args!(
+                        "nbd{index}: reconnected to {url} (try {tries})"
+                    ));
+                    break;
+                }
+                Err(e) => {
+                    if tries == 1 || tries.is_multiple_of(30) {
+                        note(format_args!(
+                            "nbd{index}: reconnect failed (try {tries}): {e}"
+                        ));
+                    }
+                    std::thread::sleep(Duration::from_secs(1));
+                }
+            }
+        }
+    }
+}
+
+/// Starts a keeper (`dmmig nbd keep`) in a process group of its own, waits for it to connect,
+/// and returns the device's path. The keeper outlives this process.
+pub fn connect(url: &NbdUrl, timeouts: Timeouts) -> Result<PathBuf> {
+    use std::os::unix::process::CommandExt;
+    use std::process::{Command, Stdio};
+    let exe = std::env::current_exe()
+        .map_err(|e| Error::Failed(format!("cannot find dmmig's own path: {e}")))?;
+    let mut child = Command::new(exe)
+        .args(["nbd", "keep", "--timeout"])
+        .arg(timeouts.request_s.to_string())
+        .arg("--dead-conn-timeout")
+        .arg(timeouts.dead_conn_s.to_string())
+        .arg(url.to_string())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .process_group(0)
+        .spawn()
+        .map_err(|e| Error::Failed(format!("cannot start the NBD keeper: {e}")))?;
+    let stdout = child.stdout.take().expect("a piped stdout");
+    let mut line = String::new();
+    let _ = BufReader::new(stdout).read_line(&mut line);
+    let device = line.trim();
+    if device.is_empty() {
+        // The keeper said why on stderr, which is ours.
+        let status = child.wait().ok();
+        return Err(Error::Failed(format!(
+            "cannot attach {url} ({})",
+            status.map_or("the keeper failed".to_string(), |s| format!("keeper: {s}"))
+        )));
+    }
+    Ok(PathBuf::from(device))
+}
+
+/// The export an NBD device was connected to (its `backend` file), if it is one of ours.
+pub fn backend(index: u32) -> Option<String> {
+    fs::read_to_string(format!("/sys/block/nbd{index}/backend"))
+        .ok()
+        .map(|s| s.trim().to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_urls() {
+        assert_eq!(NbdUrl::parse("/dev/sdb").unwrap(), None);
+        assert_eq!(
+            NbdUrl::parse("nbd://10.0.0.2/disk1").unwrap(),
+            Some(NbdUrl {
+                host: "10.0.0.2".into(),
+                port: DEFAULT_PORT,
+                export: "disk1".into()
+            })
+        );
+        let url = NbdUrl::parse("nbd://store:10810/vm1/root")
+            .unwrap()
+            .unwrap();
+        assert_eq!((url.host.as_str(), url.port), ("store", 10810));
+        assert_eq!(url.export, "vm1/root");
+        assert_eq!(url.to_string(), "nbd://store:10810/vm1/root");
+        assert_eq!(NbdUrl::parse("nbd://store").unwrap().unwrap().export, "");
+        for bad in [
+            "nbd:///x",
+            "nbd://h:0/x",
+            "nbd://h:99999/x",
+            "nbd://h:port/x",
+        ] {
+            assert!(matches!(NbdUrl::parse(bad), Err(Error::Usage(_))), "{bad}");
+        }
+    }
+
+    #[test]
+    fn attributes_round_trip() {
+        let mut fd = Attrs::default();
+        fd.u32(NBD_SOCK_FD, 7);
+        let mut inner = Attrs::default();
+        inner.nested(NBD_SOCK_ITEM, &fd);
+        let mut attrs = Attrs::default();
+        attrs
+            .u64(NBD_ATTR_SIZE_BYTES, 1 << 30)
+            .string(NBD_ATTR_BACKEND_IDENTIFIER, "nbd://h:1/e")
+            .nested(NBD_ATTR_SOCKETS, &inner);
+        assert_eq!(attrs.0.len() % 4, 0);
+        let parsed = parse_attrs(&attrs.0);
+        assert_eq!(parsed.len(), 3);
+        assert_eq!(
+            attr(&parsed, NBD_ATTR_SIZE_BYTES),
+            Some(&(1u64 << 30).to_ne_bytes()[..])
+        );
+        assert_eq!(
+            attr(&parsed, NBD_ATTR_BACKEND_IDENTIFIER),
+            Some(&b"nbd://h:1/e\0"[..])
+        );
+        let sockets = parse_attrs(attr(&parsed, NBD_ATTR_SOCKETS).unwrap());
+        assert_eq!(sockets[0].0, NBD_SOCK_ITEM);
+        assert_eq!(attr_u32(&parse_attrs(sockets[0].1), NBD_SOCK_FD), Some(7));
+    }
+
+    #[test]
+    fn truncated_attributes_are_ignored() {
+        let mut attrs = Attrs::default();
+        attrs.u32(NBD_ATTR_INDEX, 3);
+        let mut bytes = attrs.0.clone();
+        bytes.extend_from_slice(&[200, 0, 1, 0]);
+        assert_eq!(parse_attrs(&bytes).len(), 1);
+    }
+}
