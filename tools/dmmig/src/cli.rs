@@ -146,11 +146,12 @@ pub enum Command {
         #[arg(long)]
         no_metadata: bool,
         /// For an nbd:// destination: seconds an NBD request may take before the connection is
-        /// called dead and reconnected (default 10).
+        /// called dead (default 10). Before the switch a dead connection cancels the migration,
+        /// which leaves the disk on its origin; after it, the connection is reconnected.
         #[arg(long, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..))]
         nbd_timeout: Option<u64>,
-        /// For an nbd:// destination: seconds the kernel holds requests for a reconnect before
-        /// it fails them, and the migration with them (default 30).
+        /// For an nbd:// destination: seconds the kernel holds requests for a reconnect after
+        /// the switch before it fails them (default 30).
         #[arg(long, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..))]
         nbd_dead_conn_timeout: Option<u64>,
     },
@@ -245,8 +246,9 @@ pub enum Command {
 #[derive(Debug, Subcommand)]
 pub enum NbdCommand {
     /// Connect nbd://HOST[:PORT]/EXPORT as a new /dev/nbdN and print its path. A keeper process
-    /// stays behind and reconnects whenever the kernel reports the connection dead, until the
-    /// device is disconnected.
+    /// stays behind until the device is disconnected: when the kernel reports the connection
+    /// dead, it cancels a migration onto the device that has not switched (and disconnects the
+    /// device), and otherwise reconnects. It logs to the kernel log.
     Connect {
         /// nbd://HOST[:PORT]/EXPORT (port 10809 by default).
         url: String,

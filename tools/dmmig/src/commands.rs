@@ -577,7 +577,7 @@ fn nbd_command(action: crate::cli::NbdCommand) -> Result<()> {
             timeout,
             dead_conn_timeout,
         } => {
-            let device = crate::nbd::connect(
+            let (device, _keeper) = crate::nbd::connect(
                 &url(&text)?,
                 Timeouts {
                     request_s: timeout,

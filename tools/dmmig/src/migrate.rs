@@ -259,6 +259,8 @@ struct Created {
     meta_given: Option<PathBuf>,
     /// The NBD device an nbd:// destination was connected as.
     nbd: Option<PathBuf>,
+    /// Its keeper, which exits when it gives the device up.
+    nbd_keeper: Option<std::process::Child>,
 }
 
 impl Created {
@@ -650,7 +652,9 @@ pub fn run_move(
         .flatten()
     {
         Some(url) => {
-            nbd_device = crate::nbd::connect(&url, opts.nbd)?;
+            let keeper;
+            (nbd_device, keeper) = crate::nbd::connect(&url, opts.nbd)?;
+            created.nbd_keeper = Some(keeper);
             eprintln!("dmmig: {url} is {}", nbd_device.display());
             created.nbd = Some(nbd_device.clone());
             nbd_device.as_path()
@@ -802,6 +806,12 @@ pub fn run_move(
     let (destination, seconds, longest) = match result {
         Ok(done) => done,
         Err(e) => {
+            // The NBD keeper gives up a migration whose destination's link died before the
+            // switch: it cancels it, disconnects the device and exits (a timeout ends none).
+            let keeper_gave_up = created
+                .nbd_keeper
+                .as_mut()
+                .is_some_and(|keeper| matches!(keeper.try_wait(), Ok(Some(_))));
             if destination_in_use {
                 eprintln!(
                     "dmmig: '{name}' may still use {}: it is left in place (see 'dmmig table {name}')",
@@ -816,7 +826,15 @@ pub fn run_move(
                     MoveRecord::remove(name);
                 }
             }
-            return Err(e);
+            return Err(match e {
+                Error::Failed(why) if keeper_gave_up => Error::Failed(format!(
+                    "{why} (the NBD connection to the destination died; the keeper gave up \
+                         the migration and disconnected it, which leaves every write on the \
+                         origin: see dmmig's lines in the kernel log, and run the move again to \
+                         retry)"
+                )),
+                e => e,
+            });
         }
     };
     // The disk is on the destination now: what `move` made is the disk's, keep it.

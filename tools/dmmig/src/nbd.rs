@@ -9,12 +9,27 @@
 //! The connection is held by a keeper: a `dmmig nbd keep` process that outlives the command that
 //! started it. It subscribes to the NBD family's multicast group *before* it connects, so that it
 //! sees every `NBD_CMD_LINK_DEAD` of its device (the kernel sends one when a request times out or
-//! the socket fails), and then reconnects: a new handshake and `NBD_CMD_RECONFIGURE` with the new
-//! socket, tried once a second for as long as the device is configured. Meanwhile the kernel
-//! holds the device's requests for up to the dead-connection timeout and fails them after it; a
-//! failed write to a migration's destination fails the migration, which leaves the disk on its
-//! origin with every write. The keeper ends when the device is disconnected (`dmmig nbd
-//! disconnect`, or `NBD_CMD_DISCONNECT` from any tool).
+//! the socket fails). What it does then depends on who uses the device:
+//!
+//! * The destination of a migration that has not switched: the keeper cancels the migration
+//!   (message `cancel`) and disconnects the device, so that the requests the kernel holds fail
+//!   at once. The origin has every write, so giving up is safe, and it is the only safe choice:
+//!   a request sent on the dead connection may still reach the server after newer writes sent
+//!   on a new one (TCP retransmits what the dead socket had not delivered, and the server may
+//!   still be working through what it had), and a stale copy write that lands after a mirrored
+//!   guest write would be a lost write after the switch. The move is run again to retry.
+//! * Anything else (a switched migration, which refuses the cancel; a `linear` on the device
+//!   after the move finished; no user): the device is the only copy, so the keeper reconnects,
+//!   as `nbd-client -persist` does: a new handshake and `NBD_CMD_RECONFIGURE` with the new socket,
+//!   tried once a second for as long as the device is configured. To narrow the window for a
+//!   late request from the dead connection, the socket carries `TCP_USER_TIMEOUT` (half the
+//!   request timeout, so TCP gives up on undelivered data before the kernel calls the link dead),
+//!   and the keeper lets that much time pass again before it reconnects. Meanwhile the kernel
+//!   holds the device's requests for up to the dead-connection timeout and fails them after it.
+//!
+//! The keeper logs to the kernel log (`/dev/kmsg`, as `dmmig[PID]: nbdN: ...`): it has no
+//! terminal once its starter has gone. It ends when the device is disconnected (`dmmig nbd
+//! disconnect`, or `NBD_CMD_DISCONNECT` from any tool) or connected anew by someone else.
 
 use std::fs;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -23,7 +38,7 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use nix::sys::socket::{
     bind, recv, send, setsockopt, socket, sockopt, AddressFamily, MsgFlags, NetlinkAddr, SockFlag,
@@ -101,6 +116,14 @@ pub struct Timeouts {
     pub dead_conn_s: u64,
 }
 
+impl Timeouts {
+    /// The socket's `TCP_USER_TIMEOUT`: half the request timeout, so that TCP drops a connection
+    /// with undelivered data before the kernel calls it dead and requeues its requests.
+    pub fn tcp_user_timeout(&self) -> Duration {
+        Duration::from_millis((self.request_s * 1000 / 2).max(500))
+    }
+}
+
 impl Default for Timeouts {
     fn default() -> Self {
         Self {
@@ -160,8 +183,10 @@ fn send_option(stream: &mut TcpStream, option: u32, data: &[u8]) -> std::io::Res
     stream.write_all(&msg)
 }
 
-/// Connects to the server and negotiates `url`'s export; fails within about `timeout`.
-pub fn negotiate(url: &NbdUrl, timeout: Duration) -> Result<Export> {
+/// Connects to the server and negotiates `url`'s export; fails within about `timeout`. The
+/// socket's `TCP_USER_TIMEOUT` is set to `user_timeout`: how long TCP may keep trying to deliver
+/// data before it drops the connection.
+pub fn negotiate(url: &NbdUrl, timeout: Duration, user_timeout: Duration) -> Result<Export> {
     let failed = |what: String| Error::Failed(format!("NBD server {url}: {what}"));
     let addrs: Vec<_> = (url.host.as_str(), url.port)
         .to_socket_addrs()
@@ -188,6 +213,12 @@ pub fn negotiate(url: &NbdUrl, timeout: Duration) -> Result<Export> {
     stream.set_read_timeout(Some(timeout)).map_err(io)?;
     stream.set_write_timeout(Some(timeout)).map_err(io)?;
     stream.set_nodelay(true).map_err(io)?;
+    setsockopt(
+        &stream,
+        sockopt::TcpUserTimeout,
+        &u32::try_from(user_timeout.as_millis()).unwrap_or(u32::MAX),
+    )
+    .map_err(|e| failed(format!("TCP_USER_TIMEOUT: {e}")))?;
 
     if read_u64(&mut stream).map_err(io)? != NBDMAGIC {
         return Err(failed("not an NBD server (no NBDMAGIC)".into()));
@@ -560,10 +591,11 @@ pub fn index_of(device: &Path) -> Result<u32> {
         .ok_or_else(|| Error::Usage(format!("{} is not an NBD device", device.display())))
 }
 
-/// Whether NBD device `index` has a live configuration (its `pid` file exists from the connect
-/// to the last disconnect).
-fn configured(index: u32) -> bool {
-    Path::new(&format!("/sys/block/nbd{index}/pid")).exists()
+/// Whether NBD device `index` is still the one this process connected: its `pid` file exists
+/// from the connect to the last disconnect, and holds the pid of the task that connected it.
+fn still_ours(index: u32) -> bool {
+    fs::read_to_string(format!("/sys/block/nbd{index}/pid"))
+        .is_ok_and(|pid| pid.trim() == std::process::id().to_string())
 }
 
 /// Asks the kernel to disconnect NBD device `index`.
@@ -608,10 +640,150 @@ fn kernel_reconfigure(genl: &mut Genl, index: u32, url: &NbdUrl, export: &Export
         .map(drop)
 }
 
-/// A line from the keeper on stderr. The keeper outlives the command that started it, whose
-/// stderr may be a pipe nobody reads any more: a failed write must not end the keeper.
+/// A line from the keeper, to the kernel log: the keeper outlives the command that started it,
+/// and has no terminal to write to after that. It goes to stderr too, for as long as the starter
+/// reads it (a failed write there must not end the keeper).
 fn note(text: std::fmt::Arguments) {
-    let _ = writeln!(std::io::stderr(), "dmmig: {text}");
+    let line = format!("dmmig[{}]: {text}", std::process::id());
+    // <13>: facility user, level notice.
+    if let Ok(mut kmsg) = fs::OpenOptions::new().write(true).open("/dev/kmsg") {
+        let _ = kmsg.write_all(format!("<13>{line}\n").as_bytes());
+    }
+    let _ = writeln!(std::io::stderr(), "{line}");
+}
+
+/// What a dead link means for the users of an NBD device.
+#[derive(Debug, PartialEq, Eq)]
+enum AfterDeadLink {
+    /// Some migration onto the device was cancelled: its origin has every write, and the device
+    /// is to be disconnected.
+    GiveUp(Vec<String>),
+    /// The device holds the only copy of its data (or nobody uses it): reconnect.
+    Reconnect,
+}
+
+/// The device-mapper devices stacked on NBD device `index`: (kernel name, dm name).
+fn dm_holders(index: u32) -> Vec<(String, String)> {
+    let Ok(entries) = fs::read_dir(format!("/sys/block/nbd{index}/holders")) else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|entry| {
+            let kernel_name = entry.ok()?.file_name().to_str()?.to_string();
+            let name = fs::read_to_string(format!("/sys/block/{kernel_name}/dm/name")).ok()?;
+            Some((kernel_name, name.trim().to_string()))
+        })
+        .collect()
+}
+
+/// The state of the migration on dm device `kernel_name` (its sysfs `migrate/state`).
+fn migration_state(kernel_name: &str) -> String {
+    fs::read_to_string(format!("/sys/block/{kernel_name}/migrate/state"))
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
+}
+
+/// How long a `cancel` may wait before the keeper stops waiting for it. The target answers at
+/// once unless the cancel waits for the migration's metadata lock, which a progress commit holds
+/// while it drains the mirrored writes and flushes the destination: I/O the dead connection
+/// holds. The switch needs that lock after its own destination flush, so while the cancel waits
+/// there, no switch can complete before the held I/O ends, and failing it (the disconnect) fails
+/// the migration onto the origin. The only other holder is a switch whose destination flush
+/// has succeeded, writing its phase to the local metadata device, which takes milliseconds; the
+/// state read meanwhile turns `switched` when it is done.
+const CANCEL_WAIT: Duration = Duration::from_secs(3);
+
+/// What one migration onto a dead device comes to.
+#[derive(Debug, PartialEq, Eq)]
+enum Verdict {
+    /// Cancelled, or already failed or cancelled: its origin has every write.
+    OnOrigin,
+    /// Switched: the device is its only copy.
+    Switched,
+    /// The cancel is held up behind I/O on the dead connection; no switch can complete first.
+    Stuck,
+}
+
+/// Cancels the migration on dm device `name` (kernel name `kernel_name`; its `migrate` line
+/// starts at `sector`), and tells what became
+/// of it. The target decides atomically: it refuses `cancel` once switched.
+fn cancel_migration(kernel_name: &str, name: &str, sector: u64) -> Verdict {
+    let (sender, receiver) = std::sync::mpsc::channel();
+    let target = name.to_string();
+    // The cancel may block in the kernel (see CANCEL_WAIT): in a thread of its own, which the
+    // disconnect releases.
+    std::thread::spawn(move || {
+        let accepted = crate::dm::Dm::open()
+            .and_then(|dm| dm.message(&target, sector, "cancel"))
+            .is_ok();
+        let _ = sender.send(accepted);
+    });
+    let started = std::time::Instant::now();
+    loop {
+        match receiver.recv_timeout(Duration::from_millis(100)) {
+            Ok(true) => return Verdict::OnOrigin,
+            Ok(false) | Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                return match migration_state(kernel_name).as_str() {
+                    "failed" | "cancelled" => Verdict::OnOrigin,
+                    // Refused: switched. Anything else (the table changed meanwhile): the safe
+                    // side for data the device may hold alone is to keep it connected.
+                    _ => Verdict::Switched,
+                };
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                match migration_state(kernel_name).as_str() {
+                    "switched" => return Verdict::Switched,
+                    "failed" | "cancelled" => return Verdict::OnOrigin,
+                    _ if started.elapsed() >= CANCEL_WAIT => return Verdict::Stuck,
+                    _ => {}
+                }
+            }
+        }
+    }
+}
+
+/// Decides what to do about the dead link of NBD device `index`, cancelling every migration
+/// onto it that has not switched.
+fn after_dead_link(index: u32) -> AfterDeadLink {
+    let Ok(dev) = fs::read_to_string(format!("/sys/block/nbd{index}/dev")) else {
+        return AfterDeadLink::Reconnect;
+    };
+    let holders = dm_holders(index);
+    if holders.is_empty() {
+        return AfterDeadLink::Reconnect;
+    }
+    let Ok(dm) = crate::dm::Dm::open() else {
+        note(format_args!(
+            "nbd{index}: cannot open /dev/mapper/control to check its users; reconnecting"
+        ));
+        return AfterDeadLink::Reconnect;
+    };
+    let mut on_origin = Vec::new();
+    for (kernel_name, name) in holders {
+        let migrate_line = dm.table(&name).ok().and_then(|table| {
+            table.into_iter().find(|line| {
+                line.target_type == "migrate" && line.params.split(' ').nth(1) == Some(dev.trim())
+            })
+        });
+        let Some(line) = migrate_line else {
+            continue;
+        };
+        match cancel_migration(&kernel_name, &name, line.start) {
+            Verdict::OnOrigin => on_origin.push(name),
+            Verdict::Stuck => {
+                note(format_args!(
+                    "nbd{index}: the cancel of {name} waits for I/O on the dead connection"
+                ));
+                on_origin.push(name);
+            }
+            Verdict::Switched => {}
+        }
+    }
+    if on_origin.is_empty() {
+        AfterDeadLink::Reconnect
+    } else {
+        AfterDeadLink::GiveUp(on_origin)
+    }
 }
 
 /// `dmmig nbd keep`: connects `url` as a new NBD device, prints the device's path on stdout
@@ -622,25 +794,24 @@ pub fn keep(url: &NbdUrl, timeouts: Timeouts, stop: Arc<AtomicBool>) -> Result<(
     events.subscribe()?;
     let mut genl = Genl::open()?;
     let handshake_timeout = Duration::from_secs(timeouts.request_s.max(1));
-    let export = negotiate(url, handshake_timeout)?;
+    let user_timeout = timeouts.tcp_user_timeout();
+    let export = negotiate(url, handshake_timeout, user_timeout)?;
     let size = export.size;
     let index = kernel_connect(&mut genl, url, &export, timeouts)?;
     drop(export);
     let mut stdout = std::io::stdout();
     let _ = writeln!(stdout, "{}", device_path(index).display());
     let _ = stdout.flush();
-    let started = Instant::now();
+    note(format_args!("nbd{index}: connected to {url}"));
     loop {
-        if stop.load(Ordering::Relaxed) {
-            return Ok(());
-        }
-        // A connect is followed by the pid file at once; allow a moment before calling it gone.
-        if !configured(index) && started.elapsed() > Duration::from_secs(2) {
+        if stop.load(Ordering::Relaxed) || !still_ours(index) {
             return Ok(());
         }
         let messages = match events.receive() {
             Ok(m) => m,
-            Err(nix::Error::EAGAIN | nix::Error::EINTR) => continue,
+            // ENOBUFS: the socket overflowed and some multicast was lost. A lost LINK_DEAD only
+            // makes the kernel fail the held requests after the dead-connection timeout.
+            Err(nix::Error::EAGAIN | nix::Error::EINTR | nix::Error::ENOBUFS) => continue,
             Err(e) => return Err(Error::Failed(format!("netlink: {e}"))),
         };
         let dead = messages.iter().any(|m| {
@@ -648,19 +819,33 @@ pub fn keep(url: &NbdUrl, timeouts: Timeouts, stop: Arc<AtomicBool>) -> Result<(
                 && m.cmd == NBD_CMD_LINK_DEAD
                 && attr_u32(&parse_attrs(&m.attrs), NBD_ATTR_INDEX) == Some(index)
         });
-        if !dead {
+        if !dead || !still_ours(index) {
             continue;
+        }
+        if let AfterDeadLink::GiveUp(names) = after_dead_link(index) {
+            note(format_args!(
+                "nbd{index}: the connection to {url} is dead before the switch: gave up the \
+                 migration of {} onto it (the origin has every write), disconnecting",
+                names.join(", ")
+            ));
+            if let Err(e) = disconnect(index) {
+                note(format_args!("nbd{index}: disconnect failed: {e}"));
+            }
+            return Ok(());
         }
         note(format_args!(
             "nbd{index}: the connection to {url} is dead; reconnecting"
         ));
+        // What the dead socket had not delivered is dropped by TCP within its user timeout;
+        // a new connection writes only after that.
+        std::thread::sleep(user_timeout);
         let mut tries = 0u64;
         loop {
-            if stop.load(Ordering::Relaxed) || !configured(index) {
+            if stop.load(Ordering::Relaxed) || !still_ours(index) {
                 return Ok(());
             }
             tries += 1;
-            let attempt = negotiate(url, handshake_timeout).and_then(|export| {
+            let attempt = negotiate(url, handshake_timeout, user_timeout).and_then(|export| {
                 if export.size != size {
                     return Err(Error::Failed(format!(
                         "the export's size changed from {size} to {} bytes",
@@ -690,8 +875,11 @@ pub fn keep(url: &NbdUrl, timeouts: Timeouts, stop: Arc<AtomicBool>) -> Result<(
 }
 
 /// Starts a keeper (`dmmig nbd keep`) in a process group of its own, waits for it to connect,
-/// and returns the device's path. The keeper outlives this process.
-pub fn connect(url: &NbdUrl, timeouts: Timeouts) -> Result<PathBuf> {
+/// and returns the device's path and the keeper. The keeper outlives this process (nothing
+/// needs to wait for it); its stderr is read only
+/// until it has connected, so that nothing it writes later can hold up or break a caller that
+/// collects this process's output.
+pub fn connect(url: &NbdUrl, timeouts: Timeouts) -> Result<(PathBuf, std::process::Child)> {
     use std::os::unix::process::CommandExt;
     use std::process::{Command, Stdio};
     let exe = std::env::current_exe()
@@ -702,24 +890,38 @@ pub fn connect(url: &NbdUrl, timeouts: Timeouts) -> Result<PathBuf> {
         .arg("--dead-conn-timeout")
         .arg(timeouts.dead_conn_s.to_string())
         .arg(url.to_string())
+        .current_dir("/")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
         .process_group(0)
         .spawn()
         .map_err(|e| Error::Failed(format!("cannot start the NBD keeper: {e}")))?;
     let stdout = child.stdout.take().expect("a piped stdout");
+    let stderr = child.stderr.take().expect("a piped stderr");
     let mut line = String::new();
     let _ = BufReader::new(stdout).read_line(&mut line);
     let device = line.trim();
     if device.is_empty() {
-        // The keeper said why on stderr, which is ours.
+        let mut why = String::new();
+        let _ = BufReader::new(stderr).read_to_string(&mut why);
         let status = child.wait().ok();
+        let why = why
+            .lines()
+            .map(|l| l.split_once("]: ").map_or(l, |(_, text)| text))
+            .map(|l| l.strip_prefix("dmmig: ").unwrap_or(l))
+            .collect::<Vec<_>>()
+            .join("; ");
         return Err(Error::Failed(format!(
-            "cannot attach {url} ({})",
-            status.map_or("the keeper failed".to_string(), |s| format!("keeper: {s}"))
+            "cannot attach {url}: {}",
+            if why.is_empty() {
+                status.map_or("the keeper failed".to_string(), |s| format!("keeper: {s}"))
+            } else {
+                why
+            }
         )));
     }
-    Ok(PathBuf::from(device))
+    Ok((PathBuf::from(device), child))
 }
 
 /// The export an NBD device was connected to (its `backend` file), if it is one of ours.
