@@ -170,6 +170,48 @@ wait_keeper_gone() {
 # reference: the disconnect, and the last close).
 disconnected() { [ ! -e "/sys/block/${1#/dev/}/pid" ] || fail "$1 is still connected"; }
 
+# connect_export NAME: NBD=the device `dmmig nbd connect` made of export NAME, checked for its
+# size and backend.
+connect_export() {
+	NBD=$("$DMMIG" nbd connect "nbd://$server_ip/$1" --timeout $nbd_timeout \
+		--dead-conn-timeout $dead_conn_timeout) || fail "dmmig nbd connect failed"
+	_nbd_devices+=("$NBD")
+	[ "$(sectors "$NBD")" = 65536 ] || fail "$NBD has $(sectors "$NBD") sectors, not 65536"
+	grep -q "nbd://$server_ip:$port/$1" "/sys/block/${NBD#/dev/}/backend" ||
+		fail "$NBD's backend is '$(cat "/sys/block/${NBD#/dev/}/backend")'"
+}
+
+# moved_to NAME: NBD=the device dmmig move NAME said it attached.
+moved_to() {
+	NBD=$(sed -n 's/.* is \(\/dev\/nbd[0-9]*\)$/\1/p' "$TEST_TMP/move-$1.log")
+	[ -b "$NBD" ] || fail "move printed no NBD device"
+	_nbd_devices+=("$NBD")
+}
+
+# cut_and_reconnect NBD: the link is down longer than the request timeout, then back; the
+# keeper of NBD must log a reconnect.
+cut_and_reconnect() {
+	local reconnects
+	reconnects=$(count_log "${1#/dev/}: reconnected")
+	cut_link
+	sleep $((nbd_timeout + 3))
+	restore_link
+	wait_log "${1#/dev/}: reconnected" "$reconnects" $dead_conn_timeout
+}
+
+# end_on_server NAME NBD: the writer stops and verifies, the disk and NBD let go of the export,
+# and the server's own image holds every block the writer last wrote.
+end_on_server() {
+	sleep 1
+	stop_writer "$1"
+	dmsetup remove "$DEV_PREFIX-$1"
+	"$DMMIG" nbd disconnect "$2" || fail "dmmig nbd disconnect failed"
+	wait_keeper_gone "$1"
+	disconnected "$2"
+	stop_server
+	verify_image "$1" "$SERVER_IMAGE"
+}
+
 # --- 1. A cut during the copy: the keeper cancels, the move fails onto the origin.
 serve one 32
 make_disk one
@@ -193,11 +235,9 @@ grep -q "the keeper gave up the migration" "$TEST_TMP/move-one.log" ||
 [ "$(dmsetup table "$DEV_PREFIX-one")" = "$original" ] ||
 	fail "one is not back on its origin: $(dmsetup table "$DEV_PREFIX-one")"
 [ -e "$DISK_IMAGE" ] || fail "the origin image of one is gone"
-nbd=$(sed -n 's/.* is \(\/dev\/nbd[0-9]*\)$/\1/p' "$TEST_TMP/move-one.log")
-[ -n "$nbd" ] || fail "move printed no NBD device"
-_nbd_devices+=("$nbd")
+moved_to one
 wait_keeper_gone one
-disconnected "$nbd"
+disconnected "$NBD"
 restore_link
 stop_writer one
 stop_server
@@ -206,13 +246,8 @@ diag "1. the link cut during the copy: cancelled onto the origin, every block ve
 # --- 2. The mirror phase: no_switch, in sync, under the writer.
 serve two 32
 make_disk two
-nbd=$("$DMMIG" nbd connect "nbd://$server_ip/two" --timeout $nbd_timeout \
-	--dead-conn-timeout $dead_conn_timeout) || fail "dmmig nbd connect failed"
-_nbd_devices+=("$nbd")
-[ "$(sectors "$nbd")" = 65536 ] || fail "$nbd has $(sectors "$nbd") sectors, not 65536"
-grep -q "nbd://$server_ip:$port/two" "/sys/block/${nbd#/dev/}/backend" ||
-	fail "$nbd's backend is '$(cat "/sys/block/${nbd#/dev/}/backend")'"
-dm_reload two "0 65536 migrate $DISK_ORIGIN $nbd 1 no_switch"
+connect_export two
+dm_reload two "0 65536 migrate $DISK_ORIGIN $NBD 1 no_switch"
 wait_state two synced
 start_writer two
 sleep 2
@@ -224,7 +259,7 @@ restore_link
 sleep 1
 stop_writer two
 dm_reload two "0 65536 linear $DISK_ORIGIN 0"
-disconnected "$nbd"
+disconnected "$NBD"
 stop_server
 diag "2. the link cut in the mirror phase: cancelled, the origin has every write"
 
@@ -235,50 +270,24 @@ start_writer three
 "$DMMIG" move "$DEV_PREFIX-three" "nbd://$server_ip/three" --max-rate 8192 --min-rate 0 --no-progress \
 	--nbd-timeout $nbd_timeout --nbd-dead-conn-timeout $dead_conn_timeout >"$TEST_TMP/move-three.log" 2>&1 ||
 	{ sed 's/^/# /' "$TEST_TMP/move-three.log"; fail "the move to nbd:// failed"; }
-nbd=$(sed -n 's/.* is \(\/dev\/nbd[0-9]*\)$/\1/p' "$TEST_TMP/move-three.log")
-[ -b "$nbd" ] || fail "move printed no NBD device"
-_nbd_devices+=("$nbd")
-[ "$(dmsetup table "$DEV_PREFIX-three")" = "0 65536 linear $(devnum "$nbd") 0" ] ||
-	fail "three is not on $nbd: $(dmsetup table "$DEV_PREFIX-three")"
+moved_to three
+[ "$(dmsetup table "$DEV_PREFIX-three")" = "0 65536 linear $(devnum "$NBD") 0" ] ||
+	fail "three is not on $NBD: $(dmsetup table "$DEV_PREFIX-three")"
 [ -e "$DISK_IMAGE" ] && fail "the old image of three is still there"
-reconnects=$(count_log "${nbd#/dev/}: reconnected")
 sleep 1
-cut_link
-sleep $((nbd_timeout + 3))
-restore_link
-wait_log "${nbd#/dev/}: reconnected" "$reconnects" $dead_conn_timeout
-sleep 1
-stop_writer three
-dmsetup remove "$DEV_PREFIX-three"
-"$DMMIG" nbd disconnect "$nbd" || fail "dmmig nbd disconnect failed"
-wait_keeper_gone three
-disconnected "$nbd"
-stop_server
-verify_image three "$SERVER_IMAGE"
+cut_and_reconnect "$NBD"
+end_on_server three "$NBD"
 diag "3. a cut of $((nbd_timeout + 3)) s after the move: reconnected, the server has every last write"
 
 # --- 4. A switched migration, before userspace swaps the table: the cancel is refused.
 serve four 32
 make_disk four
-nbd=$("$DMMIG" nbd connect "nbd://$server_ip/four" --timeout $nbd_timeout \
-	--dead-conn-timeout $dead_conn_timeout) || fail "dmmig nbd connect failed"
-_nbd_devices+=("$nbd")
-dm_reload four "0 65536 migrate $DISK_ORIGIN $nbd 0"
+connect_export four
+dm_reload four "0 65536 migrate $DISK_ORIGIN $NBD 0"
 wait_state four switched
 start_writer four
-reconnects=$(count_log "${nbd#/dev/}: reconnected")
-cut_link
-sleep $((nbd_timeout + 3))
-restore_link
-wait_log "${nbd#/dev/}: reconnected" "$reconnects" $dead_conn_timeout
+cut_and_reconnect "$NBD"
 [ "$(migrate_state four)" = switched ] || fail "four is '$(migrate_state four)' after the reconnect"
-sleep 1
-stop_writer four
-dmsetup remove "$DEV_PREFIX-four"
-"$DMMIG" nbd disconnect "$nbd" || fail "dmmig nbd disconnect failed"
-wait_keeper_gone four
-disconnected "$nbd"
-stop_server
-verify_image four "$SERVER_IMAGE"
+end_on_server four "$NBD"
 diag "4. a cut of $((nbd_timeout + 3)) s after the switch: reconnected, the server has every last write"
 pass
