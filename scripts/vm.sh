@@ -85,6 +85,9 @@ chmod +x "$work/initramfs/init" "$work/initramfs/sbin/modprobe"
 tsc_khz=$(awk -F: '/^cpu MHz/ { printf "%d", $2 * 1000; exit }' /proc/cpuinfo)
 clock_args="tsc=reliable${tsc_khz:+ tsc_early_khz=$tsc_khz}"
 
+# The console prints warnings (loglevel=5: levels 0 to 4): a WARN, a lockdep or a debug-objects
+# report reaches the console, and the check below, whatever a test does with the kernel log.
+
 # Two CPUs, so that map, end_io and the copier really run at the same time. The kernel has no
 # ACPI and finds CPUs in SeaBIOS's MP table, which lists one CPU per socket: QEMU's default
 # topology for -smp 2 (one socket, two cores) would leave the guest with a single CPU.
@@ -95,7 +98,7 @@ status=0
 timeout --foreground -k 10 "$timeout_s" qemu-system-x86_64 \
 	-accel tcg -cpu max -smp "$smp" -m "${VM_MEM:-2G}" -nographic -no-reboot -nodefaults -serial stdio \
 	-kernel "$kernel_image" -initrd "$work/initramfs.cpio" \
-	-append "console=ttyS0 panic=-1 oops=panic loglevel=4 quiet $clock_args" \
+	-append "console=ttyS0 panic=-1 oops=panic loglevel=5 $clock_args" \
 	-virtfs local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap \
 	-virtfs "local,path=$results,mount_tag=results,security_model=none" \
 	${VM_EXTRA_ARGS:-} \

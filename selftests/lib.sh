@@ -25,6 +25,8 @@ export DMMIG_STATE_DIR=$TEST_TMP/dmmig-state
 
 _loops=()
 _nullbs=()
+# The kernel log's mark where this test began (the runner's, or this script's own: see log_mark).
+_log_mark=${KSFT_LOG_MARK:-}
 
 diag() { printf '# %s\n' "$*"; }
 pass() { exit $KSFT_PASS; }
@@ -227,18 +229,37 @@ dm_sysfs() {
 	echo "/sys/block/$(dmsetup info -c --noheadings -o blkdevname "$DEV_PREFIX-$1")"
 }
 
+# log_mark: marks the kernel log, so that log_since prints only what was logged after the mark.
+# The log is never cleared: a warning, a lockdep or a debug-objects report from earlier in the test
+# must stay for the runner, which reads the whole test's log after it ends.
+log_mark() {
+	_log_mark="ksft-migrate: mark $$.$RANDOM.$SECONDS"
+	# Level 6 (info): a mark is not a warning, and need not reach the console.
+	echo "<6>$_log_mark" >/dev/kmsg || fail "cannot write to /dev/kmsg"
+}
+
+# log_since: the kernel log after the last log_mark (all of it if there was none). A mark that
+# has left the ring buffer prints nothing, which fails whichever check looked for a line.
+log_since() {
+	if [ -n "${_log_mark:-}" ]; then
+		dmesg | awk -v mark="$_log_mark" 'seen { print } index($0, mark) { seen = 1 }'
+	else
+		dmesg
+	fi
+}
+
 # expect_reject TABLE MESSAGE: the table must be refused and the kernel must say why.
 expect_reject() {
 	local table=$1 message=$2 name out
 	name=reject-$RANDOM
-	dmesg -C
+	log_mark
 	if out=$(dmsetup create "$DEV_PREFIX-$name" --table "$table" 2>&1); then
 		fail "table accepted: '$table'"
 	fi
 	dmsetup ls | grep -q "^$DEV_PREFIX-$name" && fail "rejected table left a device behind: '$table'"
-	if ! dmesg | grep -qF "migrate: $message"; then
+	if ! log_since | grep -qF "migrate: $message"; then
 		diag "dmsetup said: $out"
-		diag "kernel said: $(dmesg | tail -3)"
+		diag "kernel said: $(log_since | tail -3)"
 		fail "no '$message' in the kernel log for '$table'"
 	fi
 	diag "rejected as expected: '$table' -> $message"
@@ -350,3 +371,6 @@ wait_field() {
 		sleep 0.2
 	done
 }
+
+# Run alone, outside the runner, a test marks the kernel log itself where it begins.
+[ -n "$_log_mark" ] || log_mark

@@ -14,7 +14,7 @@ make_loop origin2 16
 len=$(sectors "$origin")
 hog_seconds=10
 
-dmesg -C
+log_mark
 hold_cpus $hog_seconds
 start=$SECONDS
 # Create (construct + resume) and suspend at once; then resume, suspend and remove again.
@@ -32,8 +32,8 @@ dmsetup remove "$DEV_PREFIX-idle" || fail "remove of the idle device failed"
 diag "the control steps took $((SECONDS - start)) s of the ${hog_seconds} s window"
 release_cpus
 
-if dmesg | grep -q "dm_put_device call missing"; then
-	dmesg | grep "dm_put_device call missing" | sed 's/^/# /'
+if log_since | grep -q "dm_put_device call missing"; then
+	log_since | grep "dm_put_device call missing" | sed 's/^/# /'
 	fail "a target was destroyed without putting its devices: its state leaked"
 fi
 # The devices are free: nothing holds the loop devices open.

@@ -23,7 +23,7 @@ diag "crashed at [${crash_status#*migrate }]"
 crash_recover any
 resumed=$recovered_copied
 [ -n "$resumed" ] || fail "no metadata line in the kernel log"
-dmesg | grep -q "Metadata: resuming the copy" || fail "the recovery did not resume the copy"
+log_since | grep -q "Metadata: resuming the copy" || fail "the recovery did not resume the copy"
 # Bytes the recovery copied, from the status once it had switched.
 bytes=$(awk '{ print $8 }' <<<"$finished_status")
 diag "resumed at $resumed of $total regions ($copied copied at the crash), copied $bytes bytes"

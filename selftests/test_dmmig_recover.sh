@@ -18,6 +18,8 @@ len=$(sectors "$old")
 disk=$DEV_PREFIX-disk
 dmsetup create "$disk" --table "0 $len linear $old 0" || fail "create failed"
 fio_verify_write "/dev/mapper/$disk" 64 "$TEST_TMP/fio.log"
+# fio's verify accepts any intact block of any fio run; the bytes themselves are the disk.
+snapshot "/dev/mapper/$disk" "$TEST_TMP/disk1"
 "$DMMIG" move "$disk" "$new_img" --no-progress --rate 8192 >"$TEST_TMP/move.log" 2>&1 &
 mover=$!
 until [ "$(migrate_field disk 2 2>/dev/null | cut -d/ -f1)" -ge 256 ] 2>/dev/null; do
@@ -36,13 +38,13 @@ done
 "$DMMIG" inspect "$new_img.dmmig-meta" | sed 's/^/# /'
 "$DMMIG" --json inspect "$new_img.dmmig-meta" >"$TEST_TMP/inspect.json" || fail "inspect failed"
 grep -q '"phase": "copying"' "$TEST_TMP/inspect.json" || fail "inspect: $(cat "$TEST_TMP/inspect.json")"
-dmesg -C
+log_mark
 "$DMMIG" recover "$disk" --no-progress >"$TEST_TMP/recover.log" 2>&1 ||
 	{ sed 's/^/# /' "$TEST_TMP/recover.log"; fail "dmmig recover failed"; }
 sed 's/^/# /' "$TEST_TMP/recover.log"
-resumed=$(dmesg | sed -n 's/.*Metadata: resuming the copy, \([0-9]*\)\/.*/\1/p' | head -1)
+resumed=$(log_since | sed -n 's/.*Metadata: resuming the copy, \([0-9]*\)\/.*/\1/p' | head -1)
 diag "copied $copied regions before the crash, resumed at ${resumed:-?}"
-[ -n "$resumed" ] && [ "$resumed" -ge $((copied - 64)) ] || fail "did not resume: $(dmesg | tail -5)"
+[ -n "$resumed" ] && [ "$resumed" -ge $((copied - 64)) ] || fail "did not resume: $(log_since | tail -5)"
 new=$(losetup -j "$new_img" | cut -d: -f1)
 _loops+=("$new")
 [ "$(dmsetup table "$disk")" = "0 $len linear $(devnum "$new") 0" ] || fail "table: $(dmsetup table "$disk")"
@@ -50,6 +52,7 @@ _loops+=("$new")
 [ -e "$new_img.dmmig-meta" ] && fail "the metadata is still there"
 [ -e "$DMMIG_STATE_DIR/$disk.json" ] && fail "the record is still there"
 fio_verify_only "/dev/mapper/$disk" 64 "$TEST_TMP/verify.log"
+same_bytes "/dev/mapper/$disk" "$TEST_TMP/disk1"
 dmsetup remove "$disk" || fail "remove failed"
 
 # A switched move, from paths: the disk comes back on the destination with no copy.
@@ -64,6 +67,8 @@ len=$(sectors "$o")
 dmsetup create "$disk" --table "0 $len migrate $o $d 2 metadata $m" || fail "create failed"
 wait_state disk switched
 fio_verify_write "/dev/mapper/$disk" 16 "$TEST_TMP/fio2.log"
+# The destination held the first move's fio blocks, which fio's verify would accept: compare bytes.
+snapshot "/dev/mapper/$disk" "$TEST_TMP/disk2"
 dmsetup remove "$disk" || fail "remove failed"
 losetup -d "$o" "$m"
 "$DMMIG" inspect "$meta" | grep -q "phase switched" || fail "inspect: $("$DMMIG" inspect "$meta")"
@@ -72,4 +77,5 @@ losetup -d "$o" "$m"
 [ "$(dmsetup table "$disk")" = "0 $len linear $(devnum "$d") 0" ] || fail "table: $(dmsetup table "$disk")"
 [ -e "$old_img" ] && fail "the old image is still there"
 fio_verify_only "/dev/mapper/$disk" 16 "$TEST_TMP/verify2.log"
+same_bytes "/dev/mapper/$disk" "$TEST_TMP/disk2"
 pass

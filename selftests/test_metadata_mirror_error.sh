@@ -28,9 +28,9 @@ dmsetup load "$DEV_PREFIX-ld" --table "0 $len linear $dest 0" &&
 	dmsetup suspend "$DEV_PREFIX-ld" && dmsetup resume "$DEV_PREFIX-ld" || fail "cannot heal"
 dmsetup remove "$DEV_PREFIX-mig" || fail "remove failed"
 dm_reload lo "0 $len linear $origin 0"
-dmesg -C
-dm_create mig "$table" || fail "the table was refused: $(dmesg | tail -2)"
-diag "$(dmesg | grep Metadata)"
+log_mark
+dm_create mig "$table" || fail "the table was refused: $(log_since | tail -2)"
+diag "$(log_since | grep Metadata)"
 wait_state mig switched 60
 dmsetup remove "$DEV_PREFIX-mig" || fail "remove failed"
 cmp -n 4096 "$TEST_TMP/block" "$dest" >/dev/null ||

@@ -51,11 +51,11 @@ expect_reject "0 $len migrate $origin $dest 2 commit_interval 100" \
 	"commit_interval needs a metadata device"
 # None of the refusals wrote to it: the right pair resumes where it was.
 cmp "$meta" "$TEST_TMP/meta.good" >/dev/null || fail "a refused table changed the metadata"
-dmesg -C
+log_mark
 dm_create mig "$table" || fail "the right pair was refused"
 copied=$(migrate_field mig 2 | cut -d/ -f1)
 [ "$copied" -ge 64 ] || fail "the right pair resumed at $copied regions, not at 64 or more"
-dmesg | grep -q "Metadata: resuming the copy" || fail "no resume in the log: $(dmesg | tail -3)"
+log_since | grep -q "Metadata: resuming the copy" || fail "no resume in the log: $(log_since | tail -3)"
 dmsetup message "$DEV_PREFIX-mig" 0 rate 0 || fail "rate failed"
 wait_state mig switched
 dmsetup remove "$DEV_PREFIX-mig" || fail "remove failed"

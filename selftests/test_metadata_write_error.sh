@@ -23,7 +23,7 @@ fio_verify_write "$(dm_path mig)" 32 "$TEST_TMP/fio.log"
 wait_state mig failed 30
 [ "$(migrate_field mig 8)" = metadata_write_error ] ||
 	fail "reason: $(dmsetup status "$DEV_PREFIX-mig")"
-dmesg | grep -q "Migration failed (metadata_write_error)" || fail "no failure in the log"
+log_since | grep -q "Migration failed (metadata_write_error)" || fail "no failure in the log"
 fio_verify_only "$(dm_path mig)" 32 "$TEST_TMP/verify.log"
 dmsetup remove "$DEV_PREFIX-mig" || fail "remove failed"
 fio_verify_only "$origin" 32 "$TEST_TMP/verify-origin.log"

@@ -146,13 +146,13 @@ wait_copied() {
 }
 
 # The keeper logs to the kernel log; count_log TEXT counts its lines with TEXT.
-count_log() { dmesg | grep -c -- "$1"; }
+count_log() { log_since | grep -c -- "$1"; }
 
 # wait_log TEXT COUNT SECONDS: waits until the kernel log has more than COUNT lines with TEXT.
 wait_log() {
 	local start=$SECONDS
 	until [ "$(count_log "$1")" -gt "$2" ]; do
-		[ $((SECONDS - start)) -lt "$3" ] || { dmesg | grep dmmig | tail -5 | sed 's/^/# /'; fail "no '$1' in the kernel log"; }
+		[ $((SECONDS - start)) -lt "$3" ] || { log_since | grep dmmig | tail -5 | sed 's/^/# /'; fail "no '$1' in the kernel log"; }
 		sleep 0.5
 	done
 }
@@ -230,7 +230,7 @@ wait $mover && fail "the move succeeded with the link cut"
 	fail "the move failed $((SECONDS - cut_at)) s after the cut: the keeper did not act"
 sed 's/^/# /' "$TEST_TMP/move-one.log"
 grep -q "the keeper gave up the migration" "$TEST_TMP/move-one.log" ||
-	{ dmesg | grep -E 'dmmig|dm_migrate' | tail -8 | sed 's/^/# /'; false; } ||
+	{ log_since | grep -E 'dmmig|dm_migrate' | tail -8 | sed 's/^/# /'; false; } ||
 	fail "the keeper did not give up the migration (the NBD requests timed out instead?)"
 [ "$(dmsetup table "$DEV_PREFIX-one")" = "$original" ] ||
 	fail "one is not back on its origin: $(dmsetup table "$DEV_PREFIX-one")"

@@ -39,20 +39,20 @@ cases=(
 )
 for c in "${cases[@]}"; do
 	IFS='|' read -r words reason verb <<<"$c"
-	dmesg -C
+	log_mark
 	# shellcheck disable=SC2086
 	out=$(dmsetup message "$name" 0 $words 2>&1) && fail "message '$words' accepted"
 	echo "$out" | grep -q 'Invalid argument' || fail "'$words': unexpected error: $out"
-	dmesg | grep -qF "$reason \"$verb\"" ||
-		fail "'$words': no '$reason \"$verb\"' in the kernel log: $(dmesg | tail -2)"
+	log_since | grep -qF "$reason \"$verb\"" ||
+		fail "'$words': no '$reason \"$verb\"' in the kernel log: $(log_since | tail -2)"
 	[ "$(dmsetup status "$name")" = "$before" ] || fail "'$words' changed the status"
 done
 diag "${#cases[@]} malformed messages refused"
 dmsetup message "$name" 0 rate 0 && dmsetup message "$name" 0 resume || fail "resume failed"
 wait_state msg switched 60
-dmesg -C
+log_mark
 dmsetup message "$name" 0 cancel 2>/dev/null && fail "cancel accepted after the switch"
-dmesg | grep -qF 'Migration already switched "cancel"' || fail "no reason for the refused cancel"
+log_since | grep -qF 'Migration already switched "cancel"' || fail "no reason for the refused cancel"
 dmsetup remove "$name" || fail "remove failed"
 same_bytes "$origin" "$dest"
 pass

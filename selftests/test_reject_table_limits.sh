@@ -11,18 +11,18 @@ make_loop origin2 8
 make_loop dest2 8
 len=$(sectors "$origin")
 
-dmesg -C
+log_mark
 dmsetup create --readonly "$DEV_PREFIX-ro" --table "0 $len migrate $origin $dest" 2>/dev/null &&
 	fail "read-only table accepted"
-dmesg | grep -qF "migrate: Read-only table: the copy writes the destination" ||
-	fail "no reason logged for the read-only table: $(dmesg | tail -3)"
+log_since | grep -qF "migrate: Read-only table: the copy writes the destination" ||
+	fail "no reason logged for the read-only table: $(log_since | tail -3)"
 
-dmesg -C
+log_mark
 printf '0 %d migrate %s %s\n%d %d migrate %s %s\n' "$len" "$origin" "$dest" "$len" "$len" \
 	"$origin2" "$dest2" | dmsetup create "$DEV_PREFIX-two" 2>/dev/null &&
 	fail "two migrate targets accepted"
-dmesg | grep -qF "migrate: Only one migrate target per table" ||
-	fail "no reason logged for two targets: $(dmesg | tail -3)"
+log_since | grep -qF "migrate: Only one migrate target per table" ||
+	fail "no reason logged for two targets: $(log_since | tail -3)"
 dmsetup ls | grep -q "^$DEV_PREFIX-two" && fail "refused table left a device behind"
 # The refusal left no trace in the registry: a single target of the same devices works.
 dm_create one "0 $len migrate $origin2 $dest2" || fail "create after refusal failed"

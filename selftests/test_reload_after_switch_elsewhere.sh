@@ -16,12 +16,12 @@ dm_create sw "0 $len migrate $a $b" || fail "create failed"
 wait_state sw switched 60
 head -c $((1 << 20)) /dev/urandom >"$TEST_TMP/w"
 dd if="$TEST_TMP/w" of="$(dm_path sw)" bs=64k oflag=direct status=none || fail "write failed"
-dmesg -C
+log_mark
 dmsetup load "$name" --table "0 $len migrate $a $c" || fail "load failed"
 dmsetup suspend "$name" || fail "suspend failed"
 dmsetup resume "$name" 2>/dev/null && fail "a table copying the stale origin was resumed"
-dmesg | grep -qF "The device's last migration switched to other devices" ||
-	fail "no reason logged: $(dmesg | tail -3)"
+log_since | grep -qF "The device's last migration switched to other devices" ||
+	fail "no reason logged: $(log_since | tail -3)"
 dmsetup info "$name" | grep -q '^State: *SUSPENDED' || fail "not left suspended"
 # Going back to the switched table keeps it switched (the refusal did not forget the switch).
 dmsetup load "$name" --table "0 $len migrate $a $b" && dmsetup resume "$name" ||
