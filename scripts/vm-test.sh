@@ -26,6 +26,20 @@ failed=$(grep -cE '^not ok [0-9]+ ' "$tap" 2>/dev/null)
 planned=$(sed -n 's/^1\.\.//p' "$tap" 2>/dev/null | head -1)
 passed=${passed:-0} failed=${failed:-0} skipped=${skipped:-0} planned=${planned:-0}
 
+# A skip is a failure unless selftests/skips-allowed allows that test to skip for that reason:
+# a tool or a module gone missing must not turn a run green.
+while read -r name reason; do
+	allowed=""
+	while IFS=$'\t' read -r test pattern; do
+		case $test in "" | "#"*) continue ;; esac
+		[ "$test" = "$name" ] && [[ $reason == *"$pattern"* ]] && allowed=1
+	done <"$REPO_ROOT/selftests/skips-allowed"
+	if [ -z "$allowed" ]; then
+		echo "vm-test: $name skipped, which is not allowed: ${reason:-no reason given}" >&2
+		failed=$((failed + 1))
+	fi
+done < <(sed -n 's/^ok [0-9]* \(test_[^ ]*\) # SKIP *\(.*\)$/\1 \2/p' "$tap" 2>/dev/null)
+
 problem=""
 if [ "$vm_status" -eq 125 ]; then
 	problem="the VM crashed, hung or logged a kernel bug"
