@@ -47,8 +47,11 @@ vm-module: module
 	@$(MAKE) -s -C $(KDIR) LLVM=$(LLVM) M=$(CURDIR) INSTALL_MOD_PATH=$(dir $(KDIR))modroot \
 		INSTALL_MOD_DIR=extra modules_install
 
+# The engine's and dmmig's tests, and the tests of the suite's own checkers (harness_test.py:
+# the crash tests' verifier must call every bad disk state bad).
 test-userspace: setup
 	cargo test --workspace
+	python3 selftests/harness_test.py
 
 # The userspace tools (dmmig), which the VM tests run from target/debug.
 tools: setup

@@ -4,16 +4,19 @@
 
     crashwriter.py write DEV FIRST COUNT SEED LOG
         Writes 4 KiB blocks at random among blocks FIRST..FIRST+COUNT of DEV with O_DIRECT,
-        one at a time, until killed, and appends "BLOCK SEQ" to LOG after each write returned
-        (was acknowledged). Every block's content names its block and a sequence number unique
-        to the write, and the rest is derived from both, so any complete write can be told
-        from any other and from garbage.
+        one at a time, until killed. LOG starts with a line "seed SEED" (written before the
+        first write), then gets "BLOCK SEQ" after each write returned (was acknowledged).
+        Every block's content names its block and a sequence number unique to the write (the
+        seed is its high bits), and the rest is derived from both, so any complete write can be
+        told from any other and from garbage.
 
     crashwriter.py verify DEV BLOCKS INITIAL LOG...
         Checks blocks 0..BLOCKS of DEV: a block the logs name must hold its last logged write
-        or a later one of this writer (one in flight at the crash may have landed); a block
-        they do not name must hold its INITIAL content (a file) or a write of this writer.
-        Prints every violation and exits 1 if there is any.
+        or a later one of the same writer (one in flight at the crash may have landed); a block
+        they do not name must hold its INITIAL content (a file) or a write of one of these
+        writers. A write of a writer whose seed no log names (an earlier run's) is stale data.
+        A log that is /dev/null stands for no writer at all. Prints every violation and exits
+        1 if there is any.
 """
 
 import hashlib
@@ -49,6 +52,7 @@ def write(dev, first, count, seed, log):
     buf = mmap.mmap(-1, BLOCK)
     # Sequence numbers are unique across writers: the seed picks the high bits.
     seq = seed << 40
+    os.write(logfd, b"seed %d\n" % seed)
     while True:
         seq += 1
         block = first + rng.randrange(count)
@@ -61,13 +65,23 @@ def write(dev, first, count, seed, log):
 
 def verify(dev, blocks, initial, logs):
     last = {}
+    seeds = set()
     for log in logs:
         with open(log, "rb") as f:
+            if log != "/dev/null":
+                header = f.readline().split()
+                if len(header) != 2 or header[0] != b"seed":
+                    print(f"# {log}: no seed line: not a log of this writer")
+                    return 1
+                seeds.add(int(header[1]))
             for line in f:
                 # A line cut by the kill is not a logged write.
                 if not line.endswith(b"\n"):
                     continue
                 block, seq = map(int, line.split())
+                if seq >> 40 not in seeds:
+                    print(f"# {log}: write {seq} is not of the writer the log names")
+                    return 1
                 last[block] = max(last.get(block, 0), seq)
     bad = 0
     with open(dev, "rb", buffering=0) as d, open(initial, "rb") as init:
@@ -75,7 +89,10 @@ def verify(dev, blocks, initial, logs):
             data = d.read(BLOCK)
             orig = init.read(BLOCK)
             found = parse(data)
-            if found is not None and found[0] != block:
+            if found is not None and found[1] >> 40 not in seeds:
+                print(f"# block {block} holds write {found[1]} of another run's writer (stale)")
+                bad += 1
+            elif found is not None and found[0] != block:
                 print(f"# block {block} holds block {found[0]}'s write {found[1]}")
                 bad += 1
             elif block in last:
@@ -83,7 +100,7 @@ def verify(dev, blocks, initial, logs):
                     print(f"# block {block}: acknowledged write {last[block]} lost "
                           f"({'initial content' if data == orig else 'garbage'})")
                     bad += 1
-                elif found[1] < last[block]:
+                elif found[1] < last[block] or found[1] >> 40 != last[block] >> 40:
                     print(f"# block {block}: acknowledged write {last[block]} lost "
                           f"(older write {found[1]})")
                     bad += 1
