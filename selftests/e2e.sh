@@ -116,7 +116,9 @@ sleep "$SETTLE_S"
 step "dmmig move vm1-disk -> new.img at $RATE KiB/s, under the nested guest's writer"
 move_first=$(wc -l <write.log)
 started=$(date +%s)
+# The move's own status, not tee's: a failed move must fail the run here, whatever it printed.
 "$DMMIG" move vm1-disk "$scratch/new.img" --rate "$RATE" --no-progress | tee move.log
+[ "${PIPESTATUS[0]}" -eq 0 ] || fail "dmmig move failed"
 move_s=$(($(date +%s) - started))
 move_last=$(wc -l <write.log)
 pause_ms=$(sed -n 's/.*longest I\/O pause \([0-9.]*\) ms.*/\1/p' move.log)

@@ -14,12 +14,23 @@ _loops+=("$old")
 len=$(sectors "$old")
 disk=$DEV_PREFIX-disk
 dmsetup create "$disk" --table "0 $len linear $old 0" || fail "create failed"
+# 2 MiB/s per job: the writes go on for 8 s, longer than the move's copy (4 s at 16 MiB/s).
 fio --name=guest "${fio_job[@]}" --size=16M --offset_increment=16M --filename="/dev/mapper/$disk" \
-	--output="$TEST_TMP/fio.log" &
+	--rate=2m --output="$TEST_TMP/fio.log" &
 writer=$!
 sleep 1
-"$DMMIG" move "$disk" "$new_img" --no-progress --rate 16384 >"$TEST_TMP/move.log" 2>&1 ||
-	{ sed 's/^/# /' "$TEST_TMP/move.log"; fail "dmmig move failed"; }
+"$DMMIG" move "$disk" "$new_img" --no-progress --rate 16384 >"$TEST_TMP/move.log" 2>&1 &
+mover=$!
+# The guest's writes overlap the copy: the disk completes writes while the migrate table copies.
+wait_migrate_table "$disk"
+writes() { awk '{ print $5 }' "/sys/block/$(dmsetup info -c --noheadings -o blkdevname "$disk")/stat"; }
+before=$(writes)
+sleep 0.5
+after=$(writes)
+state=$(dmsetup status "$disk" | awk '$3 == "migrate" { print $4 }')
+diag "writes completed in 0.5 s of the copy: $((after - before)) (state '$state')"
+[ "$after" -gt "$before" ] && [ "$state" = copying ] || fail "the guest's writes did not overlap the copy"
+wait $mover || { sed 's/^/# /' "$TEST_TMP/move.log"; fail "dmmig move failed"; }
 sed 's/^/# /' "$TEST_TMP/move.log"
 wait $writer || { sed 's/^/# /' "$TEST_TMP/fio.log"; fail "fio failed during the move"; }
 grep -q 'err= 0' "$TEST_TMP/fio.log" || fail "fio reported errors"

@@ -20,13 +20,23 @@ dm_create mig "0 $len migrate $origin $dest 3 metadata $(dm_path lm) no_switch" 
 wait_state mig synced
 # Metadata writes take a second from now on.
 dm_reload lm "0 $mlen delay $meta 0 0 $meta 0 1000"
-dd if=/dev/urandom of="$(dm_path mig)" bs=4096 count=1 oflag=direct status=none &
+head -c 4096 /dev/urandom >"$TEST_TMP/w0"
+head -c 4096 /dev/urandom >"$TEST_TMP/w1"
+dd if="$TEST_TMP/w0" of="$(dm_path mig)" bs=4096 count=1 oflag=direct status=none &
+writer0=$!
 sleep 0.3
-dd if=/dev/urandom of="$(dm_path mig)" bs=4096 count=1 seek=1024 oflag=direct status=none &
+dd if="$TEST_TMP/w1" of="$(dm_path mig)" bs=4096 count=1 seek=1024 oflag=direct status=none &
+writer1=$!
 sleep 0.3
 dmsetup message "$DEV_PREFIX-mig" 0 cancel || fail "cancel failed"
-wait || fail "a write failed"
+wait $writer0 || fail "the first write failed"
+wait $writer1 || fail "the second write failed"
 [ "$(migrate_state mig)" = cancelled ] || fail "state: $(migrate_state mig)"
+# Cancelled: the origin is the disk, and holds both writes.
+blockdev --flushbufs "$origin"
+cmp -n 4096 "$TEST_TMP/w0" "$origin" || fail "the first write is not on the origin"
+cmp -n 4096 -i 0:$((1024 * 4096)) "$TEST_TMP/w1" "$origin" || fail "the second write is not on the origin"
+cmp -n 4096 "$TEST_TMP/w0" "$(dm_path mig)" || fail "the first write does not read back"
 pid=
 for f in /proc/[0-9]*/comm; do
 	[ "$(cat "$f" 2>/dev/null)" = dm-migrate/metadata ] && pid=${f#/proc/} && pid=${pid%/comm}

@@ -7,6 +7,7 @@
 load_migrate
 kmodprobe dm-flakey || skip "dm-flakey is not available"
 dmmig=$REPO_ROOT/target/debug/dmmig
+[ -x "$dmmig" ] || fail "dmmig is not built ($dmmig)"
 make_loop origin 8
 make_loop disk 8
 len=$(sectors "$origin")
@@ -16,10 +17,8 @@ wait_state mig synced 60
 event=$(dmsetup info -c --noheadings -o events "$DEV_PREFIX-mig")
 timeout 20 dmsetup wait "$DEV_PREFIX-mig" "$event" &
 waiter=$!
-if [ -x "$dmmig" ]; then
-	timeout 20 "$dmmig" wait "$DEV_PREFIX-mig" "$event" >/dev/null &
-	dmmig_waiter=$!
-fi
+timeout 20 "$dmmig" wait "$DEV_PREFIX-mig" "$event" >/dev/null &
+dmmig_waiter=$!
 head -c $((1 << 20)) /dev/urandom >"$TEST_TMP/d"
 writer() {
 	while :; do
@@ -31,9 +30,7 @@ writer_pid=$!
 sleep 0.5
 dm_reload flaky "0 $len flakey $disk 0 0 1 1 error_writes"
 wait $waiter || fail "dmsetup wait did not return: no event for the failure"
-if [ -n "${dmmig_waiter:-}" ]; then
-	wait "$dmmig_waiter" || fail "dmmig wait did not return"
-fi
+wait "$dmmig_waiter" || fail "dmmig wait did not return"
 sleep 0.5
 kill -0 $writer_pid 2>/dev/null || fail "the writer saw an error"
 kill $writer_pid
