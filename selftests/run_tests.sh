@@ -41,7 +41,7 @@ for t in "${tests[@]}"; do
 	echo "# $name: $((SECONDS - started)) s"
 	dmesg | awk -v mark="$mark" 'seen { print } index($0, mark) { seen = 1 }' >"$klog"
 	if ! dmesg | grep -qF "$mark"; then
-		echo "# $name: the kernel log's mark is gone (the log overflowed): its warnings cannot be checked"
+		echo "# $name: the kernel log's mark is gone (the log was cleared or overflowed): its warnings cannot be checked"
 		rc=1
 	elif grep -qE 'BUG:|WARNING:|Oops|Call Trace:|possible recursive locking|circular locking' "$klog"; then
 		sed 's/^/# dmesg: /' "$klog" | tail -40
