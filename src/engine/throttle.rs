@@ -527,45 +527,76 @@ mod tests {
     #[test]
     fn under_a_trace_the_guest_keeps_its_latency_and_the_copy_still_finishes() {
         // A trace: idle 1 s, busy 5 s, idle 1 s, busy 5 s.
-        let mut c = RateController::new(10240, 0);
-        let mut copied_kib = 0;
+        // The copy itself runs at most 400 MiB/s on this device.
+        let (floor, cost, device_kibps) = (10240, 3, 400 * 1024);
+        let mut c = RateController::new(floor, 0);
+        // The KiB copied while the guest was busy, and in how many intervals.
+        let (mut loaded_kib, mut loaded_ticks) = (0, 0);
         let mut trace = std::vec::Vec::new();
         for (busy_phase, ticks) in [(false, 10), (true, 50), (false, 10), (true, 50)] {
             for _ in 0..ticks {
                 let limit = c.limit_kibps();
                 let load = if busy_phase {
-                    guest_beside_copy(limit, 3)
+                    guest_beside_copy(limit, cost)
                 } else {
                     IDLE
                 };
-                // The copy itself runs at most 400 MiB/s on this device.
                 let rate = if limit == 0 {
-                    400 * 1024
+                    device_kibps
                 } else {
-                    limit.min(400 * 1024)
+                    limit.min(device_kibps)
                 };
-                copied_kib += rate / 10;
+                if busy_phase {
+                    loaded_kib += rate / 10;
+                    loaded_ticks += 1;
+                }
                 trace.push((busy_phase, load, c.tick(load)));
             }
         }
+        let latency = |load: GuestLoad| load.latency_ns / load.completed;
+        let floor_latency = latency(guest_beside_copy(floor, cost));
+        assert_eq!(floor_latency, 100_000 + 10 * 3 * 100);
         for (i, &(busy_phase, load, limit)) in trace.iter().enumerate() {
-            assert!(limit == 0 || limit >= 10240, "tick {i}: below the floor");
+            assert!(limit == 0 || limit >= floor, "tick {i}: below the floor");
             if busy_phase && i % 60 > 15 {
                 // After settling, the guest's latency stays within LOWER_PERCENT of what it
                 // has beside a copy at the floor, plus one step of overshoot.
-                let latency = load.latency_ns / load.completed;
-                let floor_latency = 100_000 + 10 * 3 * 100;
+                let latency = latency(load);
                 assert!(
                     latency * 100 <= floor_latency * (LOWER_PERCENT + 10),
                     "tick {i}: latency {latency} ns against {floor_latency} ns at the floor"
                 );
             }
         }
-        // The idle phases ran flat out; the copy moved at least its floor all along.
+        // The idle phases ran flat out.
         assert_eq!(trace[9].2, 0);
         assert_eq!(trace[69].2, 0);
-        assert!(copied_kib >= 12 * 10240);
+        // The bytes copied under load alone, not the idle phases', are bounded on both sides.
+        // The copy moved at least its floor all along.
+        assert!(
+            loaded_kib >= loaded_ticks * floor / 10,
+            "{loaded_kib} KiB copied under load, below the floor"
+        );
+        // The controller learns that the guest arrived at the end of the guest's first
+        // interval, which the copy ran at the ceiling; from then on it starts at the floor and
+        // rises only while the guest's latency is within RAISE_PERCENT of its baseline, by one
+        // step past it at most.
+        let raise_kibps = (1..device_kibps / 1024)
+            .map(|mibps| mibps * 1024)
+            .take_while(|&kibps| {
+                latency(guest_beside_copy(kibps, cost)) * 100 <= floor_latency * RAISE_PERCENT
+            })
+            .last()
+            .unwrap();
+        let step_kibps = (floor / 2).max(MIN_STEP_KIBPS);
+        let arrivals = 2;
+        let most_kib = arrivals * device_kibps / 10
+            + (loaded_ticks - arrivals) * (raise_kibps + step_kibps) / 10;
+        assert!(
+            loaded_kib <= most_kib,
+            "{loaded_kib} KiB copied under load, more than the guest leaves ({most_kib} KiB)"
+        );
         // The controller went above the floor while the guest could take it.
-        assert!(trace.iter().any(|&(b, _, l)| b && l > 10240));
+        assert!(trace.iter().any(|&(b, _, l)| b && l > floor));
     }
 }

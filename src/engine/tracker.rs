@@ -964,14 +964,23 @@ mod tests {
             sector: u64,
             len: u64,
         },
+        /// A write where the copy is: `back` sectors before the copier's cursor, so that also
+        /// on a large device writes meet the batches in flight and the chunk boundaries the
+        /// copy crosses.
+        WriteAtCopy {
+            back: u64,
+            len: u64,
+        },
         Read {
             sector: u64,
             len: u64,
         },
         Flush,
-        /// One half of a write in flight completes; a destination half may fail.
+        /// One half of a write in flight completes: the destination's (`dest_half`) or the
+        /// origin's, or the other one when that has already; a destination half may fail.
         Complete {
             pick: usize,
+            dest_half: bool,
             dest_fails: bool,
         },
         /// The copier takes a round for its free slots (and flips the epochs if it took a
@@ -1012,20 +1021,29 @@ mod tests {
 
     fn op(sectors: u64) -> impl Strategy<Value = Op> {
         let range = (0..sectors).prop_flat_map(move |s| (Just(s), 1..=(sectors - s).min(24)));
+        // Batches of up to a sixth of the regions: a round of a large device reaches the next
+        // chunk of the bitmap, and a batch may straddle two.
+        let max = (sectors.div_ceil(REGION) / 6).max(4);
         prop_oneof![
-            80 => range.clone().prop_map(|(sector, len)| Op::Write { sector, len }),
+            50 => range.clone().prop_map(|(sector, len)| Op::Write { sector, len }),
+            30 => (0..3 * REGION, 1..=24u64).prop_map(|(back, len)| Op::WriteAtCopy { back, len }),
             40 => range.prop_map(|(sector, len)| Op::Read { sector, len }),
             5 => Just(Op::Flush),
-            120 => (any::<usize>(), prop::bool::weighted(0.03))
-                .prop_map(|(pick, dest_fails)| Op::Complete { pick, dest_fails }),
-            40 => (1usize..4, 1u64..5).prop_map(|(depth, max)| Op::StartRound { depth, max }),
+            120 => (any::<usize>(), any::<bool>(), prop::bool::weighted(0.03)).prop_map(
+                |(pick, dest_half, dest_fails)| Op::Complete {
+                    pick,
+                    dest_half,
+                    dest_fails
+                }
+            ),
+            40 => (1usize..4, 1..=max).prop_map(|(depth, max)| Op::StartRound { depth, max }),
             40 => Just(Op::ReadRound),
             40 => any::<usize>().prop_map(|pick| Op::ReadBatch { pick }),
             40 => (any::<usize>(), any::<u8>()).prop_map(|(pick, result)| Op::FinishBatch { pick, result }),
             10 => Just(Op::CheckFailure),
             20 => prop::bool::weighted(0.05).prop_map(|flush_fails| Op::SwitchStep { flush_fails }),
-            15 => any::<bool>().prop_map(Op::Pause),
-            10 => any::<bool>().prop_map(Op::NoPages),
+            15 => prop::bool::weighted(0.3).prop_map(Op::Pause),
+            10 => prop::bool::weighted(0.3).prop_map(Op::NoPages),
             1 => Just(Op::Cancel),
             1 => Just(Op::Fail),
             4 => any::<bool>().prop_map(|identical| Op::Reload { identical }),
@@ -1079,16 +1097,31 @@ mod tests {
     }
 
     impl Model {
-        fn new(sectors: u64, no_switch: bool) -> Self {
+        /// A disk of `sectors` whose first `copied` regions were copied before, as when the
+        /// copy resumes from its metadata.
+        fn new(sectors: u64, no_switch: bool, copied: u64) -> Self {
             let n = sectors as usize;
+            let mut tracker = tracker(sectors, no_switch);
+            if copied > 0 {
+                let pending = |w: usize| match copied.saturating_sub(w as u64 * 64) {
+                    0 => u64::MAX,
+                    c if c >= 64 => 0,
+                    c => u64::MAX << c,
+                };
+                assert!(tracker.restore(pending, &mut page));
+                assert_eq!(tracker.progress(0).copied_regions, copied);
+            }
+            // The destination starts with garbage that no write ever produces, but where the
+            // copy was before.
+            let mut dest = vec![u32::MAX; n];
+            dest[..((copied * REGION) as usize).min(n)].fill(0);
             Self {
-                tracker: tracker(sectors, no_switch),
+                tracker,
                 epochs: WriteEpochs::new(),
                 no_switch,
                 truth: vec![0; n],
                 origin: vec![0; n],
-                // The destination starts with garbage that no write ever produces.
-                dest: vec![u32::MAX; n],
+                dest,
                 writes: Vec::new(),
                 deferred: Vec::new(),
                 copier: Copier::default(),
@@ -1096,6 +1129,18 @@ mod tests {
                 version: 0,
                 no_pages: false,
             }
+        }
+
+        /// Which sectors a write in flight or deferred covers: their contents are not settled.
+        fn busy_sectors(&self) -> Vec<bool> {
+            let mut busy = vec![false; self.truth.len()];
+            for w in &self.writes {
+                busy[w.range.clone()].fill(true);
+            }
+            for &(s, l, _) in &self.deferred {
+                busy[s as usize..(s + l) as usize].fill(true);
+            }
+            busy
         }
 
         fn busy(&self, r: &Range<usize>) -> bool {
@@ -1138,13 +1183,13 @@ mod tests {
             }
         }
 
-        fn complete(&mut self, idx: usize, dest_fails: bool) {
+        /// Completes one half of write `idx`: the destination's when `dest_half` (and it is
+        /// still in flight) or when the origin's has completed, else the origin's. A mirrored
+        /// write's halves so land in either order, each whenever the interleaving says.
+        fn complete(&mut self, idx: usize, dest_half: bool, dest_fails: bool) {
             let w = &mut self.writes[idx];
             let r = w.range.clone();
-            if w.origin_left {
-                w.origin_left = false;
-                self.origin[r].fill(w.version);
-            } else if w.dest_left {
+            if w.dest_left && (dest_half || !w.origin_left) {
                 w.dest_left = false;
                 // Only a mirrored half may fail unseen; after the switch the destination's
                 // error is the guest's, and is not modelled.
@@ -1153,6 +1198,10 @@ mod tests {
                 } else {
                     self.dest[r].fill(w.version);
                 }
+            } else {
+                assert!(w.origin_left, "a write in flight with neither half left");
+                w.origin_left = false;
+                self.origin[r].fill(w.version);
             }
             let w = &self.writes[idx];
             if !w.origin_left && !w.dest_left {
@@ -1170,18 +1219,27 @@ mod tests {
             self.release_deferred();
         }
 
+        /// The guest writes `len` sectors from `sector`, unless that overlaps a write in
+        /// flight: a guest does not do that.
+        fn write(&mut self, sector: u64, len: u64) {
+            let r = sector as usize..(sector + len) as usize;
+            if !self.busy(&r) {
+                self.version += 1;
+                let v = self.version;
+                if !self.dispatch(sector, len, v) {
+                    self.deferred.push((sector, len, v));
+                }
+            }
+        }
+
         fn step(&mut self, op: Op) {
             match op {
-                Op::Write { sector, len } => {
-                    let r = sector as usize..(sector + len) as usize;
-                    // A guest does not overlap writes in flight.
-                    if !self.busy(&r) {
-                        self.version += 1;
-                        let v = self.version;
-                        if !self.dispatch(sector, len, v) {
-                            self.deferred.push((sector, len, v));
-                        }
-                    }
+                Op::Write { sector, len } => self.write(sector, len),
+                Op::WriteAtCopy { back, len } => {
+                    let sectors = self.truth.len() as u64;
+                    let len = len.min(sectors);
+                    let at = (self.tracker.cursor * REGION).saturating_sub(back);
+                    self.write(at.min(sectors - len), len);
                 }
                 Op::Read { sector, len } => {
                     let r = sector as usize..(sector + len) as usize;
@@ -1203,9 +1261,13 @@ mod tests {
                     };
                     assert_eq!(route, expected);
                 }
-                Op::Complete { pick, dest_fails } => {
+                Op::Complete {
+                    pick,
+                    dest_half,
+                    dest_fails,
+                } => {
                     if !self.writes.is_empty() {
-                        self.complete(pick % self.writes.len(), dest_fails);
+                        self.complete(pick % self.writes.len(), dest_half, dest_fails);
                     }
                 }
                 Op::StartRound { depth, max } => {
@@ -1220,6 +1282,23 @@ mod tests {
                             for b in round.batches() {
                                 assert!(b.regions.end - b.regions.start <= max);
                                 assert!(b.sectors.end <= self.truth.len() as u64);
+                                // Only pending regions are copied, each by one batch at a time.
+                                for region in b.regions.clone() {
+                                    assert!(self.tracker.is_pending(region));
+                                }
+                                let others = round
+                                    .batches()
+                                    .chain(self.copier.flight.iter().map(|(b, _)| b));
+                                assert_eq!(
+                                    others
+                                        .filter(|o| {
+                                            o.regions.start < b.regions.end
+                                                && b.regions.start < o.regions.end
+                                        })
+                                        .count(),
+                                    1,
+                                    "batch {b:?} overlaps another in flight"
+                                );
                             }
                             self.copier.draining = Some(round);
                         }
@@ -1249,19 +1328,33 @@ mod tests {
                     let n = self.copier.flight.len();
                     if n > 0 {
                         let (b, data) = self.copier.flight.remove(pick % n);
-                        let result = match (&data, result % 8) {
-                            (None, _) | (_, 0) => CopyResult::ReadError,
-                            (_, 1) => CopyResult::WriteError,
+                        // A batch not read yet reads the origin now, or fails to.
+                        let result = match result % 16 {
+                            0 => CopyResult::ReadError,
+                            1 => CopyResult::WriteError,
                             _ => CopyResult::Done,
                         };
                         let r = b.sectors.start as usize..b.sectors.end as usize;
+                        let data = data.unwrap_or_else(|| self.origin[r.clone()].to_vec());
                         match result {
                             // The copy writes what it read, whatever happened since.
-                            CopyResult::Done => self.dest[r].copy_from_slice(&data.unwrap()),
+                            CopyResult::Done => self.dest[r].copy_from_slice(&data),
                             CopyResult::WriteError => self.dest[r].fill(u32::MAX - 1),
                             CopyResult::ReadError => {}
                         }
-                        if let AfterBatch::Fail(reason) = self.tracker.batch_done(&b, result) {
+                        let copying = self.tracker.state() == State::Copying;
+                        let after = self.tracker.batch_done(&b, result);
+                        if copying && result == CopyResult::Done {
+                            // Recorded copied, every region of it, whichever chunks of the
+                            // bitmap it spans: a region is copied once.
+                            for region in b.regions.clone() {
+                                assert!(
+                                    !self.tracker.is_pending(region),
+                                    "region {region} of {b:?} landed and is still pending"
+                                );
+                            }
+                        }
+                        if let AfterBatch::Fail(reason) = after {
                             self.tracker.fail(reason);
                         }
                         self.release_deferred();
@@ -1330,7 +1423,8 @@ mod tests {
         }
 
         fn check(&self) {
-            let stable = |s: usize| !self.busy(&(s..s + 1));
+            let busy = self.busy_sectors();
+            let stable = |s: usize| !busy[s];
             let (device, what) = match self.tracker.state() {
                 State::Switched => (&self.dest, "destination"),
                 _ => (&self.origin, "origin"),
@@ -1377,8 +1471,11 @@ mod tests {
                     break;
                 }
                 if !self.writes.is_empty() {
+                    // Mirrored writes land destination half first every other time.
+                    let dest_half = self.writes.len().is_multiple_of(2);
                     self.step(Op::Complete {
                         pick: 0,
+                        dest_half,
                         dest_fails: false,
                     });
                     continue;
@@ -1422,19 +1519,35 @@ mod tests {
         #![proptest_config(ProptestConfig::with_cases(1024))]
 
         /// Random interleavings of unaligned writes that stay in flight and complete in any
-        /// order (each half of a mirrored write on its own, a destination half failing late),
-        /// reads, flushes, a pipelined copier (rounds taken for free slots while other batches
-        /// are in flight, each draining its epoch; batches read and landing one at a time, in
-        /// any order), pause/resume and idle rounds,
-        /// the quiesced switch, errors, cancel and reloads, against a reference model: reads
-        /// return the latest acknowledged write, the destination equals the model at the switch,
-        /// and the origin equals it after a failure or cancel.
+        /// order (each half of a mirrored write on its own, the destination's before or after
+        /// the origin's, a destination half failing late), reads, flushes, a pipelined copier
+        /// (rounds taken for free slots while other batches are in flight, each draining its
+        /// epoch; batches read and landing one at a time, in any order), pause/resume and idle
+        /// rounds, the quiesced switch, errors, cancel and reloads, on devices of one bitmap
+        /// chunk and of several (a copy from the start, or resumed just before a chunk ends),
+        /// against a reference model: reads return the latest acknowledged write, a landed
+        /// batch is recorded copied, the destination equals the model at the switch, and the
+        /// origin equals it after a failure or cancel.
         #[test]
         fn random_interleavings_keep_every_acknowledged_write(
-            (sectors, ops) in (1u64..80).prop_flat_map(|n| (Just(n), prop::collection::vec(op(n), 1..300))),
+            (sectors, copied, ops) in prop_oneof![
+                // Up to 20 regions: writes and batches meet all the time.
+                1 => 1u64..80,
+                // Two to four chunks of the bitmap (64 regions each), their boundaries crossed
+                // by the copy, by batches and by writes.
+                2 => 64 * REGION + 1..=3 * 64 * REGION + 40,
+            ]
+            .prop_flat_map(|n| {
+                // The copy starts from the first region, or resumes a little before the end of
+                // a chunk.
+                let regions = n.div_ceil(REGION);
+                let copied = (0..=regions / 64, 1..16u64)
+                    .prop_map(move |(chunk, back)| (chunk * 64).saturating_sub(back).min(regions));
+                (Just(n), copied, prop::collection::vec(op(n), 1..300))
+            }),
             no_switch in any::<bool>(),
         ) {
-            let mut model = Model::new(sectors, no_switch);
+            let mut model = Model::new(sectors, no_switch, copied);
             for op in ops {
                 model.step(op);
             }
