@@ -11,4 +11,5 @@ crash_setup
 for phase in early mid early mid early mid early mid early mid; do
 	crash_point "$phase"
 done
+crash_summary
 pass

@@ -11,4 +11,5 @@ crash_setup
 for phase in switch after switch after switch after switch after switch after; do
 	crash_point "$phase"
 done
+crash_summary
 pass

@@ -10,4 +10,5 @@ crash_setup
 for i in 1 2 3 4 5 6 7 8 9 10; do
 	crash_point synced
 done
+crash_summary
 pass
