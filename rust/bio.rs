@@ -20,6 +20,15 @@ pub enum BioKind {
     Flush,
 }
 
+/// The [`BioKind`] of a `migrate_bio_kind` value.
+fn bio_kind(kind: bindings::migrate_bio_kind) -> BioKind {
+    match kind {
+        bindings::migrate_bio_kind_MIGRATE_BIO_WRITE => BioKind::Write,
+        bindings::migrate_bio_kind_MIGRATE_BIO_FLUSH => BioKind::Flush,
+        _ => BioKind::Read,
+    }
+}
+
 /// A block layer status (`blk_status_t`): zero is success.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Status(pub u8);
@@ -141,11 +150,7 @@ impl Bio {
     /// What the bio does.
     pub fn kind(&self) -> BioKind {
         // SAFETY: `ptr` is a valid bio by the type invariant.
-        match unsafe { bindings::migrate_bio_kind(self.raw()) } {
-            bindings::migrate_bio_kind_MIGRATE_BIO_WRITE => BioKind::Write,
-            bindings::migrate_bio_kind_MIGRATE_BIO_FLUSH => BioKind::Flush,
-            _ => BioKind::Read,
-        }
+        bio_kind(unsafe { bindings::migrate_bio_kind(self.raw()) })
     }
 
     /// The value attached with [`Bio::set_tag`].
@@ -199,7 +204,8 @@ impl Bio {
 
     /// Sends the bio to both devices at once, each at its own sector, and ends it when both
     /// clones have completed, with the origin's status: a destination error is never seen by the
-    /// bio's issuer. Before it ends, `context.mirror_done` learns both statuses.
+    /// bio's issuer. `context.dest_done` learns the destination's status as soon as its clone
+    /// completes, and before the bio ends `context.mirror_done` learns both statuses.
     ///
     /// The clones come from `bios`, whose mempool makes this wait rather than fail.
     pub fn mirror<T: MirrorDone>(
@@ -252,11 +258,20 @@ impl Drop for Bio {
     }
 }
 
-/// What learns how a mirrored bio went, just before it ends.
+/// What learns how a mirrored bio went: its destination half as soon as that completes, and
+/// both halves just before the bio ends.
+///
+/// Both methods are called in the completion's context (possibly interrupt context: no
+/// sleeping, no sleeping locks).
 pub trait MirrorDone: Send + Sync + 'static {
-    /// Called once per mirrored bio, in the completion's context (possibly interrupt context:
-    /// no sleeping, no sleeping locks), with both statuses.
-    fn mirror_done(&self, origin: Status, dest: Status);
+    /// Called once per mirrored bio of `kind` when its destination clone completes, with that
+    /// clone's status, before the bio can end and whether or not the origin's clone has
+    /// completed yet.
+    fn dest_done(&self, kind: BioKind, dest: Status);
+
+    /// Called once per mirrored bio of `kind`, when its last clone has completed, with both
+    /// statuses, before the bio ends.
+    fn mirror_done(&self, kind: BioKind, origin: Status, dest: Status);
 }
 
 /// Called by the block layer when the origin clone of a mirrored bio completes.
@@ -297,8 +312,19 @@ unsafe fn clone_done<T: MirrorDone>(clone: *mut bindings::bio, is_dest: bool) {
     let data = unsafe {
         &*bindings::dm_per_bio_data(parent, core::mem::size_of::<BioData>()).cast::<BioData>()
     };
+    // SAFETY: The parent is valid (see above).
+    let kind = bio_kind(unsafe { bindings::migrate_bio_kind(parent) });
     if is_dest {
         data.dest_status.store(status, Ordering::Relaxed);
+        // The destination's status is told at once, not when the last clone completes: the
+        // origin's half of the same bio may take much longer, and a decision made meanwhile
+        // (the switch, a metadata commit) must already see a failure here.
+        //
+        // SAFETY: `mirror` stored an `Arc<T>` from `Arc::into_raw`, which only the last clone's
+        // completion takes back, after its decrement below; this clone has not decremented
+        // yet, so the `T` lives at least until this call returns.
+        let context = unsafe { &*data.context.load(Ordering::Relaxed).cast::<T>() };
+        context.dest_done(kind, Status(status));
     } else {
         data.origin_status.store(status, Ordering::Relaxed);
     }
@@ -311,7 +337,7 @@ unsafe fn clone_done<T: MirrorDone>(clone: *mut bindings::bio, is_dest: bool) {
     // SAFETY: `mirror` stored an `Arc<T>` from `Arc::into_raw`; this last completion takes it
     // back once.
     let context = unsafe { Arc::from_raw(data.context.load(Ordering::Relaxed).cast::<T>()) };
-    context.mirror_done(origin, dest);
+    context.mirror_done(kind, origin, dest);
     // Drop the reference before the bio ends: once it has, the target may be destroyed, and
     // the last reference must not be dropped here, in a completion context.
     drop(context);

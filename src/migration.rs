@@ -31,6 +31,7 @@ use crate::engine::tracker::{
 use crate::persist::{Loaded, MetaStore};
 use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
 use kernel::prelude::*;
+use kernel::sync::lock::{mutex::MutexBackend, Guard};
 use kernel::sync::{Arc, Mutex, SpinLock};
 use kernel::{new_mutex, new_spinlock};
 
@@ -49,6 +50,9 @@ pub(crate) fn new_bitmap_page() -> Result<BitmapPage, kernel::alloc::AllocError>
     KVec::from_elem(0u64, BITMAP_PAGE_WORDS, GFP_KERNEL)
 }
 
+/// A held phase lock (`Migration::meta`).
+type MetaGuard<'a> = Guard<'a, Option<MetaStore>, MutexBackend>;
+
 /// What the lock protects: the region tracker, the write-intent log, and the bios waiting for
 /// a copy or an intent to land.
 pub(crate) struct Shared {
@@ -63,6 +67,9 @@ pub(crate) struct Shared {
 const INTENT_TAG_SHIFT: u8 = 4;
 /// The bits of a tag below [`INTENT_TAG_SHIFT`].
 const TAG_MASK: u8 = (1 << INTENT_TAG_SHIFT) - 1;
+/// The tag bit of a mirrored flush counted in `Migration::mirrored_flushes`: below
+/// [`INTENT_TAG_SHIFT`], above the two bits of a counted write (`Counted::to_tag`).
+const FLUSH_TAG: u8 = 1 << 3;
 
 /// `Migration::final_route`: failed or cancelled, everything to the origin.
 const FINAL_ORIGIN: u8 = 1;
@@ -100,9 +107,15 @@ pub(crate) struct Migration {
     guest_latency_ns: AtomicU64,
     /// Bytes of the copy written as write-zeroes.
     pub(crate) zeroed_bytes: AtomicU64,
-    /// Set by a failed destination write of a mirrored bio (in completion context) before the
-    /// bio ends. The copier turns it into the failure; until then the status reports it.
+    /// Set by a failed destination half of a mirrored bio (in completion context) before the
+    /// bio ends: a flush's as soon as that half completes, a write's once both halves have
+    /// (only a write the origin took counts). Sticky until a restart. The copier turns it into
+    /// the failure, and every decision to switch or commit reads it under the phase lock;
+    /// until the failure is carried out the status reports it.
     dest_failed: AtomicBool,
+    /// Mirrored flushes in flight, counted in `dispatch` under the lock like writes in an
+    /// epoch: the switch waits for them (`Engine::switch`).
+    mirrored_flushes: AtomicU64,
     /// Errors of mirrored destination writes.
     mirror_errors: AtomicU64,
     /// Where every bio goes once the migration has ended ([`FINAL_ORIGIN`], [`FINAL_DEST`]), or
@@ -177,6 +190,7 @@ impl Migration {
                 guest_latency_ns: AtomicU64::new(0),
                 zeroed_bytes: AtomicU64::new(0),
                 dest_failed: AtomicBool::new(false),
+                mirrored_flushes: AtomicU64::new(0),
                 mirror_errors: AtomicU64::new(0),
                 final_route: AtomicU8::new(0),
             }),
@@ -609,6 +623,16 @@ impl Engine {
                 }
             }
         }
+        // A flush that comes while the switch is under way goes to the origin alone. Every write
+        // it covers (one that completed before it came) was routed before the switch began,
+        // since writes are held from then on, so the switch's own flush of the destination,
+        // after those writes drained, covers them there; the origin covers them if the switch
+        // fails instead. On the destination it would only be one more flush the switch has to
+        // wait for, and one that could take a write-back error (which a loop device reports to
+        // one flush only) away from the switch's flush.
+        if kind == IoKind::Flush && route == Route::Both && shared.tracker.is_switching() {
+            route = Route::Origin;
+        }
         match shared.tracker.state() {
             State::Switched => migration.final_route.store(FINAL_DEST, Ordering::Release),
             State::Failed(_) | State::Cancelled => {
@@ -628,6 +652,12 @@ impl Engine {
         };
         if intent_counted {
             tag |= migration.intent_epochs.enter().to_tag() << INTENT_TAG_SHIFT;
+        }
+        // A mirrored flush is counted too, under the lock, so that the switch, which holds the
+        // flushes that come once it has begun (above), can wait for every one before it.
+        if kind == IoKind::Flush && route == Route::Both {
+            migration.mirrored_flushes.fetch_add(1, Ordering::Relaxed);
+            tag |= FLUSH_TAG;
         }
         bio.set_tag(tag);
         match route {
@@ -669,6 +699,13 @@ impl Engine {
         }
         if let Some(write) = Counted::from_tag(tag >> INTENT_TAG_SHIFT) {
             if migration.intent_epochs.exit(write) {
+                migration.drained_event.signal();
+            }
+        }
+        if tag & FLUSH_TAG != 0 {
+            // Release: a failure the flush recorded (`MirrorDone`) is seen by whoever sees the
+            // count drop.
+            if migration.mirrored_flushes.fetch_sub(1, Ordering::AcqRel) == 1 {
                 migration.drained_event.signal();
             }
         }
@@ -747,7 +784,18 @@ impl Engine {
     /// migration fails; process context. The first failure logs and raises the `failed` event;
     /// later ones change nothing.
     pub(crate) fn fail(self: &Arc<Self>, reason: FailReason) {
-        let failed = self.end_phase(Phase::Failed, Some(reason), |tracker| tracker.fail(reason));
+        self.fail_locked(self.migration.meta.lock(), reason);
+    }
+
+    /// Fails the migration for `reason` under the phase lock, which the caller holds (`meta`),
+    /// and only then releases it. A path that found the failure under the lock must not let go
+    /// of it first: a switch waiting for the lock, past its own checks, would take it and
+    /// switch, and the failure would then find the migration ended and do nothing.
+    fn fail_locked(self: &Arc<Self>, mut meta: MetaGuard<'_>, reason: FailReason) {
+        let failed = self.end_phase_locked(&mut meta, Phase::Failed, Some(reason), |tracker| {
+            tracker.fail(reason)
+        });
+        drop(meta);
         if failed {
             pr_err!(
                 "{}: Migration failed ({}); staying on the origin\n",
@@ -770,8 +818,18 @@ impl Engine {
         reason: Option<FailReason>,
         end: impl FnOnce(&mut KernelTracker) -> bool,
     ) -> bool {
+        self.end_phase_locked(&mut self.migration.meta.lock(), phase, reason, end)
+    }
+
+    /// [`Engine::end_phase`] for a caller that holds the phase lock (`meta`).
+    fn end_phase_locked(
+        &self,
+        meta: &mut MetaGuard<'_>,
+        phase: Phase,
+        reason: Option<FailReason>,
+        end: impl FnOnce(&mut KernelTracker) -> bool,
+    ) -> bool {
         let migration = &*self.migration;
-        let mut meta = migration.meta.lock();
         if !migration.shared.lock().tracker.is_active() {
             return false;
         }
@@ -785,9 +843,7 @@ impl Engine {
                 );
             }
         }
-        let ended = end(&mut migration.shared.lock().tracker);
-        drop(meta);
-        ended
+        end(&mut migration.shared.lock().tracker)
     }
 
     /// Turns a failed mirrored write into the failure of the migration.
@@ -935,12 +991,11 @@ impl Engine {
                 store.next[word] = intent.on_disk_word(word);
             }
         }
-        let result = store.write_bitmap(device, BitmapKind::Intent);
-        drop(meta);
-        if result.is_err() {
+        if store.write_bitmap(device, BitmapKind::Intent).is_err() {
             // The waiting writes go to the origin alone once the migration has failed.
-            return self.fail(FailReason::MetadataWrite);
+            return self.fail_locked(meta, FailReason::MetadataWrite);
         }
+        drop(meta);
         if let Some(intent) = migration.shared.lock().intent.as_mut() {
             intent.sent();
         }
@@ -980,8 +1035,7 @@ impl Engine {
         // A mirrored write that missed the destination: its region must stay dirty, and the
         // migration fails (the copier would find it too, but maybe after this commit).
         if migration.dest_failed() {
-            drop(meta);
-            return self.fail(FailReason::DestinationWrite);
+            return self.fail_locked(meta, FailReason::DestinationWrite);
         }
         if !store.differs(BitmapKind::Copied) && !clearing {
             return;
@@ -997,8 +1051,13 @@ impl Engine {
             return;
         }
         if flush(&self.destination).is_err() {
-            drop(meta);
-            return self.fail(FailReason::DestinationFlush);
+            return self.fail_locked(meta, FailReason::DestinationFlush);
+        }
+        // A guest flush's destination half may have taken a write-back error that this flush
+        // then did not see (a loop device reports one to one flush only); it is recorded as
+        // that half completes.
+        if migration.dest_failed() {
+            return self.fail_locked(meta, FailReason::DestinationWrite);
         }
         let mut result = store.write_bitmap(device, BitmapKind::Copied);
         if result.is_ok() {
@@ -1015,9 +1074,8 @@ impl Engine {
             drop(shared);
             result = store.write_bitmap(device, BitmapKind::Intent);
         }
-        drop(meta);
         if result.is_err() {
-            self.fail(FailReason::MetadataWrite);
+            self.fail_locked(meta, FailReason::MetadataWrite);
         }
     }
 
@@ -1059,10 +1117,24 @@ impl Engine {
         epochs.end_drain();
     }
 
+    /// Waits until no mirrored flush is in flight. Only the switch calls this, once it has
+    /// begun: flushes are not counted from then on, so the wait ends.
+    fn drain_flushes(&self) {
+        let migration = &*self.migration;
+        loop {
+            // As in `drain_epochs`: the count is read before the check.
+            let seen = migration.drained_event.count();
+            if migration.mirrored_flushes.load(Ordering::Acquire) == 0 {
+                break;
+            }
+            migration.drained_event.wait(seen, 0, false);
+        }
+    }
+
     /// Switches all I/O to the destination, quiesced: new writes wait while every write in
-    /// flight (mirrored ones included) completes, the destination is flushed, and no write is
-    /// known to have missed it; only then does anything go to the destination alone. A failure
-    /// found on the way fails the migration instead.
+    /// flight (mirrored ones included) and every mirrored flush completes, the destination is
+    /// flushed, and no write or flush is known to have missed it; only then does anything go to
+    /// the destination alone. A failure found on the way fails the migration instead.
     pub(crate) fn switch(self: &Arc<Self>) {
         let migration = &*self.migration;
         if !migration.shared.lock().tracker.begin_switch() {
@@ -1072,16 +1144,24 @@ impl Engine {
             for epoch in Epoch::BOTH {
                 self.drain(epoch);
             }
+            self.drain_flushes();
             if flush(&self.destination).is_err() {
                 return self.fail(FailReason::DestinationFlush);
             }
-            // Every mirrored write has ended by now, each after recording its failure.
+            // Every mirrored write and flush has ended by now, each after recording its failure.
             if migration.dest_failed() {
                 return self.fail(FailReason::DestinationWrite);
             }
             // The phase lock: `switched` is durable before anything goes to the destination
             // alone, and no failure or cancel slips in between.
             let mut meta = migration.meta.lock();
+            // The decision, under the phase lock, before the switch takes effect: a failure that
+            // was recorded while this waited for the lock wins (a commit fails under the lock
+            // too, so it is over by now). Nothing records one later: writes are held, flushes go
+            // to the origin alone, the copy is this thread's, and a commit waits for the lock.
+            if migration.dest_failed() {
+                return self.fail_locked(meta, FailReason::DestinationWrite);
+            }
             if let (Some(store), Some(device)) = (meta.as_mut(), &self.metadata) {
                 if migration.shared.lock().tracker.is_switching() {
                     // What identifies the origin from now on, when nothing writes it any more;
@@ -1093,8 +1173,7 @@ impl Engine {
                     store.set_origin_sample(sample);
                     if store.write_phase(device, Phase::Switched, None).is_err() {
                         if !store.first_copy_written() {
-                            drop(meta);
-                            return self.fail(FailReason::MetadataWrite);
+                            return self.fail_locked(meta, FailReason::MetadataWrite);
                         }
                         // Copy 0 says switched, with the higher generation: a load would act on
                         // it, so the target must too (the destination is complete: drained,
@@ -1130,20 +1209,40 @@ impl Engine {
     }
 }
 
+impl Engine {
+    /// Records that a mirrored bio failed on the destination: the sticky flag every decision to
+    /// switch or commit reads under the phase lock. Any context.
+    fn record_dest_failure(&self) {
+        self.migration.mirror_errors.fetch_add(1, Ordering::Relaxed);
+        self.migration.dest_failed.store(true, Ordering::Release);
+        // The copier carries the failure out.
+        self.migration.copier_event.signal();
+    }
+}
+
 impl MirrorDone for Engine {
+    /// Records a flush that failed on the destination as soon as its destination half
+    /// completes, whatever its origin half does or will do: the destination may have lost
+    /// writes the guest was told succeeded, and a switch or a commit must not be decided while
+    /// the origin half (a slow device) keeps the bio from ending.
+    fn dest_done(&self, kind: BioKind, dest: Status) {
+        if kind == BioKind::Flush && !dest.is_ok() {
+            self.record_dest_failure();
+        }
+    }
+
     /// Records a failed destination write, before the bio ends. The write's epoch accounting is
-    /// left to `end_io`, which the core calls for every bio of the target when it ends.
+    /// left to `end_io`, which the core calls for every bio of the target when it ends; every
+    /// decision to switch or commit first drains the writes it depends on, so it sees this.
     ///
     /// Only a write the guest is told succeeded (the origin's half did) and the destination
     /// missed fails the migration. A write the origin failed ends with that error: the guest
     /// knows, and the range's contents are undefined after it whatever the destination did
-    /// (a write-zeroes both loop devices refuse, for one, as mkfs sends).
-    fn mirror_done(&self, origin: Status, dest: Status) {
-        if origin.is_ok() && !dest.is_ok() {
-            self.migration.mirror_errors.fetch_add(1, Ordering::Relaxed);
-            self.migration.dest_failed.store(true, Ordering::Release);
-            // The copier carries the failure out.
-            self.migration.copier_event.signal();
+    /// (a write-zeroes both loop devices refuse, for one, as mkfs sends). Flushes were recorded
+    /// by `dest_done`.
+    fn mirror_done(&self, kind: BioKind, origin: Status, dest: Status) {
+        if kind != BioKind::Flush && origin.is_ok() && !dest.is_ok() {
+            self.record_dest_failure();
         }
     }
 }
