@@ -47,11 +47,13 @@ vm-module: module
 	@$(MAKE) -s -C $(KDIR) LLVM=$(LLVM) M=$(CURDIR) INSTALL_MOD_PATH=$(dir $(KDIR))modroot \
 		INSTALL_MOD_DIR=extra modules_install
 
-# The engine's and dmmig's tests, and the tests of the suite's own checkers (harness_test.py:
-# the crash tests' verifier must call every bad disk state bad).
+# The engine's and dmmig's tests, and the tests of the suite's and the bench's own checkers
+# (harness_test.py: the crash tests' verifier must call every bad disk state bad; bench/test_*.py:
+# an empty window, a failed copy or a missing figure is an error, never a target met).
 test-userspace: setup
 	cargo test --workspace
 	python3 selftests/harness_test.py
+	python3 -m unittest discover -s bench -p 'test_*.py'
 
 # The userspace tools (dmmig), which the VM tests run from target/debug.
 tools: setup

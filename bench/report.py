@@ -8,11 +8,63 @@ reads RESULTS_DIR/bench.jsonl, progress-*.csv, iops-*.csv and controller-*.csv (
 bench-vm.sh) and writes RESULTS_DIR/bench.md, RESULTS_DIR/bench.json and, when matplotlib is
 installed, the plots copy-progress.png, guest-iops.png, converge.png, switch.png, controller.png
 and kinds-copy.png.
+
+A target judged on a figure that is missing (not measured), empty (no I/O in its window), or
+from a copy not recorded to have ended well (switched, or synced for a peer that ends mirrored)
+is an error, never "met": its line says ERROR, the report is still written, and the script
+exits 1 after naming every such figure on stderr.
 """
 import csv
 import json
 import os
 import sys
+
+# The errors of this report: what each unusable figure was and why (see error()).
+ERRORS = []
+
+
+def error(what, why):
+    """Records that the figure WHAT cannot be used, and returns the text for its line."""
+    ERRORS.append(f"{what}: {why}")
+    return f"**ERROR**: {why}"
+
+
+# How a copy may end for its figure to count: migrate switches; dm-clone and dm-raid1 (and
+# migrate with no_switch) end in sync.
+GOOD_ENDS = ("switched", "synced")
+
+
+def copy_problem(r):
+    """Why the copy figure R cannot be used, or None: a missing row, no recorded end state (a
+    bench from before its copies were checked), a copy that failed, was cancelled or did not
+    end, or no time."""
+    if r is None:
+        return "not measured"
+    if "state" not in r:
+        return "no end state recorded: the copy was never checked to have ended"
+    if r["state"] not in GOOD_ENDS:
+        return f"the copy ended {r['state']}"
+    if not r.get("seconds"):
+        return "no copy time"
+    return None
+
+
+def io_problem(r, *keys):
+    """Why the I/O figure R cannot be used, or None: a missing row, no I/O in its window, or
+    one of KEYS missing."""
+    if r is None:
+        return "not measured"
+    if not r.get("ios"):
+        why = "no I/O in its window"
+        if r.get("done_before_release"):
+            why += " (the copy was done before its release)"
+        if r.get("done_before_writes"):
+            why += " (the copy was done before fio's first write)"
+        return why
+    missing = [k for k in keys if r.get(k) is None]
+    if missing:
+        return f"no {', '.join(missing)}"
+    return None
 
 THROTTLE = {
     "migrate-rate": "rate: the device in BENCH_RATE_S s",
@@ -33,11 +85,13 @@ def tables(rows, results):
     raw = next((r for r in copy if r["peer"].startswith("raw")), None)
     out += ["## Idle copy throughput", "", "| peer | seconds | MiB/s | vs raw copy |", "|---|---:|---:|---:|"]
     for r in copy:
-        r["mib_per_s"] = round(r["mib"] / r["seconds"], 1)
-        r["ratio_to_raw"] = ratio(raw["seconds"], r["seconds"]) if raw else None
+        r["mib_per_s"] = round(r["mib"] / r["seconds"], 1) if r.get("seconds") else None
+        r["ratio_to_raw"] = ratio(raw["seconds"], r["seconds"]) if raw and r.get("seconds") else None
         name = r["peer"]
         if name == "migrate-tuned":
             name += f" (copy_depth {r['copy_depth']}, region {r['region_kib']} KiB)"
+        if not r["peer"].startswith("raw") and copy_problem(r):
+            name += f" ({copy_problem(r)})"
         out.append(f"| {name} | {r['seconds']:.2f} | {r['mib_per_s']} | {r['ratio_to_raw']} |")
     search = by("copy_search")
     if search:
@@ -46,8 +100,8 @@ def tables(rows, results):
                 "contiguous regions):", "",
                 "| copy_depth | region | seconds | MiB/s | vs raw copy |", "|---:|---:|---:|---:|---:|"]
         for r in search:
-            r["mib_per_s"] = round(r["mib"] / r["seconds"], 1)
-            r["ratio_to_raw"] = ratio(raw["seconds"], r["seconds"]) if raw else None
+            r["mib_per_s"] = round(r["mib"] / r["seconds"], 1) if r.get("seconds") else None
+            r["ratio_to_raw"] = ratio(raw["seconds"], r["seconds"]) if raw and r.get("seconds") else None
             out.append(f"| {r['copy_depth']} | {r['region_kib']} KiB | {r['seconds']:.2f} | "
                        f"{r['mib_per_s']} | {r['ratio_to_raw']} |")
 
@@ -55,21 +109,22 @@ def tables(rows, results):
                        ("idle_overhead", "Overhead when not copying")]:
         out += ["", f"## {title}", ""]
         if fig == "guest_io":
-            out += ["Counted over the I/O that completed while the copy ran (\"window\"; for dm-linear,",
-                    "the same span of its run). \"dd\" is dm-linear while a raw dd copy of the same devices",
+            out += ["Counted over the I/O alive while the copy ran (\"window\": from its release to its end, at",
+                    "most BENCH_FIO_S + 2 s; for dm-linear, BENCH_FIO_S s from the same point of its run); IOPS",
+                    "from the I/Os completed in it. \"dd\" is dm-linear while a raw dd copy of the same devices",
                     "runs beside it: what any full-speed copy leaves the guest in this VM. migrate-rate",
                     "copies at its rate limit (the device in BENCH_RATE_S seconds).", ""]
         out += ["| peer | rw | IOPS | p99 µs | p99.9 µs | vs dm-linear | window s |",
                 "|---|---|---:|---:|---:|---:|---:|"]
         for r in by(fig):
             b = next((x for x in by(fig) if x["peer"] == "linear" and x["rw"] == r["rw"]), None)
-            if r["ios"] == 0:
+            if io_problem(r):
                 # The held copy was already done when released (a dm-clone hydrates the region of
                 # every write; dm-raid1 resyncs a little even when throttled): nothing to measure.
                 r["ratio_to_linear"] = None
-                out.append(f"| {r['peer']} | {r['rw']} | — | — | — | — | 0 (copy done before the release) |")
+                out.append(f"| {r['peer']} | {r['rw']} | — | — | — | — | 0 ({io_problem(r)}) |")
                 continue
-            r["ratio_to_linear"] = ratio(r["iops"], b["iops"]) if b else None
+            r["ratio_to_linear"] = ratio(r["iops"], b["iops"]) if b and not io_problem(b) else None
             out.append(f"| {r['peer']} | {r['rw']} | {r['iops']} | {r['p99_us']} | {r['p999_us']} | "
                        f"{r['ratio_to_linear']} | {r['seconds']} |")
 
@@ -78,17 +133,30 @@ def tables(rows, results):
             "| peer | throttle | seconds to in sync | guest write IOPS meanwhile | vs dm-linear |",
             "|---|---|---:|---:|---:|"]
     for r in by("converge_under_load"):
+        if io_problem(r):
+            r["ratio_to_linear"] = None
+            out.append(f"| {r['peer']} | {THROTTLE.get(r['peer'], 'none')} | {r['seconds']:.2f} | — "
+                       f"({io_problem(r)}) | — |")
+            continue
         r["ratio_to_linear"] = ratio(r["iops"], linear_w)
         out.append(f"| {r['peer']} | {THROTTLE.get(r['peer'], 'none')} | {r['seconds']:.2f} | {r['iops']} | "
                    f"{r['ratio_to_linear']} |")
 
     out += ["", "## Switch pause (fio 4 KiB random writes, iodepth 16)", "",
-            "| how | window | I/Os | max µs | p99.9 µs | p99 µs |", "|---|---|---:|---:|---:|---:|"]
+            "The I/Os alive in each window: submitted before its end and completed after its start, so",
+            "that an I/O held across the whole window counts, with its whole latency; \"held through\" are",
+            "those in flight from the window's start to its end.", "",
+            "| how | window | I/Os | completed | held through | max µs | p99.9 µs | p99 µs |",
+            "|---|---|---:|---:|---:|---:|---:|---:|"]
     for r in by("switch_pause"):
         window = {"switch": "0.5 s either side of the switch",
                   "after": "from 50 ms before the switch to 0.5 s after",
                   "mid-copy": "1 s in the middle of the copy"}.get(r["window"], r["window"])
-        out.append(f"| {r['peer']} | {window} | {r['ios']} | {r['max_us']} | {r['p999_us']} | {r['p99_us']} |")
+        if io_problem(r):
+            out.append(f"| {r['peer']} | {window} | 0 ({io_problem(r)}) | — | — | — | — | — |")
+            continue
+        out.append(f"| {r['peer']} | {window} | {r['ios']} | {r.get('completed', '—')} | {r.get('spanning', '—')} | "
+                   f"{r['max_us']} | {r['p999_us']} | {r['p99_us']} |")
 
     md = by("metadata_overhead")
     if md:
@@ -114,23 +182,30 @@ def tables(rows, results):
     out += ["", "## Tracking memory per TiB", "",
             "Measured: MemFree before and after the constructor of a migrate target over two 1 TiB",
             "null_blk devices (table loaded, not resumed: no copier buffers), the median of three loads;",
-            "Slab, VmallocUsed and Percpu are the same loads' deltas. Computed: one bit per region. A",
-            "linear table's load over the same devices, measured the same way, is the noise floor.", ""]
+            "Slab, VmallocUsed and Percpu are the same loads' deltas. Without a metadata device and with",
+            "one (`dmmig move` always gives one: a loop device over a tmpfs file written in full",
+            "beforehand, so that formatting it allocates no page). Computed: one bit per region, the",
+            "pending bitmap once the copy has reached all of it; with metadata the constructor also",
+            "allocates eight flat bitmaps of this size (the write-intent log's five, the metadata store's",
+            "three). A linear table's load over the same devices, measured the same way, is the noise",
+            "floor.", ""]
     memory = by("memory")
     if memory and "rounds_kib" in memory[0]:
         r0 = memory[0]
         out += [f"Loading a linear table took {r0['linear_kib']} KiB of MemFree (rounds: "
                 f"{', '.join(str(x) for x in r0['linear_rounds_kib'])}).", "",
-                "| region | measured KiB/TiB | rounds | Slab | VmallocUsed | Percpu | bitmap KiB/TiB (computed) |",
-                "|---:|---:|---|---:|---:|---:|---:|"]
+                "| region | metadata | measured KiB/TiB | rounds | Slab | VmallocUsed | Percpu | one bitmap KiB/TiB (computed) |",
+                "|---:|---|---:|---|---:|---:|---:|---:|"]
         for r in memory:
-            out.append(f"| {r['region_kib']} KiB | {r['measured_kib_per_tib']} | "
+            meta = f"yes ({r['metadata_device_kib']} KiB device)" if r.get("metadata") else "no"
+            out.append(f"| {r['region_kib']} KiB | {meta} | {r['measured_kib_per_tib']} | "
                        f"{', '.join(str(x) for x in r['rounds_kib'])} | {r['slab_kib']} | {r['vmalloc_kib']} | "
                        f"{r['percpu_kib']} | {r['bitmap_kib_per_tib']} |")
     else:
-        out += ["| region | measured KiB/TiB | bitmap KiB/TiB (computed) |", "|---:|---:|---:|"]
+        out += ["| region | metadata | measured KiB/TiB | one bitmap KiB/TiB (computed) |", "|---:|---|---:|---:|"]
         for r in memory:
-            out.append(f"| {r['region_kib']} KiB | {r['measured_kib_per_tib']} | {r['bitmap_kib_per_tib']} |")
+            out.append(f"| {r['region_kib']} KiB | {'yes' if r.get('metadata') else 'no'} | "
+                       f"{r['measured_kib_per_tib']} | {r['bitmap_kib_per_tib']} |")
 
     out += issue11_tables(rows, results)
     out += issue11_targets(rows)
@@ -162,19 +237,29 @@ def issue11_tables(rows, results):
             speed = lambda peer: mine[peer]["mib_per_s"] if peer in mine else None
             raws = [x for x in (speed("raw-1"), speed("raw-4")) if x]
             k["best_raw_mib_per_s"] = max(raws) if raws else None
+            # Why the targets cannot be judged on this kind's copies, if they cannot.
+            k["migrate_problem"] = copy_problem(mine.get("migrate")) or (None if raws else "no raw copy")
+            k["clone_problem"] = copy_problem(mine.get("clone-tuned64"))
             k["migrate_vs_best_raw"] = ratio(speed("migrate"), k["best_raw_mib_per_s"]) if speed("migrate") else None
             k["migrate_vs_clone"] = ratio(speed("migrate"), speed("clone-tuned64")) if speed("migrate") else None
             cpu = mine.get("migrate", {}).get("copier_cpu_s")
-            k["copier_cpu_percent"] = round(100 * cpu / mine["migrate"]["seconds"]) if cpu is not None and \
-                mine["migrate"]["seconds"] else None
+            seconds = mine.get("migrate", {}).get("seconds")
+            k["copier_cpu_percent"] = round(100 * cpu / seconds) if cpu is not None and seconds else None
             cpu_text = f"{k['copier_cpu_percent']}%" if k["copier_cpu_percent"] is not None else "—"
+            if cpu == 0 and seconds and seconds >= 0.5:
+                # A thread that copied for half a second took some of the CPU's ticks: a 0 is
+                # the wrong thread, or a count taken after the copy (issue 24).
+                cpu_text = error(f"copier CPU on {k['device']}",
+                                 f"0 s of CPU time over a copy of {seconds} s: not the copier's time")
+                k["copier_cpu_percent"] = None
             out.append(f"| {k['device']} | {speed('raw-1')} | {speed('raw-4')} | {speed('migrate')} | "
                        f"{speed('clone-tuned64')} | {k['migrate_vs_best_raw']} | {k['migrate_vs_clone']} | {cpu_text} |")
 
         guest = by("kind_guest_io")
         out += ["", "## Device kinds: guest 4 KiB random I/O while migrate copies at its defaults", "",
                 "fio libaio iodepth 16 on the device; counted from the copy's release to the end of the copy",
-                "or of fio, for dm-linear (on the origin, no copy) over the same span of its run.", "",
+                "or for at most BENCH_FIO_S + 2 s, for dm-linear (on the origin, no copy) over BENCH_FIO_S s",
+                "from the same point of its run.", "",
                 "\"in sync\" is migrate with `no_switch` once every region is copied: every write goes to",
                 "both devices, so its ratio is what mirroring alone costs a write on that kind; while",
                 "copying, the writes that land on copied regions pay it.", "",
@@ -224,8 +309,8 @@ def issue11_tables(rows, results):
                 f"fio 4 KiB randwrite, iodepth 16, for the whole copy of {r['mib']} MiB of brd at the defaults",
                 f"with `min_rate {r['min_rate_kibps']}`: the bound is size / min_rate = {r['bound_s']} s.", "",
                 "| seconds | bound s | ended | guest write IOPS meanwhile | p99 µs |", "|---:|---:|---|---:|---:|",
-                f"| {r['seconds']:.2f} | {r['bound_s']} | {'yes' if r['copy_ended'] else 'no (' + r['state'] + ', ' + format(r['fraction'] * 100, '.0f') + '%)'} | "
-                f"{r['iops']} | {r['p99_us']} |"]
+                f"| {r['seconds']:.2f} | {r['bound_s']} | {'yes' if sync_ended(r) else 'no (' + r.get('state', 'no state recorded') + ', ' + format(r.get('fraction', 0) * 100, '.0f') + '%)'} | "
+                f"{r.get('iops', '—')} | {r.get('p99_us', '—')} |"]
 
     for r in by("sparse"):
         r["alloc_ratio"] = ratio(r["alloc_bytes"], r["data_bytes"])
@@ -249,6 +334,12 @@ def issue11_tables(rows, results):
     return out
 
 
+def sync_ended(r):
+    """Whether the copy of the sync_under_load figure R switched: only a switch ends it (a
+    bench before issue 21 also counted "failed" and "cancelled" as ended)."""
+    return r.get("state") == "switched" and bool(r.get("copy_ended"))
+
+
 def controller_csv(path):
     """The rows of a controller CSV as (unix seconds, rate KiB/s, limit KiB/s or None, copied bytes)."""
     if not os.path.exists(path):
@@ -268,69 +359,101 @@ def copy_rate(data, start, end):
 
 
 def issue11_targets(rows):
-    """Issue 11's targets, each with this run's figure, the target, and whether it was met."""
+    """Issue 11's targets, each with this run's figure, the target, and whether it was met; a
+    target whose figure is missing or unusable is an error (see ERRORS)."""
     by = lambda fig: [r for r in rows if r["figure"] == fig]
     lines = ["", "## Targets", "", "Issue 11's targets, at default settings, side by side in this one VM run.", "",
              "| figure | device | this run | target | met |", "|---|---|---|---|---|"]
 
     def line(what, device, figure, target, met):
-        verdict = "—" if met is None else ("yes" if met else "**no**")
-        lines.append(f"| {what} | {device} | {figure} | {target} | {verdict} |")
+        lines.append(f"| {what} | {device} | {figure} | {target} | {'yes' if met else '**no**'} |")
 
-    kinds = [k["device"] for k in by("device_kind")] or ["brd"]
+    def bad(what, device, target, why):
+        lines.append(f"| {what} | {device} | {error(f'{what} ({device})', why)} | {target} | **ERROR** |")
+
+    kinds = [k["device"] for k in by("device_kind")] or ["brd", "delay", "nullb", "loop"]
     for device in kinds:
         for rw in ["randread", "randwrite"]:
             r = next((x for x in by("kind_guest_io") if x["device"] == device and x["rw"] == rw
-                      and x["peer"] == "migrate" and "ratio_to_linear" in x), None)
-            if r is None:
-                line(f"guest {rw} IOPS while copying", device, "not measured", ">= 0.85x dm-linear", None)
-                line(f"guest {rw} p99 while copying", device, "not measured", "<= 1.5x dm-linear", None)
+                      and x["peer"] == "migrate"), None)
+            b = next((x for x in by("kind_guest_io") if x["device"] == device and x["rw"] == rw
+                      and x["peer"] == "linear"), None)
+            why = io_problem(r, "ratio_to_linear", "p99_ratio_to_linear") or (
+                io_problem(b) and f"dm-linear: {io_problem(b)}")
+            if why:
+                bad(f"guest {rw} IOPS while copying", device, ">= 0.85x dm-linear", why)
+                bad(f"guest {rw} p99 while copying", device, "<= 1.5x dm-linear", why)
                 continue
             line(f"guest {rw} IOPS while copying", device, f"{r['ratio_to_linear']}x", ">= 0.85x dm-linear",
                  r["ratio_to_linear"] >= 0.85)
             line(f"guest {rw} p99 while copying", device, f"{r['p99_ratio_to_linear']}x ({r['p99_us']} µs)",
                  "<= 1.5x dm-linear", r["p99_ratio_to_linear"] <= 1.5)
     for k in by("device_kind"):
-        if k.get("migrate_vs_best_raw") is None:
-            line("idle copy vs the best raw copy", k["device"], "not measured", ">= 0.95x", None)
+        what = "idle copy vs the best raw copy (1 or 4 streams)"
+        if k.get("migrate_problem") or k.get("migrate_vs_best_raw") is None:
+            bad(what, k["device"], ">= 0.95x", k.get("migrate_problem") or "not measured")
         else:
-            line("idle copy vs the best raw copy (1 or 4 streams)", k["device"],
-                 f"{k['migrate_vs_best_raw']}x ({k['best_raw_mib_per_s']} MiB/s raw)", ">= 0.95x",
+            line(what, k["device"], f"{k['migrate_vs_best_raw']}x ({k['best_raw_mib_per_s']} MiB/s raw)", ">= 0.95x",
                  k["migrate_vs_best_raw"] >= 0.95)
-        if k.get("migrate_vs_clone") is None:
-            line("idle copy vs dm-clone tuned", k["device"], "not measured", "ahead", None)
+        what = "idle copy vs dm-clone tuned (64/64)"
+        why = k.get("migrate_problem") or (k.get("clone_problem") and f"dm-clone: {k['clone_problem']}")
+        if why or k.get("migrate_vs_clone") is None:
+            bad(what, k["device"], "ahead (> 1x)", why or "not measured")
         else:
-            line("idle copy vs dm-clone tuned (64/64)", k["device"], f"{k['migrate_vs_clone']}x", "ahead (> 1x)",
-                 k["migrate_vs_clone"] > 1)
+            line(what, k["device"], f"{k['migrate_vs_clone']}x", "ahead (> 1x)", k["migrate_vs_clone"] > 1)
     r = next(iter(by("sync_under_load")), None)
-    if r:
-        line("time to sync under a flat-out writer", f"brd, {r['mib']} MiB",
-             f"{r['seconds']:.2f} s" if r["copy_ended"] else f"did not end ({r['fraction'] * 100:.0f}% copied)",
-             f"ends, <= size / min_rate = {r['bound_s']} s", r["copy_ended"] and r["seconds"] <= r["bound_s"])
+    what, target = "time to sync under a flat-out writer", "ends, <= size / min_rate"
+    if r is None:
+        bad(what, "brd", target, "not measured")
+    elif r.get("state") not in ("switched", "copying", "paused"):
+        # Only a switch ends the copy; one that failed or was cancelled did not sync at all.
+        bad(what, f"brd, {r['mib']} MiB", target, f"the copy ended {r.get('state', '(no state recorded)')}")
+    elif io_problem(r):
+        bad(what, f"brd, {r['mib']} MiB", target, f"the writer: {io_problem(r)}")
     else:
-        line("time to sync under a flat-out writer", "brd", "not measured", "<= size / min_rate", None)
+        line(what, f"brd, {r['mib']} MiB",
+             f"{r['seconds']:.2f} s" if sync_ended(r) else f"did not end ({r['fraction'] * 100:.0f}% copied)",
+             f"{target} = {r['bound_s']} s", sync_ended(r) and r["seconds"] <= r["bound_s"])
     r = next(iter(by("sparse")), None)
-    if r:
-        line("sparse origin (10% data): destination allocation", "loop", f"{r['alloc_ratio']}x the data",
-             "<= 1.1x the origin's data", r["alloc_ratio"] is not None and r["alloc_ratio"] <= 1.1)
-        line("sparse origin (10% data): time", "loop",
-             f"{r['time_ratio']}x a full copy" if r["time_ratio"] is not None else "no full copy to compare",
-             "<= 0.5x a full copy", None if r["time_ratio"] is None else r["time_ratio"] <= 0.5)
-        line("sparse origin: identical (cmp)", "loop", "yes" if r["identical"] else "no", "identical", r["identical"])
+    why = None if r is None else (None if r.get("state") == "switched" else
+                                  f"the copy ended {r.get('state', '(no state recorded)')}")
+    if r is None or why:
+        for what, target in [("sparse origin (10% data): destination allocation", "<= 1.1x the origin's data"),
+                             ("sparse origin (10% data): time", "<= 0.5x a full copy"),
+                             ("sparse origin: identical (cmp)", "identical")]:
+            bad(what, "loop", target, why or "not measured")
     else:
-        line("sparse origin (10% data)", "loop", "not measured", "allocation <= 1.1x data, time <= 0.5x", None)
-    r = next((x for x in by("memory") if x["region_kib"] == 64), None)
-    if r:
+        if r["alloc_ratio"] is None:
+            bad("sparse origin (10% data): destination allocation", "loop", "<= 1.1x the origin's data",
+                "no data in the origin")
+        else:
+            line("sparse origin (10% data): destination allocation", "loop", f"{r['alloc_ratio']}x the data",
+                 "<= 1.1x the origin's data", r["alloc_ratio"] <= 1.1)
+        if r["time_ratio"] is None:
+            bad("sparse origin (10% data): time", "loop", "<= 0.5x a full copy", "no full copy to compare")
+        else:
+            line("sparse origin (10% data): time", "loop", f"{r['time_ratio']}x a full copy", "<= 0.5x a full copy",
+                 r["time_ratio"] <= 0.5)
+        line("sparse origin: identical (cmp)", "loop", "yes" if r["identical"] else "no", "identical", r["identical"])
+    # The tracking memory target, judged on both tables: without metadata, and with it, as
+    # `dmmig move` runs every migration.
+    for metadata in (False, True):
+        what = f"tracking memory at 64 KiB regions, {'with' if metadata else 'without'} a metadata device"
+        r = next((x for x in by("memory") if x["region_kib"] == 64 and bool(x.get("metadata")) == metadata), None)
+        if r is None or r.get("measured_kib_per_tib") is None:
+            bad(what, "null_blk, 1 TiB", "<= 2048 KiB/TiB", "not measured")
+            continue
         spread = ""
         if "rounds_kib" in r:
             spread = f" (rounds {min(r['rounds_kib'])} to {max(r['rounds_kib'])}; a linear table: {r['linear_kib']})"
-        line("tracking memory at 64 KiB regions", "null_blk, 1 TiB", f"{r['measured_kib_per_tib']} KiB/TiB{spread}",
-             "<= 2048 KiB/TiB", r["measured_kib_per_tib"] <= 2048)
+        line(what, "null_blk, 1 TiB", f"{r['measured_kib_per_tib']} KiB/TiB{spread}", "<= 2048 KiB/TiB",
+             r["measured_kib_per_tib"] <= 2048)
     return lines
 
 
 def targets(rows):
-    """The issue's targets, each with the figures it compares and whether this run met it."""
+    """The issue's targets, each with the figures it compares and whether this run met it; a
+    target whose figure is missing or unusable is an error (see ERRORS)."""
     def find(fig, **keys):
         return next((r for r in rows if r["figure"] == fig and all(r.get(k) == v for k, v in keys.items())), None)
 
@@ -339,27 +462,46 @@ def targets(rows):
     def line(what, figures, met):
         lines.append(f"| {what} | {figures} | {'yes' if met else 'no'} |")
 
+    def bad(what, why):
+        lines.append(f"| {what} | {error(what, why)} | **ERROR** |")
+
     raw, ours = find("copy", peer="raw dd 4M O_DIRECT"), find("copy", peer="migrate")
     clone, mirror = find("copy", peer="clone-tuned"), find("copy", peer="mirror")
-    if raw and ours and clone and mirror:
+    why = ("raw copy: not measured" if raw is None or not raw.get("seconds") else None) or next(
+        (f"{name}: {copy_problem(r)}" for name, r in [("migrate", ours), ("dm-clone tuned", clone),
+                                                      ("dm-raid1", mirror)] if copy_problem(r)), None)
+    if why:
+        bad("copy >= 0.9x the raw copy", why)
+        bad("copy ahead of dm-clone (tuned) and dm-raid1", why)
+    else:
         line("copy >= 0.9x the raw copy", f"{ours['ratio_to_raw']}x", ours["ratio_to_raw"] >= 0.9)
         line("copy ahead of dm-clone (tuned) and dm-raid1",
              f"{ours['mib_per_s']} vs {clone['mib_per_s']} and {mirror['mib_per_s']} MiB/s",
              ours["mib_per_s"] > max(clone["mib_per_s"], mirror["mib_per_s"]))
     for rw in ["randread", "randwrite"]:
-        r = find("guest_io", peer="migrate", rw=rw)
-        if r and r.get("ratio_to_linear") is not None:
-            line(f"guest {rw} IOPS while copying >= 0.8x dm-linear", f"{r['ratio_to_linear']}x",
-                 r["ratio_to_linear"] >= 0.8)
-        r = find("idle_overhead", peer="migrate switched", rw=rw)
-        if r and r.get("ratio_to_linear") is not None:
-            line(f"{rw} IOPS after the switch within 3% of dm-linear", f"{r['ratio_to_linear']}x",
-                 r["ratio_to_linear"] >= 0.97)
-    ours, swap = find("switch_pause", peer="migrate", window="switch"), find("switch_pause", peer="swap")
-    if ours and swap:
-        for key, what in [("max_us", "longest"), ("p999_us", "p99.9")]:
-            line(f"switch pause ({what}) below the suspend/resume swap",
-                 f"{ours[key]} vs {swap[key]} µs", ours[key] < swap[key])
+        what = f"guest {rw} IOPS while copying >= 0.8x dm-linear"
+        r, b = find("guest_io", peer="migrate", rw=rw), find("guest_io", peer="linear", rw=rw)
+        why = io_problem(r, "ratio_to_linear") or (io_problem(b) and f"dm-linear: {io_problem(b)}")
+        if why:
+            bad(what, why)
+        else:
+            line(what, f"{r['ratio_to_linear']}x", r["ratio_to_linear"] >= 0.8)
+        what = f"{rw} IOPS after the switch within 3% of dm-linear"
+        r, b = find("idle_overhead", peer="migrate switched", rw=rw), find("idle_overhead", peer="linear", rw=rw)
+        why = io_problem(r, "ratio_to_linear") or (io_problem(b) and f"dm-linear: {io_problem(b)}")
+        if why:
+            bad(what, why)
+        else:
+            line(what, f"{r['ratio_to_linear']}x", r["ratio_to_linear"] >= 0.97)
+    ours, swap = find("switch_pause", peer="migrate", window="switch"), find("switch_pause", peer="swap", window="switch")
+    for key, what in [("max_us", "longest"), ("p999_us", "p99.9")]:
+        what = f"switch pause ({what}) below the suspend/resume swap"
+        why = (io_problem(ours, key) and f"migrate's switch: {io_problem(ours, key)}") or (
+            io_problem(swap, key) and f"the swap: {io_problem(swap, key)}")
+        if why:
+            bad(what, why)
+        else:
+            line(what, f"{ours[key]} vs {swap[key]} µs", ours[key] < swap[key])
     return lines
 
 
@@ -516,16 +658,25 @@ def issue11_plots(results, rows, plt):
         fig.savefig(path("kinds-copy.png"), dpi=100, bbox_inches="tight")
 
 
-def main(results):
+def main(results, draw=True):
+    """Writes the report of RESULTS; returns the exit status: 1 if a target could not be judged."""
+    ERRORS.clear()
     rows = [json.loads(line) for line in open(os.path.join(results, "bench.jsonl")) if line.strip()]
     out = tables(rows, results)
+    if ERRORS:
+        out += ["", "## Errors", "", "These figures are missing or unusable, so the targets on them were not judged:", ""]
+        out += [f"- {e}" for e in ERRORS]
     with open(os.path.join(results, "bench.md"), "w") as f:
         f.write("\n".join(out) + "\n")
     with open(os.path.join(results, "bench.json"), "w") as f:
         json.dump(rows, f, indent=1)
     print("\n".join(out))
-    plots(results, rows)
+    if draw:
+        plots(results, rows)
+    for e in ERRORS:
+        print(f"report.py: ERROR: {e}", file=sys.stderr)
+    return 1 if ERRORS else 0
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    sys.exit(main(sys.argv[1]))

@@ -8,9 +8,10 @@ Creates CSV.ready once running, waits for the device NAME to have a table (so it
 before the copy, and python's start-up does not delay the first sample), then appends
 "unix_seconds,fraction,state" rows to CSV until the copy has ended: for migrate, until
 the state is no longer copying or paused (switched, synced, failed, cancelled); for dm-clone and
-dm-raid1, until every region is in sync. The status comes from the DM_TABLE_STATUS ioctl made
-by this one process, because running `dmsetup status` takes about 0.3 s per sample in the TCG
-VM, longer than some whole copies. The wall clock is the one fio uses for --log_unix_epoch.
+dm-raid1, until every region is in sync ("synced") or their status reports a failure
+("failed"). The status comes from the DM_TABLE_STATUS ioctl made by this one process, because
+running `dmsetup status` takes about 0.3 s per sample in the TCG VM, longer than some whole
+copies. The wall clock is the one fio uses for --log_unix_epoch.
 """
 import errno
 import fcntl
@@ -46,17 +47,28 @@ def status(control, name):
 
 
 def progress(peer, params):
-    """(fraction copied, state word) from a peer's status parameters."""
+    """(fraction copied, state word) from a peer's status parameters. dm-clone and dm-raid1 are
+    "synced" once every region is in sync, and "failed" when their status says so."""
     words = params.split()
     if peer == "linear":
         # Nothing to copy: sampled only so that the baseline carries the sampler's own load.
         return 0.0, "copying"
     if peer.startswith("migrate"):
         state, pair = words[0], words[1]
+    elif peer.startswith("clone"):
+        # <metadata block size> <used>/<total metadata blocks> <region size>
+        # <hydrated>/<total regions> <hydrating> <features> <core args> <mode>: the mode is rw,
+        # or ro or Fail after a metadata error; a failed target says only "Fail" (or "Error").
+        if words[0] in ("Fail", "Error") or words[-1] != "rw":
+            return 0.0, "failed"
+        state, pair = "copying", words[3]
     else:
-        # dm-clone: <metadata block size> <used>/<total metadata blocks> <region size>
-        # <hydrated>/<total regions> ...; dm-raid1: <#mirrors> <dev>... <in sync>/<total> ...
-        state, pair = "copying", words[3] if peer.startswith("clone") else words[1 + int(words[0])]
+        # <#mirrors> <dev>... <in sync>/<total> 1 <health>: a health character per leg, A for a
+        # leg without errors.
+        n = int(words[0])
+        if not all(c == "A" for c in words[3 + n]):
+            return 0.0, "failed"
+        state, pair = "copying", words[1 + n]
     done, total = (int(x) for x in pair.split("/"))
     fraction = done / total if total else 1.0
     if not peer.startswith("migrate") and done == total:
