@@ -260,6 +260,13 @@ crash_point() {
 		sleep "0.$((RANDOM % 10))"
 		;;
 	esac
+	# Every writer has had a write acknowledged (python starts slowly in a busy VM): a crash
+	# before that would test no write.
+	local start=$SECONDS
+	until grep -qs '^[0-9]' "$TEST_TMP/writer.0.log" && grep -qs '^[0-9]' "$TEST_TMP/writer.1.log"; do
+		[ $((SECONDS - start)) -lt 60 ] || fail "the writers acknowledged no write in 60 s"
+		sleep 0.05
+	done
 	crash_status=$(dmsetup status "$DEV_PREFIX-mg")
 	crash_now
 	diag "$phase: crashed at [${crash_status#*migrate }]"
