@@ -83,7 +83,7 @@ $CRASH_META_DELAY_MS" || fail "cannot create the delayed metadata device"
 # of the first half (the second half stays clean, so a recovery has copied regions to keep).
 # Each writer's seed is new to this crash point (the seed picks its sequence numbers).
 crash_writers() {
-	local n=$1 i part seed
+	local n=$1 i part
 	part=$((crash_blocks / 2 / n))
 	writer_pids=()
 	for ((i = 0; i < n; i++)); do
