@@ -153,6 +153,13 @@ impl Bio {
         bio_kind(unsafe { bindings::migrate_bio_kind(self.raw()) })
     }
 
+    /// Whether the bio is a write with forced unit access: on a device without FUA the block
+    /// layer follows it with a flush of its own.
+    pub fn is_fua(&self) -> bool {
+        // SAFETY: `ptr` is a valid bio by the type invariant.
+        unsafe { bindings::migrate_bio_is_fua(self.raw()) }
+    }
+
     /// The value attached with [`Bio::set_tag`].
     pub fn tag(&self) -> u8 {
         self.data().tag.load(Ordering::Relaxed)
@@ -207,7 +214,9 @@ impl Bio {
     /// bio's issuer. `context.dest_done` learns the destination's status as soon as its clone
     /// completes, and before the bio ends `context.mirror_done` learns both statuses.
     ///
-    /// The clones come from `bios`, whose mempool makes this wait rather than fail.
+    /// The clones come from `bios`, whose mempool makes this wait rather than fail; a clone
+    /// that cannot be made all the same (its integrity payload) fails its half with an I/O
+    /// error.
     pub fn mirror<T: MirrorDone>(
         self,
         origin: (&Device, u64),
@@ -223,15 +232,16 @@ impl Bio {
             .store(Arc::into_raw(context).cast_mut().cast(), Ordering::Relaxed);
         let empty = self.sectors() == 0;
         let parent = self.into_raw();
-        let clones: [(&Device, u64, unsafe extern "C" fn(*mut bindings::bio)); 2] = [
-            (origin.0, origin.1, origin_endio::<T>),
-            (dest.0, dest.1, dest_endio::<T>),
+        let clones: [(&Device, u64, unsafe extern "C" fn(*mut bindings::bio), bool); 2] = [
+            (origin.0, origin.1, origin_endio::<T>, false),
+            (dest.0, dest.1, dest_endio::<T>, true),
         ];
-        for (device, sector, end_io) in clones {
+        for (device, sector, end_io, is_dest) in clones {
             // SAFETY: `parent` is a valid bio we own until both clones complete; a clone shares
             // its pages, which the parent keeps until it ends in `clone_done`. The device stays
             // open until the target is destroyed, after all of its I/O. The stores above happen
-            // before the submissions, which order them before the completions.
+            // before the submissions, which order them before the completions. A half that
+            // fails here is done with at once; the parent ends only after both halves.
             unsafe {
                 let clone = bindings::migrate_clone_bio(
                     parent,
@@ -241,7 +251,14 @@ impl Bio {
                     Some(end_io),
                     parent.cast(),
                 );
-                bindings::migrate_submit_bio_noacct(clone);
+                if clone.is_null() {
+                    // The clone's integrity payload could not be allocated (the bio itself
+                    // comes from the mempool, which waits): this half fails as if its device
+                    // had failed it, and is done with.
+                    half_done::<T>(parent, is_dest, Status::IOERR.0);
+                } else {
+                    bindings::migrate_submit_bio_noacct(clone);
+                }
             }
         }
     }
@@ -265,9 +282,9 @@ impl Drop for Bio {
 /// sleeping, no sleeping locks).
 pub trait MirrorDone: Send + Sync + 'static {
     /// Called once per mirrored bio of `kind` when its destination clone completes, with that
-    /// clone's status, before the bio can end and whether or not the origin's clone has
-    /// completed yet.
-    fn dest_done(&self, kind: BioKind, dest: Status);
+    /// clone's status and the bio's tag ([`Bio::set_tag`]), before the bio can end and whether
+    /// or not the origin's clone has completed yet.
+    fn dest_done(&self, kind: BioKind, dest: Status, tag: u8);
 
     /// Called once per mirrored bio of `kind`, when its last clone has completed, with both
     /// statuses, before the bio ends.
@@ -308,6 +325,17 @@ unsafe fn clone_done<T: MirrorDone>(clone: *mut bindings::bio, is_dest: bool) {
         bindings::migrate_bio_put(clone);
         (parent, status)
     };
+    // SAFETY: Forwarded from the caller: `parent` is the mirrored bio, this half's once.
+    unsafe { half_done::<T>(parent, is_dest, status) };
+}
+
+/// Records the status of one half of a mirrored bio and ends the bio after the last half.
+///
+/// # Safety
+///
+/// `parent` is a bio mirrored by [`Bio::mirror`] for a context of type `T`, and this is its
+/// origin (`is_dest` false) or destination half's only call.
+unsafe fn half_done<T: MirrorDone>(parent: *mut bindings::bio, is_dest: bool, status: u8) {
     // SAFETY: As above.
     let data = unsafe {
         &*bindings::dm_per_bio_data(parent, core::mem::size_of::<BioData>()).cast::<BioData>()
@@ -324,7 +352,7 @@ unsafe fn clone_done<T: MirrorDone>(clone: *mut bindings::bio, is_dest: bool) {
         // completion takes back, after its decrement below; this clone has not decremented
         // yet, so the `T` lives at least until this call returns.
         let context = unsafe { &*data.context.load(Ordering::Relaxed).cast::<T>() };
-        context.dest_done(kind, Status(status));
+        context.dest_done(kind, Status(status), data.tag.load(Ordering::Relaxed));
     } else {
         data.origin_status.store(status, Ordering::Relaxed);
     }

@@ -55,6 +55,11 @@ unsigned int migrate_bio_kind(const struct bio *bio)
 	}
 }
 
+bool migrate_bio_is_fua(const struct bio *bio)
+{
+	return bio->bi_opf & REQ_FUA;
+}
+
 u8 migrate_bio_status(const struct bio *bio)
 {
 	return bio->bi_status;
@@ -93,9 +98,14 @@ dev_t migrate_bdev_dev(struct block_device *bdev)
 struct bio *migrate_clone_bio(struct bio *src, struct block_device *bdev, sector_t sector,
 			      struct bio_set *bs, void (*end_io)(struct bio *), void *private)
 {
-	/* GFP_NOIO from a bio_set's mempool waits rather than fails. */
+	/*
+	 * GFP_NOIO from a bio_set's mempool waits rather than fails, but the clone of an
+	 * integrity payload can fail: the caller then fails this half.
+	 */
 	struct bio *clone = bio_alloc_clone(bdev, src, GFP_NOIO, bs);
 
+	if (!clone)
+		return NULL;
 	/*
 	 * The core polls only its own clone of a polled bio (dm_poll_dm_io), never these: they
 	 * must complete by interrupt.
@@ -430,6 +440,11 @@ int migrate_kthread_stop(struct task_struct *task)
 
 bool migrate_kthread_should_stop(void)
 {
+	/*
+	 * It may park, which sleeps: called under a spinlock or in atomic context, it is a bug
+	 * that the debug kernel reports here whether or not a park was asked for.
+	 */
+	might_sleep();
 	/* A park request parks the thread here, between two units of its work. */
 	if (kthread_should_park())
 		kthread_parkme();

@@ -26,7 +26,9 @@ pub struct ThreadContext {
 
 impl ThreadContext {
     /// Whether this thread has been asked to stop. If it has been asked to park
-    /// ([`KThread::park`]), it parks here first, until unparked or stopped.
+    /// ([`KThread::park`]), it parks here first, until unparked or stopped. It may sleep: a
+    /// call in atomic context (under a spinlock) is reported by `might_sleep` on a debug
+    /// kernel even when no park was asked for.
     pub fn should_stop(&self) -> bool {
         // SAFETY: A `ThreadContext` exists only inside a thread started by `KThread::run`.
         unsafe { bindings::migrate_kthread_should_stop() }

@@ -3,31 +3,25 @@
 //! Allocation scopes: what allocations may wait for while the device is suspended.
 
 use super::bindings;
-use core::marker::PhantomData;
 
-/// Allocations in the scope of this guard do not wait for I/O (`memalloc_noio_save`): while a
-/// device is suspended, an allocation that reclaims through it would wait forever. The scope
-/// belongs to the task that entered it, so the guard cannot move to another thread.
-pub struct NoIo {
-    flags: kernel::ffi::c_uint,
-    _same_task: PhantomData<*mut ()>,
-}
-
-impl NoIo {
-    /// Starts the scope.
-    pub fn enter() -> Self {
-        // SAFETY: No preconditions; `drop` restores the flags in the same task.
-        let flags = unsafe { bindings::migrate_noio_save() };
-        Self {
-            flags,
-            _same_task: PhantomData,
+/// Runs `body` with allocations that do not wait for I/O (`memalloc_noio_save`): while a
+/// device is suspended, an allocation that reclaims through it would wait forever, and a
+/// thread that guest writes wait for must not reclaim through the device either.
+///
+/// A scope, not a guard: the flags are restored when `body` returns, in this task, in the
+/// order scopes were entered, and a scope cannot be forgotten or outlive its task.
+pub fn noio_scope<R>(body: impl FnOnce() -> R) -> R {
+    /// Restores the flags also if `body` unwinds (the kernel panics instead, but the scope
+    /// stays right by construction).
+    struct Restore(kernel::ffi::c_uint);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            // SAFETY: The flags came from `migrate_noio_save` in this task, in the scope that
+            // ends here; nested scopes ended before it.
+            unsafe { bindings::migrate_noio_restore(self.0) };
         }
     }
-}
-
-impl Drop for NoIo {
-    fn drop(&mut self) {
-        // SAFETY: `flags` came from `migrate_noio_save` in this task.
-        unsafe { bindings::migrate_noio_restore(self.flags) };
-    }
+    // SAFETY: No preconditions; `Restore` undoes it in this task when `body` returns.
+    let _restore = Restore(unsafe { bindings::migrate_noio_save() });
+    body()
 }

@@ -14,7 +14,7 @@
 //!   to two devices; [`bio::BioList`] to hold bios back; [`bio::BioSet`] for clones.
 //! - [`copy::IoBatch`] and [`copy::PageBuffer`], the copier's I/O.
 //! - [`kthread::KThread`], the copier thread, and [`event::Event`], what it sleeps on.
-//! - [`memalloc::NoIo`], a scope whose allocations do not wait for I/O.
+//! - [`memalloc::noio_scope`], a scope whose allocations do not wait for I/O.
 //! - [`sysfs::SysfsDir`], the progress counters in sysfs.
 
 mod bindings;

@@ -3,8 +3,9 @@
 # Metadata that does not describe the migration is refused with its reason, never guessed past:
 # the metadata of another pair of devices, a damaged superblock copy (either one), a metadata
 # device too small for the bitmaps, one of another target length or region size, one that holds
-# something else, and the origin or destination named as the metadata device. Metadata of the
-# right pair is accepted again afterwards, with its progress.
+# something else, a blank destination or one rolled back to an earlier point of the copy, and the
+# origin or destination named as the metadata device. Metadata of the right pair is accepted
+# again afterwards, with its progress.
 . "$(dirname "$0")/lib.sh"
 load_migrate
 make_loop origin 16
@@ -23,6 +24,17 @@ snapshot "$meta" "$TEST_TMP/meta.good"
 restore_meta() { dd if="$TEST_TMP/meta.good" of="$meta" bs=4k oflag=direct status=none; }
 
 expect_reject "0 $len migrate $other_origin $other_dest 2 metadata $meta" \
+	"Metadata is for another pair: a region it says is copied differs"
+# The right origin with a blank destination: a copied region blank on one side only could be a
+# discard, but not when no copied region holds the same data on both.
+make_loop blank 16
+dd if=/dev/zero of="$blank" bs=1M count=16 oflag=direct status=none || fail "cannot zero $blank"
+expect_reject "0 $len migrate $origin $blank 2 metadata $meta" \
+	"Metadata is for another pair: a region it says is copied differs"
+# A destination rolled back to when the copy had done its first 1 MiB: blank beyond it.
+dd if="$dest" of="$blank" bs=64k count=16 iflag=direct oflag=direct status=none ||
+	fail "cannot copy $dest"
+expect_reject "0 $len migrate $origin $blank 2 metadata $meta" \
 	"Metadata is for another pair: a region it says is copied differs"
 expect_reject "0 $((len / 2)) migrate $origin $dest 2 metadata $meta" \
 	"Metadata is for a target of another length"

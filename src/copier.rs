@@ -15,8 +15,9 @@
 // Safe Rust only: the binding layer (`crate::dm`) is the one place allowed `unsafe_code`.
 #![deny(unsafe_code)]
 
-use crate::dm::copy::{flush, CopyOp, IoBatch};
+use crate::dm::copy::{CopyOp, IoBatch};
 use crate::dm::kthread::{self, ThreadContext, ThreadMain};
+use crate::dm::memalloc::noio_scope;
 use crate::engine::state::{FailReason, State};
 use crate::engine::throttle::{GuestLoad, Pacer, RateController, RateMeter, TICK_NS};
 use crate::engine::tracker::{AfterBatch, Batch, CopyResult};
@@ -106,6 +107,16 @@ struct Copier<'a> {
 
 impl ThreadMain for CopierThread {
     fn thread_main(&self, thread: &ThreadContext) {
+        // Guest writes can wait for this thread (a copy, an intent bit): an allocation of its
+        // that reclaimed by writing back through the migrating device could wait on itself.
+        // Like kcopyd's GFP_NOIO, every allocation of the thread's life avoids I/O.
+        noio_scope(|| self.run(thread));
+    }
+}
+
+impl CopierThread {
+    /// The thread's life, in its no-I/O scope.
+    fn run(&self, thread: &ThreadContext) {
         let engine = &self.engine;
         let region_bytes = engine.geometry.region_sectors * SECTOR_SIZE;
         let max_regions = (BATCH_BYTES / region_bytes).max(1);
@@ -211,7 +222,7 @@ impl Copier<'_> {
         // time, so what the copy wrote there is made durable once.
         if synced && !self.synced_flushed {
             self.synced_flushed = true;
-            if flush(&engine.destination).is_err() {
+            if engine.flush_destination().is_err() {
                 engine.fail(FailReason::DestinationFlush);
             }
         }

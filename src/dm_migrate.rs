@@ -32,7 +32,7 @@ use core::sync::atomic::Ordering;
 use dm::bio::{Bio, BioSet, Status};
 use dm::device::Device;
 use dm::kthread::KThread;
-use dm::memalloc::NoIo;
+use dm::memalloc::noio_scope;
 use dm::sysfs::{SysfsDir, SysfsShow};
 use dm::target::{
     CtrError, DeviceVisitor, MapResult, Registration, StatusType, Target, TargetContext,
@@ -174,15 +174,13 @@ impl Migrate {
         let name = self.engine.handle.device_name();
         let outcome = match self.membership.go_live(self.engine.options.no_switch) {
             Ok(handover) => 'live: {
-                if let Some(handover) = handover {
-                    if let Err(e) = self.engine.persist_handover(handover) {
-                        pr_err!(
-                            "{}: {}: cannot record the reload; not resuming\n",
-                            name,
-                            e.message().to_str().unwrap_or("")
-                        );
-                        break 'live Err(EIO);
-                    }
+                if let Err(e) = self.engine.persist_handover(handover) {
+                    pr_err!(
+                        "{}: {}: cannot record the reload; not resuming\n",
+                        name,
+                        e.message().to_str().unwrap_or("")
+                    );
+                    break 'live Err(EIO);
                 }
                 let what = match handover {
                     None => "",
@@ -322,7 +320,7 @@ impl Target for Migrate {
         // newer than the device.
         if membership.is_new() {
             let loaded = engine
-                .load_metadata(dm::kthread::now_ns())
+                .load_metadata(dm::kthread::now_ns(), membership.replaces_live_pair())
                 .map_err(TableError::Metadata)?;
             if engine.metadata.is_some() {
                 let progress = engine.progress();
@@ -331,6 +329,9 @@ impl Target for Migrate {
                     Loaded::Copying => "resuming the copy",
                     Loaded::Switched => "switched already",
                     Loaded::StartedOver => "failed or cancelled before: starting the copy over",
+                    Loaded::ForHandover => {
+                        "the live table's, of another region size: taken over at the resume"
+                    }
                 };
                 pr_info!(
                     "{}: Metadata: {}, {}/{} regions copied\n",
@@ -391,7 +392,7 @@ impl Target for Migrate {
         // With `no_switch`, userspace may swap to the destination while suspended: make what
         // the copy and the mirrored writes put there durable first.
         if self.engine.migration.state() == engine::state::State::Synced
-            && dm::copy::flush(&self.engine.destination).is_err()
+            && self.engine.flush_destination().is_err()
         {
             self.engine
                 .fail(engine::state::FailReason::DestinationFlush);
@@ -407,19 +408,20 @@ impl Target for Migrate {
 
     fn resume(&self) {
         // The device is still suspended: no allocation here may wait for its I/O.
-        let _noio = NoIo::enter();
-        let mut sysfs = self.sysfs.lock();
-        if sysfs.is_none() {
-            match SysfsDir::new(&self.engine.handle, c"migrate", self.engine.clone()) {
-                Ok(dir) => *sysfs = Some(dir),
-                Err(_) => pr_warn!("Cannot create the sysfs counters\n"),
+        noio_scope(|| {
+            let mut sysfs = self.sysfs.lock();
+            if sysfs.is_none() {
+                match SysfsDir::new(&self.engine.handle, c"migrate", self.engine.clone()) {
+                    Ok(dir) => *sysfs = Some(dir),
+                    Err(_) => pr_warn!("Cannot create the sysfs counters\n"),
+                }
             }
-        }
-        drop(sysfs);
-        if let Some(thread) = self.meta_thread.lock().as_mut() {
-            thread.unpark();
-        }
-        self.copier.lock().unpark();
+            drop(sysfs);
+            if let Some(thread) = self.meta_thread.lock().as_mut() {
+                thread.unpark();
+            }
+            self.copier.lock().unpark();
+        })
     }
 
     /// Status, in `Documentation/dm-migrate.rst`:

@@ -7,6 +7,7 @@
 #![deny(unsafe_code)]
 
 use crate::dm::kthread::{self, ThreadContext, ThreadMain};
+use crate::dm::memalloc::noio_scope;
 use crate::migration::Engine;
 use kernel::sync::Arc;
 
@@ -19,6 +20,16 @@ pub(crate) struct MetaThread {
 
 impl ThreadMain for MetaThread {
     fn thread_main(&self, thread: &ThreadContext) {
+        // Guest writes can wait for this thread (a copy, an intent bit): an allocation of its
+        // that reclaimed by writing back through the migrating device could wait on itself.
+        // Like kcopyd's GFP_NOIO, every allocation of the thread's life avoids I/O.
+        noio_scope(|| self.run(thread));
+    }
+}
+
+impl MetaThread {
+    /// The thread's life, in its no-I/O scope.
+    fn run(&self, thread: &ThreadContext) {
         let engine = &self.engine;
         let interval_ns = engine.options.commit_interval_ms() * 1_000_000;
         let mut next_commit_ns = kthread::now_ns() + interval_ns;

@@ -18,7 +18,7 @@ use crate::dm::copy::flush;
 use crate::dm::device::Device;
 use crate::dm::event::Event;
 use crate::dm::target::{MapResult, TargetHandle};
-use crate::engine::epoch::{Counted, Epoch, WriteEpochs};
+use crate::engine::epoch::{BioTag, Counted, Epoch, WriteEpochs};
 use crate::engine::message::MessageError;
 use crate::engine::metadata::{Admit, BitmapKind, IntentLog, MetadataError, Phase};
 use crate::engine::state::{FailReason, Progress, State};
@@ -60,16 +60,11 @@ pub(crate) struct Shared {
     /// Present when the migration keeps its state on a metadata device.
     intent: Option<IntentLog<KVVec<u64>>>,
     deferred: BioList,
+    /// A reload's hand-over that changed this migration but is not yet on its metadata device
+    /// (its write failed, and the table was refused): an identical table's retry writes it
+    /// before it goes live, instead of finding the change made and recording nothing.
+    unrecorded: Option<Handover>,
 }
-
-/// A bio's tag holds two counted writes (`engine::epoch::Counted`): the copy epoch in the low
-/// bits, the intent epoch (mirrored writes, with a metadata device) above this shift.
-const INTENT_TAG_SHIFT: u8 = 4;
-/// The bits of a tag below [`INTENT_TAG_SHIFT`].
-const TAG_MASK: u8 = (1 << INTENT_TAG_SHIFT) - 1;
-/// The tag bit of a mirrored flush counted in `Migration::mirrored_flushes`: below
-/// [`INTENT_TAG_SHIFT`], above the two bits of a counted write (`Counted::to_tag`).
-const FLUSH_TAG: u8 = 1 << 3;
 
 /// `Migration::final_route`: failed or cancelled, everything to the origin.
 const FINAL_ORIGIN: u8 = 1;
@@ -116,6 +111,28 @@ pub(crate) struct Migration {
     /// Mirrored flushes in flight, counted in `dispatch` under the lock like writes in an
     /// epoch: the switch waits for them (`Engine::switch`).
     mirrored_flushes: AtomicU64,
+    /// Every flush of the destination in flight, by its destination half: a guest's mirrored
+    /// flush until its destination clone completes, and the target's own
+    /// (`Engine::flush_destination`). A loop device over a file reports a write-back error to
+    /// one flush only; a decision that marks data safe on the destination (a commit, the
+    /// switch) therefore waits, after its own flush, for every destination flush that began
+    /// before it ended, each of which records its failure before it is uncounted.
+    dest_flushes: WriteEpochs,
+    /// Serialises the flip and drain of `dest_flushes` (a flip must drain before the next).
+    #[pin]
+    dest_flush_drain: Mutex<()>,
+    /// Set when a flush of the destination issued by the target failed: the data it covered
+    /// may be lost there, whichever decision that flush was for. Sticky until a restart.
+    dest_flush_failed: AtomicBool,
+    /// Set when a flush of the origin issued by the target failed: the origin may have lost
+    /// a write the guest was told succeeded, and the write-back error was taken by the target's
+    /// flush, not the guest's. The next guest flush that goes to the origin fails instead
+    /// (`Engine::dispatch`), as the guest's own flush would have.
+    owed_origin_flush_error: AtomicBool,
+    /// The copied bitmap a commit records, snapshotted under the phase lock and written after
+    /// the drains and flushes, which run without it. Held for a whole commit: one at a time.
+    #[pin]
+    commit_copied: Mutex<KVVec<u64>>,
     /// Errors of mirrored destination writes.
     mirror_errors: AtomicU64,
     /// Where every bio goes once the migration has ended ([`FINAL_ORIGIN`], [`FINAL_DEST`]), or
@@ -136,6 +153,11 @@ impl Migration {
         // allocation for large devices).
         let words = usize::try_from(bitmap_words(geometry.nr_regions)).map_err(|_| OutOfMemory)?;
         let new_bitmap = || KVVec::from_elem(0u64, words, GFP_KERNEL).map_err(|_| OutOfMemory);
+        let commit_copied = if metadata {
+            new_bitmap()?
+        } else {
+            KVVec::new()
+        };
         let intent = if metadata {
             Some(IntentLog::new(
                 new_bitmap()?,
@@ -172,6 +194,7 @@ impl Migration {
             tracker,
             intent,
             deferred: BioList::new().map_err(|_| OutOfMemory)?,
+            unrecorded: None,
         };
         let event = || Event::new().map_err(|_| OutOfMemory);
         let copier_event = Arc::new(event()?, GFP_KERNEL).map_err(|_| OutOfMemory)?;
@@ -191,6 +214,11 @@ impl Migration {
                 zeroed_bytes: AtomicU64::new(0),
                 dest_failed: AtomicBool::new(false),
                 mirrored_flushes: AtomicU64::new(0),
+                dest_flushes: WriteEpochs::new(),
+                dest_flush_drain <- new_mutex!((), "migrate:dest_flush_drain"),
+                dest_flush_failed: AtomicBool::new(false),
+                owed_origin_flush_error: AtomicBool::new(false),
+                commit_copied <- new_mutex!(commit_copied, "migrate:commit_copied"),
                 mirror_errors: AtomicU64::new(0),
                 final_route: AtomicU8::new(0),
             }),
@@ -208,11 +236,28 @@ impl Migration {
     /// A failed mirrored write makes an active migration failed at once in what is reported,
     /// even before the copier has carried the failure out.
     fn with_mirror_failure(&self, state: State) -> State {
-        match state {
-            State::Copying | State::Synced if self.dest_failed.load(Ordering::Acquire) => {
-                State::Failed(FailReason::DestinationWrite)
-            }
-            state => state,
+        match (state, self.dest_failure()) {
+            (State::Copying | State::Synced, Some(reason)) => State::Failed(reason),
+            (state, _) => state,
+        }
+    }
+
+    /// Ends a destination flush counted in `dest_flushes`.
+    fn dest_flushes_exit(&self, flush: Counted) {
+        if self.dest_flushes.exit(flush) {
+            self.drained_event.signal();
+        }
+    }
+
+    /// Whether a destination flush failed, the target's own or a guest's: the destination may
+    /// have lost data it held.
+    fn dest_failure(&self) -> Option<FailReason> {
+        if self.dest_flush_failed.load(Ordering::Acquire) {
+            Some(FailReason::DestinationFlush)
+        } else if self.dest_failed.load(Ordering::Acquire) {
+            Some(FailReason::DestinationWrite)
+        } else {
+            None
         }
     }
 
@@ -378,6 +423,29 @@ impl Membership {
         Ok((migration, true))
     }
 
+    /// Whether the device's live table (the last to go live at this place) is a migration of
+    /// the same devices, length and metadata device as this one, in another region size: this
+    /// table then takes over that migration at its hand-over, metadata included.
+    pub(crate) fn replaces_live_pair(&self) -> bool {
+        let registry = self.registry.lock();
+        let place = (self.key.device, self.key.begin);
+        registry
+            .migrations
+            .iter()
+            .flatten()
+            .filter(|e| (e.key.device, e.key.begin) == place && e.resumed > 0)
+            .max_by_key(|e| e.resumed)
+            .is_some_and(|e| {
+                let key = e.key;
+                e.stands_for.is_none()
+                    && key.origin == self.key.origin
+                    && key.destination == self.key.destination
+                    && key.target_sectors == self.key.target_sectors
+                    && key.metadata == self.key.metadata
+                    && key.region_sectors != self.key.region_sectors
+            })
+    }
+
     /// The migration.
     pub(crate) fn migration(&self) -> &Arc<Migration> {
         &self.migration
@@ -442,6 +510,11 @@ impl Membership {
             return Ok(None);
         };
         if identical {
+            // The hand-over of a table of this migration that was refused because its record
+            // could not be written: the change is made, the record is still to write.
+            if let Some(handover) = shared.unrecorded {
+                return Ok(Some(handover));
+            }
             // A mirrored write's failure not yet carried out counts as the failure it is.
             if migration.dest_failed() {
                 shared.tracker.fail(FailReason::DestinationWrite);
@@ -453,7 +526,9 @@ impl Membership {
                 intent.reset();
             }
             migration.dest_failed.store(false, Ordering::Release);
+            migration.dest_flush_failed.store(false, Ordering::Release);
             migration.final_route.store(0, Ordering::Release);
+            shared.set_unrecorded(Handover::StartedOver);
             return Ok(Some(Handover::StartedOver));
         }
         let continues = last_key.origin == self.key.origin
@@ -472,6 +547,7 @@ impl Membership {
             intent.reset();
         }
         migration.dest_failed.store(false, Ordering::Release);
+        migration.dest_flush_failed.store(false, Ordering::Release);
         migration.final_route.store(
             if handover == Handover::Switched {
                 FINAL_DEST
@@ -480,7 +556,28 @@ impl Membership {
             },
             Ordering::Release,
         );
+        shared.set_unrecorded(handover);
         Ok(Some(handover))
+    }
+}
+
+impl Shared {
+    /// Counts a destination flush in `epochs`, under this lock (see `engine::epoch`).
+    fn flush_enter(&mut self, epochs: &WriteEpochs) -> Counted {
+        epochs.enter()
+    }
+
+    /// Flips `epochs` under this lock, for a drain of the epoch it left.
+    fn flush_flip(&mut self, epochs: &WriteEpochs) -> Epoch {
+        epochs.flip()
+    }
+
+    /// Notes that `handover` changed the migration: with a metadata device, it is unrecorded
+    /// until `Engine::persist_handover` has written it.
+    fn set_unrecorded(&mut self, handover: Handover) {
+        if self.intent.is_some() && handover != Handover::Continued {
+            self.unrecorded = Some(handover);
+        }
     }
 }
 
@@ -594,6 +691,15 @@ impl Engine {
                 _ => return MapResult::Kill(bio),
             }
         };
+        // A write-back error of the origin that a flush of the target took is the guest's
+        // next flush's to report (unless the migration has switched: the origin is then left).
+        if kind == IoKind::Flush
+            && migration.final_route.load(Ordering::Acquire) != FINAL_DEST
+            && migration.owed_origin_flush_error.swap(false, Ordering::AcqRel)
+        {
+            bio.set_tag(0);
+            return MapResult::Kill(bio);
+        }
         // After the migration has ended the route never changes: no lock, no accounting.
         let device = match migration.final_route.load(Ordering::Acquire) {
             FINAL_ORIGIN => Some(&self.origin),
@@ -645,21 +751,22 @@ impl Engine {
         let counted = kind == IoKind::Write
             && shared.tracker.is_active()
             && matches!(route, Route::Origin | Route::Both);
-        let mut tag = if counted {
-            migration.epochs.enter().to_tag()
-        } else {
-            0
-        };
-        if intent_counted {
-            tag |= migration.intent_epochs.enter().to_tag() << INTENT_TAG_SHIFT;
-        }
+        // A mirrored FUA write's destination half flushes the destination on a device that
+        // emulates FUA (a loop device): counted like a flush's, until that half completes.
+        let fua_mirrored = kind == IoKind::Write && route == Route::Both && bio.is_fua();
+        let mut tag = BioTag::write(
+            counted.then(|| migration.epochs.enter()),
+            intent_counted.then(|| migration.intent_epochs.enter()),
+            fua_mirrored.then(|| migration.dest_flushes.enter()),
+        );
         // A mirrored flush is counted too, under the lock, so that the switch, which holds the
         // flushes that come once it has begun (above), can wait for every one before it.
+        // Its destination half is counted apart, until that half completes (`dest_done`).
         if kind == IoKind::Flush && route == Route::Both {
             migration.mirrored_flushes.fetch_add(1, Ordering::Relaxed);
-            tag |= FLUSH_TAG;
+            tag = BioTag::mirrored_flush(migration.dest_flushes.enter());
         }
-        bio.set_tag(tag);
+        bio.set_tag(tag.raw());
         match route {
             Route::Defer => {
                 shared.deferred.push(bio);
@@ -692,17 +799,19 @@ impl Engine {
     /// the target ends, remapped, mirrored or re-dispatched.
     pub(crate) fn write_done(&self, tag: u8) {
         let migration = &*self.migration;
-        if let Some(write) = Counted::from_tag(tag & TAG_MASK) {
+        let tag = BioTag::from_raw(tag);
+        if let Some(write) = tag.copy_write() {
             if migration.epochs.exit(write) {
                 migration.drained_event.signal();
             }
         }
-        if let Some(write) = Counted::from_tag(tag >> INTENT_TAG_SHIFT) {
+        if let Some(write) = tag.intent_write() {
             if migration.intent_epochs.exit(write) {
                 migration.drained_event.signal();
             }
         }
-        if tag & FLUSH_TAG != 0 {
+        // A destination half that flushes was uncounted by `dest_done`.
+        if tag.is_mirrored_flush() {
             // Release: a failure the flush recorded (`MirrorDone`) is seen by whoever sees the
             // count drop.
             if migration.mirrored_flushes.fetch_sub(1, Ordering::AcqRel) == 1 {
@@ -882,7 +991,15 @@ impl Engine {
     /// Loads the migration's state from the metadata device, for a target that started the
     /// migration (`Membership::is_new`) before it goes live; formats a blank device. Refuses
     /// metadata that does not describe this migration.
-    pub(crate) fn load_metadata(&self, format_id: u64) -> Result<Loaded, MetadataError> {
+    ///
+    /// `replaces_live` says the table replaces a live one of the same devices and length
+    /// (`Membership::replaces_live_pair`): its metadata in another region size is taken over
+    /// at the hand-over.
+    pub(crate) fn load_metadata(
+        &self,
+        format_id: u64,
+        replaces_live: bool,
+    ) -> Result<Loaded, MetadataError> {
         let Some(device) = &self.metadata else {
             return Ok(Loaded::New);
         };
@@ -894,8 +1011,14 @@ impl Engine {
             destination_sectors: self.destination.sectors(),
         };
         let mut meta = migration.meta.lock();
-        let (store, loaded) =
-            MetaStore::open(device, &self.origin, &self.destination, identity, format_id)?;
+        let (store, loaded) = MetaStore::open(
+            device,
+            &self.origin,
+            &self.destination,
+            identity,
+            format_id,
+            replaces_live,
+        )?;
         // The pages the recorded bitmap needs, allocated before the spinlock, every one: a
         // part of the bitmap restored as all pending without its page would be more pending in
         // memory than on the device, and a write to a region copied on the device would then go
@@ -919,7 +1042,8 @@ impl Engine {
             tracker, intent, ..
         } = &mut *shared;
         match loaded {
-            Loaded::New | Loaded::StartedOver => {}
+            // The hand-over sets the tracker and the device.
+            Loaded::New | Loaded::StartedOver | Loaded::ForHandover => {}
             Loaded::Copying => {
                 let mut page = || pages.iter_mut().find_map(Option::take);
                 if !tracker.restore(|word| store.pending_word(word), &mut page) {
@@ -943,8 +1067,9 @@ impl Engine {
     }
 
     /// Records on the metadata device what a table reload's hand-over did to the migration
-    /// (`Membership::go_live`), before the target goes live.
-    pub(crate) fn persist_handover(&self, handover: Handover) -> Result<(), MetadataError> {
+    /// (`Membership::go_live`; `None` when there was no table before), before the target goes
+    /// live.
+    pub(crate) fn persist_handover(&self, handover: Option<Handover>) -> Result<(), MetadataError> {
         let Some(device) = &self.metadata else {
             return Ok(());
         };
@@ -952,17 +1077,27 @@ impl Engine {
         let Some(store) = meta.as_mut() else {
             return Ok(());
         };
+        store.reload_for_handover(device)?;
         match handover {
-            Handover::Continued => Ok(()),
-            Handover::StartedOver => store.reset(device),
-            Handover::Switched => {
-                let sample = flush(&self.origin)
+            // Metadata of another region size was loaded for a hand-over that did not happen
+            // (the table it replaced is gone): it describes nothing this table could go on from.
+            None | Some(Handover::Continued) if store.handover_due() => {
+                Err(MetadataError::RegionSizeMismatch)
+            }
+            None | Some(Handover::Continued) => Ok(()),
+            Some(Handover::StartedOver) => store.reset(device),
+            Some(Handover::Switched) => {
+                let sample = self
+                    .flush_origin()
                     .ok()
                     .and_then(|()| store.sample_origin(&self.origin).ok());
                 store.set_origin_sample(sample);
                 store.write_phase(device, Phase::Switched, None)
             }
-        }
+        }?;
+        // Under the phase lock, which the write was made under: no other hand-over between.
+        self.migration.shared.lock().unrecorded = None;
+        Ok(())
     }
 
     /// Makes the wanted intent bits durable and lets the writes that waited for them go. The
@@ -1006,12 +1141,19 @@ impl Engine {
     /// flush that covers their copies), and the clearing of intent bits whose writes have all
     /// landed (after a drain of the mirrored writes admitted before, and the same flush). With
     /// `quiesced` (no write in flight or waiting: postsuspend), every intent bit is cleared.
+    ///
+    /// The phase lock is held only to take the snapshot and to write the bitmaps, never across
+    /// the drain and the flushes, which can take as long as the destination likes: a cancel, a
+    /// failure or a switch decides meanwhile, and the commit then writes nothing (the phase's
+    /// generation changed) or fails the migration (a destination failure).
     pub(crate) fn meta_commit(self: &Arc<Self>, quiesced: bool) {
         let Some(device) = &self.metadata else { return };
         let migration = &*self.migration;
-        let mut meta = migration.meta.lock();
-        let Some(store) = meta.as_mut() else { return };
-        let (epoch, clearing) = {
+        // One commit at a time; a cancel, a failure or a switch never waits for this lock.
+        let mut copied = migration.commit_copied.lock();
+        let (epoch, writes_something, generation) = {
+            let meta = migration.meta.lock();
+            let Some(store) = meta.as_ref() else { return };
             let mut shared = migration.shared.lock();
             let Shared {
                 tracker, intent, ..
@@ -1020,44 +1162,66 @@ impl Engine {
             if !tracker.is_active() {
                 return;
             }
-            for word in 0..tracker.nr_words() {
-                store.next[word] = tracker.copied_word(word);
+            let mut differs = false;
+            for (word, slot) in copied.iter_mut().enumerate().take(tracker.nr_words()) {
+                *slot = tracker.copied_word(word);
+                differs |= *slot != store.disk_copied_word(word);
             }
             if quiesced {
                 intent.start_clear_all();
             } else {
                 intent.start_clear();
             }
-            (migration.intent_epochs.flip(), intent.is_clearing())
+            (
+                migration.intent_epochs.flip(),
+                differs || intent.is_clearing(),
+                store.generation(),
+            )
         };
         // Also when there is nothing to write: a flip must be drained before the next one.
         self.drain_epochs(&migration.intent_epochs, epoch);
-        // A mirrored write that missed the destination: its region must stay dirty, and the
-        // migration fails (the copier would find it too, but maybe after this commit).
-        if migration.dest_failed() {
-            return self.fail_locked(meta, FailReason::DestinationWrite);
-        }
-        if !store.differs(BitmapKind::Copied) && !clearing {
+        if !writes_something {
             return;
+        }
+        // A phase decided meanwhile (a switch under way, a cancel, a failure) supersedes this
+        // commit, and the devices are no longer its to flush.
+        {
+            let shared = migration.shared.lock();
+            if !shared.tracker.is_active() || shared.tracker.is_switching() {
+                return;
+            }
         }
         // The origin too: what the copies read and the mirrored writes put there must not be
         // lost to its cache in a crash while the destination keeps it, or a clean region would
-        // read differently after the switch.
-        if flush(&self.origin).is_err() {
+        // read differently after the switch. A failure is owed to the guest's next flush.
+        if self.flush_origin().is_err() {
             pr_warn!(
                 "{}: Flushing the origin failed; progress not committed\n",
                 self.handle.device_name()
             );
             return;
         }
-        if flush(&self.destination).is_err() {
-            return self.fail_locked(meta, FailReason::DestinationFlush);
+        // A failure of this flush is recorded by it, and found below.
+        if self.flush_destination_for_commit().is_none() {
+            return;
         }
-        // A guest flush's destination half may have taken a write-back error that this flush
-        // then did not see (a loop device reports one to one flush only); it is recorded as
-        // that half completes.
-        if migration.dest_failed() {
-            return self.fail_locked(meta, FailReason::DestinationWrite);
+        // Every destination flush that began before this one ended has recorded its failure:
+        // a write-back error that one of them took instead of this flush is seen below.
+        self.drain_dest_flushes();
+        let mut meta = migration.meta.lock();
+        // A mirrored write or a flush that missed the destination: its regions must stay
+        // dirty, and the migration fails.
+        if let Some(reason) = migration.dest_failure() {
+            return self.fail_locked(meta, reason);
+        }
+        let Some(store) = meta.as_mut() else { return };
+        if store.generation() != generation || !migration.shared.lock().tracker.is_active() {
+            // A phase was written meanwhile (a switch, a failure, a cancel): it supersedes
+            // this snapshot.
+            return;
+        }
+        for (next, word) in store.next.iter_mut().zip(copied.iter()) {
+            *next = *word;
         }
         let mut result = store.write_bitmap(device, BitmapKind::Copied);
         if result.is_ok() {
@@ -1117,6 +1281,68 @@ impl Engine {
         epochs.end_drain();
     }
 
+    /// Flushes the origin for the target. A failure is owed to the guest's next flush of the
+    /// origin (`Migration::owed_origin_flush_error`): this flush may have taken a write-back
+    /// error of the guest's data.
+    fn flush_origin(&self) -> Result {
+        let result = flush(&self.origin);
+        if result.is_err() {
+            self.migration
+                .owed_origin_flush_error
+                .store(true, Ordering::Release);
+        }
+        result
+    }
+
+    /// Flushes the destination for the target (the switch, the flush once in sync), counted
+    /// in `dest_flushes` until its failure, if any, is recorded.
+    pub(crate) fn flush_destination(&self) -> Result {
+        let migration = &*self.migration;
+        // Entered under the lock that a drain's flip is made under (`engine::epoch`).
+        let counted = migration.shared.lock().flush_enter(&migration.dest_flushes);
+        self.flush_destination_counted(counted)
+    }
+
+    /// [`Engine::flush_destination`] for a commit: only while the migration is active and not
+    /// switching, decided under the lock the flush is counted under. A switch that began
+    /// before waits for no commit flush, and needs none; one that begins after drains this
+    /// one and sees its failure. After the end, the destination is not this commit's to flush
+    /// (a flush could take a write-back error of the guest's writes there after a switch).
+    /// Returns `None` when it does not flush.
+    fn flush_destination_for_commit(&self) -> Option<Result> {
+        let migration = &*self.migration;
+        let counted = {
+            let mut shared = migration.shared.lock();
+            if !shared.tracker.is_active() || shared.tracker.is_switching() {
+                return None;
+            }
+            shared.flush_enter(&migration.dest_flushes)
+        };
+        Some(self.flush_destination_counted(counted))
+    }
+
+    /// Flushes the destination, counted as `counted` in `dest_flushes`.
+    fn flush_destination_counted(&self, counted: Counted) -> Result {
+        let migration = &*self.migration;
+        let result = flush(&self.destination);
+        if result.is_err() {
+            migration.dest_flush_failed.store(true, Ordering::Release);
+            migration.copier_event.signal();
+        }
+        migration.dest_flushes_exit(counted);
+        result
+    }
+
+    /// Waits until every destination flush that began before this call has completed and
+    /// recorded its failure (see `Migration::dest_flushes`). Unbounded: never under the phase
+    /// lock.
+    fn drain_dest_flushes(&self) {
+        let migration = &*self.migration;
+        let _one_drain = migration.dest_flush_drain.lock();
+        let epoch = migration.shared.lock().flush_flip(&migration.dest_flushes);
+        self.drain_epochs(&migration.dest_flushes, epoch);
+    }
+
     /// Waits until no mirrored flush is in flight. Only the switch calls this, once it has
     /// begun: flushes are not counted from then on, so the wait ends.
     fn drain_flushes(&self) {
@@ -1145,31 +1371,37 @@ impl Engine {
                 self.drain(epoch);
             }
             self.drain_flushes();
-            if flush(&self.destination).is_err() {
-                return self.fail(FailReason::DestinationFlush);
-            }
-            // Every mirrored write and flush has ended by now, each after recording its failure.
-            if migration.dest_failed() {
-                return self.fail(FailReason::DestinationWrite);
-            }
+            // What identifies the origin from now on, when nothing writes it any more (writes
+            // are held, the copy is over); flushed first, so that the sample is what a crash
+            // leaves there. The flush is made before the phase lock; the sample's few reads
+            // need the store's buffer, and so the lock. A sample that cannot be taken is not
+            // recorded (a load then checks none); a failed flush is owed to the guest's next
+            // flush of the origin, in case the switch fails.
+            let sample = match &self.metadata {
+                Some(_) => self.flush_origin().ok().and_then(|()| {
+                    let mut meta = migration.meta.lock();
+                    meta.as_mut().and_then(|store| store.sample_origin(&self.origin).ok())
+                }),
+                None => None,
+            };
+            // A failure of this flush is recorded by it, and found below.
+            let _ = self.flush_destination();
+            // Every mirrored write and flush has ended by now, each after recording its
+            // failure, and so has every other flush of the destination that began before this
+            // one ended (one of them may have taken a write-back error this flush did not see).
+            self.drain_dest_flushes();
             // The phase lock: `switched` is durable before anything goes to the destination
             // alone, and no failure or cancel slips in between.
             let mut meta = migration.meta.lock();
-            // The decision, under the phase lock, before the switch takes effect: a failure that
-            // was recorded while this waited for the lock wins (a commit fails under the lock
-            // too, so it is over by now). Nothing records one later: writes are held, flushes go
-            // to the origin alone, the copy is this thread's, and a commit waits for the lock.
-            if migration.dest_failed() {
-                return self.fail_locked(meta, FailReason::DestinationWrite);
+            // The decision, under the phase lock, before the switch takes effect: a failure
+            // recorded by now wins. Nothing records one later: writes are held, flushes go to
+            // the origin alone, the copy is this thread's, and a commit that had not flushed the
+            // destination when this switch began does not (`flush_destination_for_commit`).
+            if let Some(reason) = migration.dest_failure() {
+                return self.fail_locked(meta, reason);
             }
             if let (Some(store), Some(device)) = (meta.as_mut(), &self.metadata) {
                 if migration.shared.lock().tracker.is_switching() {
-                    // What identifies the origin from now on, when nothing writes it any more;
-                    // flushed first, so that the sample is what a crash leaves there. A sample
-                    // that cannot be taken is not recorded (a load then checks none).
-                    let sample = flush(&self.origin)
-                        .ok()
-                        .and_then(|()| store.sample_origin(&self.origin).ok());
                     store.set_origin_sample(sample);
                     if store.write_phase(device, Phase::Switched, None).is_err() {
                         if !store.first_copy_written() {
@@ -1224,10 +1456,16 @@ impl MirrorDone for Engine {
     /// Records a flush that failed on the destination as soon as its destination half
     /// completes, whatever its origin half does or will do: the destination may have lost
     /// writes the guest was told succeeded, and a switch or a commit must not be decided while
-    /// the origin half (a slow device) keeps the bio from ending.
-    fn dest_done(&self, kind: BioKind, dest: Status) {
-        if kind == BioKind::Flush && !dest.is_ok() {
+    /// the origin half (a slow device) keeps the bio from ending. A FUA write's destination
+    /// half is recorded the same way: it may carry the flush that took a write-back error.
+    fn dest_done(&self, kind: BioKind, dest: Status, tag: u8) {
+        let flush_half = BioTag::from_raw(tag).dest_flush_half();
+        if (kind == BioKind::Flush || flush_half.is_some()) && !dest.is_ok() {
             self.record_dest_failure();
+        }
+        // Uncounted after the failure is recorded: whoever drains the count sees it.
+        if let Some(flush) = flush_half {
+            self.migration.dest_flushes_exit(flush);
         }
     }
 

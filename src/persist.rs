@@ -12,8 +12,8 @@
 use crate::dm::copy::{MetaBlock, META_BLOCK_SIZE};
 use crate::dm::device::Device;
 use crate::engine::metadata::{
-    crc32c_update, decode_bitmap_block, encode_bitmap_block, pending_word, sample_regions,
-    BitmapKind, Identity, Layout, MetadataError, Phase, Superblock, BLOCK_SIZE,
+    compare_sample, crc32c_update, decode_bitmap_block, encode_bitmap_block, pending_word, sample_regions,
+    BitmapKind, Identity, Layout, MetadataError, Phase, Sample, SampleTally, Superblock, BLOCK_SIZE,
     SUPERBLOCK_COPIES, WORDS_PER_BLOCK,
 };
 use crate::engine::state::FailReason;
@@ -36,6 +36,10 @@ pub(crate) enum Loaded {
     Switched,
     /// Failed or cancelled before: the copy starts over (the bitmaps were reset).
     StartedOver,
+    /// The metadata of the live table this one replaces, recorded with another region size:
+    /// nothing is taken from it, and the reload's hand-over (a switch kept, or the copy started
+    /// over) is the first thing written, in this table's region size.
+    ForHandover,
 }
 
 /// The metadata device as this migration last wrote it.
@@ -51,6 +55,9 @@ pub(crate) struct MetaStore {
     pub(crate) next: KVVec<u64>,
     /// See [`MetaStore::first_copy_written`].
     first_copy_written: bool,
+    /// Loaded as [`Loaded::ForHandover`], and the hand-over is not written yet: the device
+    /// still describes another region size.
+    handover_due: bool,
 }
 
 fn alloc_words(words: usize) -> Result<KVVec<u64>, MetadataError> {
@@ -63,12 +70,17 @@ impl MetaStore {
     /// Loads the metadata of a migration of `identity` from `metadata`, or formats a blank
     /// device. Returns the store and what it found; for [`Loaded::Copying`], the caller takes
     /// the bitmaps with [`MetaStore::pending_word`] and [`MetaStore::intent_word`].
+    ///
+    /// With `replaces_live`, the table replaces a live table of the same devices and length:
+    /// metadata of another region size is then that table's, taken over at the hand-over
+    /// ([`Loaded::ForHandover`]).
     pub(crate) fn open(
         metadata: &Device,
         origin: &Device,
         destination: &Device,
         identity: Identity,
         format_id: u64,
+        replaces_live: bool,
     ) -> Result<(Self, Loaded), MetadataError> {
         let nr_regions = identity.nr_regions();
         let layout = Layout::new(nr_regions);
@@ -92,6 +104,7 @@ impl MetaStore {
             disk_intent: alloc_words(words)?,
             next: alloc_words(words)?,
             first_copy_written: false,
+            handover_due: false,
         };
         let mut copies = [Ok(crate::engine::metadata::SuperblockCopy::Blank); 2];
         for (copy, slot) in copies.iter_mut().enumerate() {
@@ -103,7 +116,18 @@ impl MetaStore {
             store.format(metadata)?;
             return Ok((store, Loaded::New));
         };
-        superblock.check(&identity, metadata.sectors())?;
+        match superblock.check(&identity, metadata.sectors()) {
+            Err(MetadataError::RegionSizeMismatch) if replaces_live => {
+                // Its generation and phase, until the hand-over writes this table's.
+                store.superblock = Superblock {
+                    identity,
+                    ..superblock
+                };
+                store.handover_due = true;
+                return Ok((store, Loaded::ForHandover));
+            }
+            result => result?,
+        }
         store.superblock = superblock;
         match superblock.phase {
             Phase::Switched => {
@@ -171,7 +195,11 @@ impl MetaStore {
     }
 
     /// Compares a few regions the metadata says are copied and clean on the two devices: a
-    /// difference means the metadata was written for another pair.
+    /// difference means the metadata was written for another pair. A sample where one side
+    /// reads as one byte repeated (zeroes, or 0xff) and the other does not proves nothing on
+    /// its own: the guest may have discarded that region, and a device need not return the
+    /// same bytes for discarded blocks as another. Such samples pass only while no more of them
+    /// than of samples with matching real data are found (`SampleTally`).
     fn check_content(&mut self, origin: &Device, destination: &Device) -> Result<(), MetadataError> {
         let identity = self.superblock.identity;
         let nr_regions = identity.nr_regions();
@@ -186,6 +214,7 @@ impl MetaStore {
         let mut theirs = KVVec::from_elem(0u8, BLOCK_SIZE, GFP_KERNEL)
             .map_err(|_| MetadataError::ReadError)?;
         let mut nth = 0;
+        let mut tally = SampleTally::default();
         let step = clean.div_ceil(CONTENT_SAMPLES).max(1);
         for region in 0..nr_regions {
             let (w, b) = ((region / 64) as usize, 1u64 << (region % 64));
@@ -209,13 +238,30 @@ impl MetaStore {
             self.read(destination, sector)?;
             let last = (identity.target_sectors - sector).saturating_mul(SECTOR_SIZE);
             let len = compare.min(last as usize);
-            if theirs[..len] != self.buf[..len] {
-                pr_err!(
-                    "Region {} is copied by the metadata but differs on the two devices\n",
+            let sample = compare_sample(&theirs[..len], &self.buf[..len]);
+            tally.add(sample);
+            match sample {
+                Sample::Differs => {
+                    pr_err!(
+                        "Region {} is copied by the metadata but differs on the two devices\n",
+                        region
+                    );
+                    return Err(MetadataError::ContentMismatch);
+                }
+                Sample::MaybeDiscarded => pr_warn!(
+                    "Region {} is copied by the metadata but blank on one device only \
+                     (discarded?)\n",
                     region
-                );
-                return Err(MetadataError::ContentMismatch);
+                ),
+                Sample::Matches | Sample::Neutral => {}
             }
+        }
+        if !tally.accepts() {
+            pr_err!(
+                "More copied regions are blank on one device only than hold the same data on \
+                 both\n"
+            );
+            return Err(MetadataError::ContentMismatch);
         }
         Ok(())
     }
@@ -236,6 +282,42 @@ impl MetaStore {
             crc = crc32c_update(crc, &self.buf[..len]);
         }
         Ok(!crc)
+    }
+
+    /// Reads the superblock again before a hand-over over the metadata of another region
+    /// size: the table it replaces may have written a phase since this one loaded it, and the
+    /// hand-over's generation must be above it (a tie would let a torn write pick either).
+    pub(crate) fn reload_for_handover(&mut self, device: &Device) -> Result<(), MetadataError> {
+        if !self.handover_due {
+            return Ok(());
+        }
+        let mut copies = [Ok(crate::engine::metadata::SuperblockCopy::Blank); 2];
+        for (copy, slot) in copies.iter_mut().enumerate() {
+            let copy = copy as u64;
+            self.read(device, Layout::superblock_sector(copy))?;
+            *slot = Superblock::decode(copy, &self.buf);
+        }
+        if let Some(on_disk) = Superblock::choose(copies)? {
+            self.superblock = Superblock {
+                identity: self.superblock.identity,
+                ..on_disk
+            };
+        }
+        Ok(())
+    }
+
+    /// The generation of the last phase written: it changes with every phase (a switch, a
+    /// failure, a cancel, a hand-over), so a commit that let go of the phase lock can tell
+    /// whether its snapshot still belongs to the phase it was taken in.
+    pub(crate) fn generation(&self) -> u64 {
+        self.superblock.generation
+    }
+
+    /// Whether the device still describes the region size of the table this one replaced:
+    /// nothing but the hand-over may be written, and a table that goes live without one is
+    /// refused.
+    pub(crate) fn handover_due(&self) -> bool {
+        self.handover_due
     }
 
     /// Sets the origin sample the next `switched` phase records.
@@ -298,6 +380,9 @@ impl MetaStore {
             self.first_copy_written = true;
         }
         self.superblock = superblock;
+        // Both copies describe this table now (a reset writes the bitmaps before the last
+        // phase).
+        self.handover_due = false;
         Ok(())
     }
 
@@ -349,12 +434,8 @@ impl MetaStore {
         Ok(written)
     }
 
-    /// Whether bitmap `kind` on the device differs from [`MetaStore::next`].
-    pub(crate) fn differs(&self, kind: BitmapKind) -> bool {
-        let disk = match kind {
-            BitmapKind::Copied => &self.disk_copied,
-            BitmapKind::Intent => &self.disk_intent,
-        };
-        disk[..] != self.next[..]
+    /// Word `word` of the copied bitmap as the device has it.
+    pub(crate) fn disk_copied_word(&self, word: usize) -> u64 {
+        self.disk_copied.get(word).copied().unwrap_or(0)
     }
 }

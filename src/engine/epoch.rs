@@ -125,9 +125,119 @@ impl WriteEpochs {
     }
 }
 
+/// What a bio routed by the target carries from `map` to its end in one byte (the bio's tag):
+/// the counts it is in, each handed back once it ends.
+///
+/// Bits 0-1: the write's count in the copier's epochs. Bits 2-3: a mirrored write's count in
+/// the intent epochs (with a metadata device). Bits 4-5: the count of a mirrored bio's
+/// destination half that flushes the destination (a flush, or a FUA write on a device that
+/// emulates FUA with a flush), ended as that half completes. Bit 6: a mirrored flush.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct BioTag(u8);
+
+/// The bits of a count: [`Counted::to_tag`] uses two.
+const COUNT_MASK: u8 = 0b11;
+/// Where each count sits.
+const INTENT_SHIFT: u8 = 2;
+const DEST_FLUSH_SHIFT: u8 = 4;
+/// The bit of a mirrored flush.
+const FLUSH_BIT: u8 = 1 << 6;
+
+impl BioTag {
+    /// A bio in no count.
+    pub const NONE: BioTag = BioTag(0);
+
+    /// A write, counted in the copier's epochs, in the intent epochs if it is mirrored with a
+    /// metadata device, and as a destination flush if it is a mirrored FUA write.
+    pub fn write(
+        copy: Option<Counted>,
+        intent: Option<Counted>,
+        dest_flush: Option<Counted>,
+    ) -> Self {
+        let count = |c: Option<Counted>| c.map_or(0, Counted::to_tag);
+        BioTag(
+            count(copy) | (count(intent) << INTENT_SHIFT) | (count(dest_flush) << DEST_FLUSH_SHIFT),
+        )
+    }
+
+    /// A flush mirrored to both devices, its destination half counted as `dest_half`.
+    pub fn mirrored_flush(dest_half: Counted) -> Self {
+        BioTag(FLUSH_BIT | (dest_half.to_tag() << DEST_FLUSH_SHIFT))
+    }
+
+    /// The tag as the bio stores it.
+    pub fn raw(self) -> u8 {
+        self.0
+    }
+
+    /// The tag a bio stored.
+    pub fn from_raw(raw: u8) -> Self {
+        BioTag(raw)
+    }
+
+    /// The write's count in the copier's epochs.
+    pub fn copy_write(self) -> Option<Counted> {
+        Counted::from_tag(self.0 & COUNT_MASK)
+    }
+
+    /// The write's count in the intent epochs.
+    pub fn intent_write(self) -> Option<Counted> {
+        Counted::from_tag((self.0 >> INTENT_SHIFT) & COUNT_MASK)
+    }
+
+    /// Whether the bio is a mirrored flush.
+    pub fn is_mirrored_flush(self) -> bool {
+        self.0 & FLUSH_BIT != 0
+    }
+
+    /// The count of the destination half, when that half flushes the destination.
+    pub fn dest_flush_half(self) -> Option<Counted> {
+        Counted::from_tag((self.0 >> DEST_FLUSH_SHIFT) & COUNT_MASK)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bio_tags_keep_every_count_apart() {
+        let (copy, intent, flushes) = (WriteEpochs::new(), WriteEpochs::new(), WriteEpochs::new());
+        assert_eq!(BioTag::NONE.raw(), 0);
+        assert_eq!(BioTag::NONE.copy_write(), None);
+        assert_eq!(BioTag::NONE.intent_write(), None);
+        assert_eq!(BioTag::NONE.dest_flush_half(), None);
+        assert!(!BioTag::NONE.is_mirrored_flush());
+        for flip in 0..2 {
+            if flip == 1 {
+                copy.flip();
+                flushes.flip();
+            }
+            let (c, f) = (copy.enter(), flushes.enter());
+            for intent_flip in 0..2 {
+                if intent_flip == 1 {
+                    intent.flip();
+                }
+                let i = intent.enter();
+                for cw in [Some(c), None] {
+                    for iw in [Some(i), None] {
+                        for fw in [Some(f), None] {
+                            let tag = BioTag::from_raw(BioTag::write(cw, iw, fw).raw());
+                            assert_eq!(tag.copy_write(), cw);
+                            assert_eq!(tag.intent_write(), iw);
+                            assert_eq!(tag.dest_flush_half(), fw);
+                            assert!(!tag.is_mirrored_flush());
+                        }
+                    }
+                }
+            }
+            let tag = BioTag::from_raw(BioTag::mirrored_flush(f).raw());
+            assert!(tag.is_mirrored_flush());
+            assert_eq!(tag.dest_flush_half(), Some(f));
+            assert_eq!(tag.copy_write(), None, "a flush is no counted write");
+            assert_eq!(tag.intent_write(), None, "a flush is no intent write");
+        }
+    }
 
     #[test]
     fn tags_round_trip_and_zero_is_uncounted() {

@@ -528,6 +528,60 @@ pub fn decode_bitmap_block(
     valid
 }
 
+/// What one sample of a copied region says about whether two devices are the pair the metadata
+/// was written for (the check of a `copying` metadata device before it is trusted).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sample {
+    /// The same data, and not one byte repeated: evidence of the right pair.
+    Matches,
+    /// The same byte repeated on both: no evidence either way.
+    Neutral,
+    /// One side is one byte repeated (what a discard can leave) and the other is not: the
+    /// guest may have discarded the region, or one device is blank.
+    MaybeDiscarded,
+    /// Different data on both sides: the metadata is for another pair.
+    Differs,
+}
+
+/// The samples of a check so far: whether they still allow the pair.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct SampleTally {
+    matched: u32,
+    maybe_discarded: u32,
+    differs: bool,
+}
+
+impl SampleTally {
+    /// Counts one sample.
+    pub fn add(&mut self, sample: Sample) {
+        match sample {
+            Sample::Matches => self.matched += 1,
+            Sample::Neutral => {}
+            Sample::MaybeDiscarded => self.maybe_discarded += 1,
+            Sample::Differs => self.differs = true,
+        }
+    }
+
+    /// Whether the samples allow the pair: no sample differs, and the samples blank on one
+    /// side only are no more than those that match with real data. A guest may have discarded
+    /// some copied regions; a destination blank where the metadata says copied (a new device,
+    /// one rolled back to an older snapshot) shows more blank samples than matching ones.
+    pub fn accepts(&self) -> bool {
+        !self.differs && self.maybe_discarded <= self.matched
+    }
+}
+
+/// Compares the origin's and the destination's bytes of one sample.
+pub fn compare_sample(origin: &[u8], destination: &[u8]) -> Sample {
+    let uniform = |bytes: &[u8]| bytes.iter().all(|&b| Some(&b) == bytes.first());
+    match (origin == destination, uniform(origin), uniform(destination)) {
+        (true, true, _) => Sample::Neutral,
+        (true, false, _) => Sample::Matches,
+        (false, false, false) => Sample::Differs,
+        (false, _, _) => Sample::MaybeDiscarded,
+    }
+}
+
 /// The pending word a recovery starts from: a region is copied again unless it is copied and
 /// its intent bit is clear.
 pub fn pending_word(copied: u64, intent: u64) -> u64 {
@@ -735,6 +789,45 @@ impl<B: core::ops::DerefMut<Target = [u64]>> IntentLog<B> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn samples_tell_discards_from_another_pair() {
+        let data: Vec<u8> = (0..4096u32).map(|i| (i * 7 + 3) as u8).collect();
+        let other: Vec<u8> = (0..4096u32).map(|i| (i * 13 + 1) as u8).collect();
+        let (zero, ones) = (vec![0u8; 4096], vec![0xffu8; 4096]);
+        assert_eq!(compare_sample(&data, &data), Sample::Matches);
+        assert_eq!(compare_sample(&zero, &zero), Sample::Neutral);
+        assert_eq!(compare_sample(&data, &other), Sample::Differs);
+        assert_eq!(compare_sample(&data, &zero), Sample::MaybeDiscarded);
+        assert_eq!(compare_sample(&zero, &data), Sample::MaybeDiscarded);
+        assert_eq!(compare_sample(&ones, &data), Sample::MaybeDiscarded);
+        assert_eq!(compare_sample(&zero, &ones), Sample::MaybeDiscarded);
+        // One byte off in real data is another pair's data.
+        let mut near = data.clone();
+        near[4095] ^= 1;
+        assert_eq!(compare_sample(&data, &near), Sample::Differs);
+        assert_eq!(compare_sample(&[], &[]), Sample::Neutral);
+    }
+
+    #[test]
+    fn a_tally_refuses_more_blanks_than_matches_and_any_difference() {
+        let tally = |samples: &[Sample]| {
+            let mut t = SampleTally::default();
+            samples.iter().for_each(|&s| t.add(s));
+            t.accepts()
+        };
+        use Sample::*;
+        assert!(tally(&[]));
+        assert!(tally(&[Neutral, Neutral]));
+        assert!(tally(&[Matches, MaybeDiscarded]));
+        assert!(tally(&[Matches, Matches, MaybeDiscarded, Neutral]));
+        assert!(!tally(&[MaybeDiscarded]), "a blank destination");
+        assert!(
+            !tally(&[Matches, MaybeDiscarded, MaybeDiscarded]),
+            "rolled back"
+        );
+        assert!(!tally(&[Matches, Matches, Differs]), "another pair");
+    }
+
     use super::*;
     use proptest::prelude::*;
     use std::vec;
