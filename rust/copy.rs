@@ -215,7 +215,12 @@ impl MetaBlock {
     }
 
     /// Reads the block at `sector` of `device` into `out`.
-    pub fn read(&mut self, device: &Device, sector: u64, out: &mut [u8; META_BLOCK_SIZE]) -> Result {
+    pub fn read(
+        &mut self,
+        device: &Device,
+        sector: u64,
+        out: &mut [u8; META_BLOCK_SIZE],
+    ) -> Result {
         self.io(device, sector, false, false)?;
         // SAFETY: `out` is valid for writes of its whole length, which the page holds; nobody
         // else uses the page (`&mut self`).

@@ -40,7 +40,6 @@ impl ThreadContext {
         // SAFETY: As in `should_stop`.
         unsafe { bindings::migrate_kthread_stop_requested() }
     }
-
 }
 
 /// A kernel thread, created parked, that runs while unparked and is stopped (and waited for) on

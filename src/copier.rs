@@ -12,9 +12,6 @@
 //! last completion signals it, as do messages and failed mirrored writes; a timeout is set only
 //! when the rate holds the next batch back, or a failed read waits for its retry.
 
-// Safe Rust only: the binding layer (`crate::dm`) is the one place allowed `unsafe_code`.
-#![deny(unsafe_code)]
-
 use crate::dm::copy::{CopyOp, IoBatch};
 use crate::dm::kthread::{self, ThreadContext, ThreadMain};
 use crate::dm::memalloc::noio_scope;
@@ -22,7 +19,7 @@ use crate::engine::state::{FailReason, State};
 use crate::engine::throttle::{GuestLoad, Pacer, RateController, RateMeter, TICK_NS};
 use crate::engine::tracker::{AfterBatch, Batch, CopyResult};
 use crate::engine::SECTOR_SIZE;
-use crate::migration::{new_bitmap_page, BitmapPage, Engine};
+use crate::migration::{new_bitmap_page, BitmapPage, Migrator};
 use core::sync::atomic::Ordering;
 use kernel::prelude::*;
 use kernel::sync::Arc;
@@ -41,7 +38,7 @@ const PAGE_RETRY_MS: u32 = 100;
 /// The copier of one target, run by a [`crate::dm::kthread::KThread`] between resume and
 /// suspend.
 pub(crate) struct CopierThread {
-    pub(crate) engine: Arc<Engine>,
+    pub(crate) migrator: Arc<Migrator>,
 }
 
 /// What a slot's I/O in flight does.
@@ -85,7 +82,7 @@ struct Slot {
 
 /// The copier's state between its steps.
 struct Copier<'a> {
-    engine: &'a Arc<Engine>,
+    migrator: &'a Arc<Migrator>,
     slots: KVec<Slot>,
     /// Pages for the pending bitmap, allocated here, where the copier may sleep, and handed to
     /// the tracker under its spinlock when a batch reaches a part of the bitmap with none.
@@ -117,14 +114,14 @@ impl ThreadMain for CopierThread {
 impl CopierThread {
     /// The thread's life, in its no-I/O scope.
     fn run(&self, thread: &ThreadContext) {
-        let engine = &self.engine;
-        let region_bytes = engine.geometry.region_sectors * SECTOR_SIZE;
+        let migrator = &self.migrator;
+        let region_bytes = migrator.geometry.region_sectors * SECTOR_SIZE;
         let max_regions = (BATCH_BYTES / region_bytes).max(1);
         let now = kthread::now_ns();
         // A batch is one region when regions are larger than BATCH_BYTES; it is then copied
         // through the buffer in pieces.
         let mut copier = Copier {
-            engine,
+            migrator,
             slots: KVec::new(),
             pages: Default::default(),
             max_regions,
@@ -132,8 +129,8 @@ impl CopierThread {
             meter: RateMeter::new(now),
             pacer: Pacer::new(),
             controller: RateController::new(
-                engine.min_rate_kibps.load(Ordering::Relaxed),
-                engine.max_rate_kibps.load(Ordering::Relaxed),
+                migrator.min_rate_kibps.load(Ordering::Relaxed),
+                migrator.max_rate_kibps.load(Ordering::Relaxed),
             ),
             last_completed: 0,
             last_latency_ns: 0,
@@ -141,7 +138,7 @@ impl CopierThread {
             retry_at_ns: 0,
             synced_flushed: false,
         };
-        let event = &engine.migration.copier_event;
+        let event = &migrator.migration.copier_event;
         loop {
             // Read before looking for work: a signal from here on ends the sleep below.
             let seen = event.count();
@@ -152,7 +149,7 @@ impl CopierThread {
                 break;
             }
             let mut progressed = copier.advance();
-            engine.check_mirror_failure();
+            migrator.check_mirror_failure();
             if copier.in_flight() == 0 && copier.control() {
                 continue;
             }
@@ -165,7 +162,7 @@ impl CopierThread {
                     Start::Nothing => {}
                     Start::WaitMs(ms) => timeout_ms = ms,
                     Start::OutOfMemory => {
-                        engine.fail(FailReason::OutOfMemory);
+                        migrator.fail(FailReason::OutOfMemory);
                     }
                 }
             }
@@ -178,7 +175,7 @@ impl CopierThread {
             if copier.in_flight() == 0 && timeout_ms == 0 {
                 // Nothing to copy until something changes: no rate to report meanwhile.
                 copier.meter.restart(now);
-                engine.measured_kibps.store(0, Ordering::Relaxed);
+                migrator.measured_kibps.store(0, Ordering::Relaxed);
             }
             event.wait(seen, timeout_ms, copier.in_flight() == 0);
         }
@@ -206,24 +203,24 @@ impl Copier<'_> {
     /// The actions taken with no batch in flight: the switch once all is copied, and the
     /// flush once in sync. Returns whether the loop should look again at once.
     fn control(&mut self) -> bool {
-        let engine = self.engine;
+        let migrator = self.migrator;
         let (should_switch, synced) = {
-            let shared = engine.migration.shared.lock();
+            let shared = migrator.migration.shared.lock();
             (
                 shared.tracker.should_switch(),
                 shared.tracker.state() == State::Synced,
             )
         };
         if should_switch {
-            engine.switch();
+            migrator.switch();
             return true;
         }
         // In sync and told to wait (`no_switch`): userspace may swap to the destination at any
         // time, so what the copy wrote there is made durable once.
         if synced && !self.synced_flushed {
             self.synced_flushed = true;
-            if engine.flush_destination().is_err() {
-                engine.fail(FailReason::DestinationFlush);
+            if migrator.flush_destination().is_err() {
+                migrator.fail(FailReason::DestinationFlush);
             }
         }
         self.synced_flushed &= synced;
@@ -233,20 +230,20 @@ impl Copier<'_> {
     /// Hands the controller the guest's load of the intervals since its last tick, and
     /// publishes the limit and the measured rate.
     fn tick(&mut self, now: u64) {
-        let engine = self.engine;
+        let migrator = self.migrator;
         let (min, max) = (
-            engine.min_rate_kibps.load(Ordering::Relaxed),
-            engine.max_rate_kibps.load(Ordering::Relaxed),
+            migrator.min_rate_kibps.load(Ordering::Relaxed),
+            migrator.max_rate_kibps.load(Ordering::Relaxed),
         );
         self.controller.set_bounds(min, max);
-        engine
+        migrator
             .measured_kibps
             .store(self.meter.kibps(now), Ordering::Relaxed);
         if now < self.next_tick_ns {
             return;
         }
         self.next_tick_ns = now + TICK_NS;
-        let guest = engine.migration.guest_load();
+        let guest = migrator.migration.guest_load();
         let load = GuestLoad {
             completed: guest.completed - self.last_completed,
             latency_ns: guest.latency_ns - self.last_latency_ns,
@@ -255,13 +252,13 @@ impl Copier<'_> {
         self.last_completed = guest.completed;
         self.last_latency_ns = guest.latency_ns;
         let limit = self.controller.tick(load);
-        engine.rate_limit_kibps.store(limit, Ordering::Relaxed);
+        migrator.rate_limit_kibps.store(limit, Ordering::Relaxed);
     }
 
     /// Starts batches in free slots, as many as the copy depth and the rate allow.
     fn start(&mut self, now: u64) -> Start {
-        let engine = self.engine;
-        let migration = &*engine.migration;
+        let migrator = self.migrator;
+        let migration = &*migrator.migration;
         if now < self.retry_at_ns {
             return Start::WaitMs(ms_until(self.retry_at_ns, now));
         }
@@ -276,7 +273,7 @@ impl Copier<'_> {
             let wait_ns = wait_ns.min(self.next_tick_ns.saturating_sub(now).max(1));
             return Start::WaitMs(ms_until(now + wait_ns, now));
         }
-        let configured = engine.depth.load(Ordering::Relaxed);
+        let configured = migrator.depth.load(Ordering::Relaxed);
         let depth = self
             .controller
             .copy_depth((configured != 0).then_some(configured)) as usize;
@@ -323,7 +320,7 @@ impl Copier<'_> {
             };
         };
         // The writes routed to these regions before the round have to land before the reads.
-        engine.drain(round.drain);
+        migrator.drain(round.drain);
         let mut slots = self.slots[..usable].iter_mut().filter(|s| s.job.is_none());
         for batch in round.batches() {
             let Some(slot) = slots.next() else {
@@ -347,7 +344,13 @@ impl Copier<'_> {
             job.len = job.bytes().min(slot.io.len() as u64) as usize;
             if slot
                 .io
-                .submit(&engine.origin, job.sector(), job.len, CopyOp::Read, &engine.bios)
+                .submit(
+                    &migrator.origin,
+                    job.sector(),
+                    job.len,
+                    CopyOp::Read,
+                    &migrator.bios,
+                )
                 .is_err()
             {
                 job.failed = Some(CopyResult::ReadError);
@@ -382,7 +385,7 @@ impl Copier<'_> {
     /// Submits the next I/O of `job` in slot `i`, whose last I/O ended (`ok`), or returns how
     /// the job ended.
     fn step(&mut self, i: usize, job: &mut Job, ok: bool) -> Option<CopyResult> {
-        let engine = self.engine;
+        let migrator = self.migrator;
         if let Some(result) = job.failed {
             return Some(result);
         }
@@ -394,14 +397,17 @@ impl Copier<'_> {
                 // The destination refused write-zeroes after all (a table of it reloaded, a
                 // device that claims more than it does): the buffer still holds the zeros
                 // read, so they go as data, and so does every later chunk.
-                engine.skip_zeroes.store(false, Ordering::Relaxed);
-                (&engine.destination, Step::Write)
+                migrator.skip_zeroes.store(false, Ordering::Relaxed);
+                (&migrator.destination, Step::Write)
             }
             (Step::Read, true) => {
-                let zeroes =
-                    engine.skip_zeroes.load(Ordering::Relaxed) && io.is_zero(job.len);
-                let step = if zeroes { Step::WriteZeroes } else { Step::Write };
-                (&engine.destination, step)
+                let zeroes = migrator.skip_zeroes.load(Ordering::Relaxed) && io.is_zero(job.len);
+                let step = if zeroes {
+                    Step::WriteZeroes
+                } else {
+                    Step::Write
+                };
+                (&migrator.destination, step)
             }
             (Step::Write | Step::WriteZeroes, true) => {
                 if job.step == Step::WriteZeroes {
@@ -412,7 +418,7 @@ impl Copier<'_> {
                     return Some(CopyResult::Done);
                 }
                 job.len = (job.bytes() - job.done).min(io.len() as u64) as usize;
-                (&engine.origin, Step::Read)
+                (&migrator.origin, Step::Read)
             }
         };
         job.step = op;
@@ -422,7 +428,7 @@ impl Copier<'_> {
             Step::WriteZeroes => (CopyOp::WriteZeroes, CopyResult::WriteError),
         };
         if io
-            .submit(device, job.sector(), job.len, copy_op, &engine.bios)
+            .submit(device, job.sector(), job.len, copy_op, &migrator.bios)
             .is_err()
         {
             // What was submitted is waited for; the job ends then.
@@ -433,8 +439,8 @@ impl Copier<'_> {
 
     /// Records how a job ended, and lets the writes deferred behind its batch go on.
     fn finish(&mut self, job: Job, result: CopyResult) {
-        let engine = self.engine;
-        let migration = &*engine.migration;
+        let migrator = self.migrator;
+        let migration = &*migrator.migration;
         let (after, retry_ms) = {
             let mut shared = migration.shared.lock();
             let after = shared.tracker.batch_done(&job.batch, result);
@@ -451,8 +457,8 @@ impl Copier<'_> {
         }
         match after {
             // `fail` releases every deferred write, to the origin.
-            AfterBatch::Fail(reason) => engine.fail(reason),
-            _ => engine.release_deferred(),
+            AfterBatch::Fail(reason) => migrator.fail(reason),
+            _ => migrator.release_deferred(),
         }
     }
 }

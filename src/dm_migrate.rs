@@ -9,12 +9,16 @@
 //! `engine` (plain Rust, tested in userspace); this file wires them to bios, devices and the
 //! copier thread through the safe binding layer in `dm`. See `Documentation/dm-migrate.rst`.
 
-// The `pin_init!` of `Engine` has more fields than the default macro recursion limit allows.
+// The `pin_init!` of `Migrator` has more fields than the default macro recursion limit allows.
 #![recursion_limit = "256"]
+// Safe Rust only, in every module but the binding layer (`dm`), which is the one place allowed
+// `unsafe` (each use with its `// SAFETY:` comment).
+#![deny(unsafe_code)]
 
 // Both are `pub` so that the kernel's `unreachable_pub` lint accepts the `pub` items they share
 // with their userspace build and with later users in this crate.
 #[path = "../rust/mod.rs"]
+#[allow(unsafe_code)]
 pub mod dm;
 pub mod engine;
 
@@ -24,8 +28,6 @@ mod migration;
 mod persist;
 
 use copier::CopierThread;
-use meta_thread::MetaThread;
-use persist::Loaded;
 use core::ffi::CStr;
 use core::fmt::Write;
 use core::sync::atomic::Ordering;
@@ -46,7 +48,9 @@ use engine::SECTOR_SIZE;
 use kernel::new_mutex;
 use kernel::prelude::*;
 use kernel::sync::{Arc, Mutex};
-use migration::{Engine, HandoverError, Membership, MigrationKey, Registry};
+use meta_thread::MetaThread;
+use migration::{HandoverError, Membership, MigrationKey, Migrator, Registry};
+use persist::Loaded;
 
 module! {
     type: MigrateModule,
@@ -86,8 +90,8 @@ struct Migrate {
     meta_thread: Mutex<Option<KThread<MetaThread>>>,
     /// The progress counters in sysfs, present while the device is resumed.
     #[pin]
-    sysfs: Mutex<Option<SysfsDir<Engine>>>,
-    engine: Arc<Engine>,
+    sysfs: Mutex<Option<SysfsDir<Migrator>>>,
+    migrator: Arc<Migrator>,
     /// The target's place in the registry of migrations.
     membership: Membership,
     /// How the target went live (took over from the table it replaces): `None` until its
@@ -115,7 +119,7 @@ fn geometry_of(device: &Device) -> DeviceGeometry {
 
 /// `/sys/block/dm-N/migrate/<file>`: one value per file, documented in
 /// `Documentation/dm-migrate.rst`.
-impl SysfsShow for Engine {
+impl SysfsShow for Migrator {
     const FILES: &'static [&'static CStr] = &[
         c"state",
         c"total_bytes",
@@ -160,7 +164,7 @@ impl SysfsShow for Engine {
 
 impl Migrate {
     fn wake_copier(&self) {
-        self.engine.wake_copier();
+        self.migrator.wake_copier();
     }
 
     /// When the target first goes live: a reload never rolls back (see
@@ -171,10 +175,10 @@ impl Migrate {
         if let Some(outcome) = *live {
             return outcome;
         }
-        let name = self.engine.handle.device_name();
-        let outcome = match self.membership.go_live(self.engine.options.no_switch) {
+        let name = self.migrator.handle.device_name();
+        let outcome = match self.membership.go_live(self.migrator.options.no_switch) {
             Ok(handover) => 'live: {
-                if let Err(e) = self.engine.persist_handover(handover) {
+                if let Err(e) = self.migrator.persist_handover(handover) {
                     pr_err!(
                         "{}: {}: cannot record the reload; not resuming\n",
                         name,
@@ -247,9 +251,7 @@ impl Target for Migrate {
         )?;
         let metadata = match table.metadata {
             Some(path) => {
-                let device = ti
-                    .get_device(path)
-                    .map_err(|_| TableError::MetadataOpen)?;
+                let device = ti.get_device(path).map_err(|_| TableError::MetadataOpen)?;
                 if device.devt() == origin.devt() || device.devt() == destination.devt() {
                     return Err(TableError::MetadataSameDevice.into());
                 }
@@ -278,8 +280,8 @@ impl Target for Migrate {
         let bios = BioSet::new(64).map_err(oom)?;
         // Flushes, discards and write-zeroes come one per bio, like any other bio.
         ti.set_num_bios(1, 1, 1);
-        let engine = Arc::new(
-            Engine::new(
+        let migrator = Arc::new(
+            Migrator::new(
                 origin,
                 destination,
                 metadata,
@@ -297,16 +299,16 @@ impl Target for Migrate {
         // presuspend_undo only unpark it, which cannot fail.
         let copier = Arc::new(
             CopierThread {
-                engine: engine.clone(),
+                migrator: migrator.clone(),
             },
             GFP_KERNEL,
         )
         .map_err(|_| TableError::OutOfMemory)?;
         let copier = KThread::new_parked(c"copier", copier).map_err(|_| TableError::OutOfMemory)?;
-        let meta_thread = if engine.metadata.is_some() {
+        let meta_thread = if migrator.metadata.is_some() {
             let context = Arc::new(
                 MetaThread {
-                    engine: engine.clone(),
+                    migrator: migrator.clone(),
                 },
                 GFP_KERNEL,
             )
@@ -319,11 +321,11 @@ impl Target for Migrate {
         // that joins the migration of an identical table shares its state in memory, which is
         // newer than the device.
         if membership.is_new() {
-            let loaded = engine
+            let loaded = migrator
                 .load_metadata(dm::kthread::now_ns(), membership.replaces_live_pair())
                 .map_err(TableError::Metadata)?;
-            if engine.metadata.is_some() {
-                let progress = engine.progress();
+            if migrator.metadata.is_some() {
+                let progress = migrator.progress();
                 let what = match loaded {
                     Loaded::New => "new metadata",
                     Loaded::Copying => "resuming the copy",
@@ -335,7 +337,7 @@ impl Target for Migrate {
                 };
                 pr_info!(
                     "{}: Metadata: {}, {}/{} regions copied\n",
-                    engine.handle.device_name(),
+                    migrator.handle.device_name(),
                     what,
                     progress.copied_regions,
                     progress.total_regions
@@ -347,7 +349,7 @@ impl Target for Migrate {
                 copier <- new_mutex!(copier, "migrate:copier"),
                 meta_thread <- new_mutex!(meta_thread, "migrate:meta_thread"),
                 sysfs <- new_mutex!(None, "migrate:sysfs"),
-                engine,
+                migrator,
                 membership,
                 live <- new_mutex!(None, "migrate:live"),
             }),
@@ -357,18 +359,18 @@ impl Target for Migrate {
     }
 
     fn map(&self, bio: Bio) -> MapResult {
-        self.engine.guest_started(&bio);
-        let result = self.engine.dispatch(bio);
+        self.migrator.guest_started(&bio);
+        let result = self.migrator.dispatch(bio);
         // The core ends a killed bio without `end_io`: its accounting ends here.
         if let MapResult::Kill(bio) = &result {
-            self.engine.guest_done(bio);
+            self.migrator.guest_done(bio);
         }
         result
     }
 
     fn end_io(&self, bio: &Bio, _status: Status) {
-        self.engine.write_done(bio.tag());
-        self.engine.guest_done(bio);
+        self.migrator.write_done(bio.tag());
+        self.migrator.guest_done(bio);
     }
 
     fn presuspend(&self) {
@@ -387,14 +389,14 @@ impl Target for Migrate {
         if let Some(thread) = self.meta_thread.lock().as_mut() {
             thread.park();
         }
-        self.engine.check_mirror_failure();
-        self.engine.meta_commit(true);
+        self.migrator.check_mirror_failure();
+        self.migrator.meta_commit(true);
         // With `no_switch`, userspace may swap to the destination while suspended: make what
         // the copy and the mirrored writes put there durable first.
-        if self.engine.migration.state() == engine::state::State::Synced
-            && self.engine.flush_destination().is_err()
+        if self.migrator.migration.state() == engine::state::State::Synced
+            && self.migrator.flush_destination().is_err()
         {
-            self.engine
+            self.migrator
                 .fail(engine::state::FailReason::DestinationFlush);
         }
         // A table reload resumes the new target before the old one is destroyed: give the
@@ -411,7 +413,7 @@ impl Target for Migrate {
         noio_scope(|| {
             let mut sysfs = self.sysfs.lock();
             if sysfs.is_none() {
-                match SysfsDir::new(&self.engine.handle, c"migrate", self.engine.clone()) {
+                match SysfsDir::new(&self.migrator.handle, c"migrate", self.migrator.clone()) {
                     Ok(dir) => *sysfs = Some(dir),
                     Err(_) => pr_warn!("Cannot create the sysfs counters\n"),
                 }
@@ -432,33 +434,33 @@ impl Target for Migrate {
     /// TABLE: <origin_dev> <dest_dev> [<#opt_args> <opt_arg>...]
     /// ```
     fn status(&self, kind: StatusType, out: &mut SliceWriter<'_>) {
-        let engine = &self.engine;
+        let migrator = &self.migrator;
         // A status that does not fit is cut short, as `DMEMIT` does; there is nothing to report.
         let _ = match kind {
-            StatusType::Info => engine.progress().write_info(out),
+            StatusType::Info => migrator.progress().write_info(out),
             StatusType::Table => write_table(
                 out,
-                engine.origin.name(),
-                engine.destination.name(),
-                engine.metadata.as_ref().map_or("", |m| m.name()),
-                &engine.options,
+                migrator.origin.name(),
+                migrator.destination.name(),
+                migrator.metadata.as_ref().map_or("", |m| m.name()),
+                &migrator.options,
             ),
             StatusType::Ima => out.write_fmt(format_args!(
                 "target_name=migrate,target_version={}.{}.{},origin={},destination={};",
                 VERSION[0],
                 VERSION[1],
                 VERSION[2],
-                engine.origin.name(),
-                engine.destination.name()
+                migrator.origin.name(),
+                migrator.destination.name()
             )),
         };
     }
 
     fn iterate_devices(&self, visitor: &mut DeviceVisitor<'_>) -> i32 {
-        let engine = &self.engine;
-        let len = engine.geometry.target_sectors;
-        match visitor.visit(&engine.origin, 0, len) {
-            0 => visitor.visit(&engine.destination, 0, len),
+        let migrator = &self.migrator;
+        let len = migrator.geometry.target_sectors;
+        match visitor.visit(&migrator.origin, 0, len) {
+            0 => visitor.visit(&migrator.destination, 0, len),
             stop => stop,
         }
     }
@@ -468,7 +470,7 @@ impl Target for Migrate {
         let report = |e: MessageError| {
             pr_err!(
                 "{}: {} \"{}\"\n",
-                self.engine.handle.device_name(),
+                self.migrator.handle.device_name(),
                 e.message().to_str().unwrap_or("Bad message"),
                 args.first().copied().unwrap_or("")
             );
@@ -476,8 +478,8 @@ impl Target for Migrate {
         };
         let message = Message::parse(args).map_err(report)?;
         self.go_live()?;
-        let engine = &self.engine;
-        let shared = &engine.migration.shared;
+        let migrator = &self.migrator;
+        let shared = &migrator.migration.shared;
         match message {
             Message::Pause => shared.lock().tracker.set_paused(true),
             Message::Resume => {
@@ -486,17 +488,17 @@ impl Target for Migrate {
             }
             // A message may come while the device is suspended: the event's allocations must
             // not wait for its I/O (the uevent helper sees to that).
-            Message::Cancel => engine.cancel().map_err(report)?,
+            Message::Cancel => migrator.cancel().map_err(report)?,
             Message::Rate(kibps) => {
-                engine.max_rate_kibps.store(kibps, Ordering::Relaxed);
+                migrator.max_rate_kibps.store(kibps, Ordering::Relaxed);
                 self.wake_copier();
             }
             Message::MinRate(kibps) => {
-                engine.min_rate_kibps.store(kibps, Ordering::Relaxed);
+                migrator.min_rate_kibps.store(kibps, Ordering::Relaxed);
                 self.wake_copier();
             }
             Message::Depth(depth) => {
-                engine.depth.store(depth, Ordering::Relaxed);
+                migrator.depth.store(depth, Ordering::Relaxed);
                 self.wake_copier();
             }
         }

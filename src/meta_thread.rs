@@ -3,19 +3,16 @@
 //! The metadata thread: makes write-intent bits durable as soon as a write waits for one, and
 //! commits the copy's progress every `commit_interval`.
 
-// Safe Rust only: the binding layer (`crate::dm`) is the one place allowed `unsafe_code`.
-#![deny(unsafe_code)]
-
 use crate::dm::kthread::{self, ThreadContext, ThreadMain};
 use crate::dm::memalloc::noio_scope;
-use crate::migration::Engine;
+use crate::migration::Migrator;
 use kernel::sync::Arc;
 
 /// The metadata thread of a target with a metadata device, run by a
 /// [`crate::dm::kthread::KThread`] between resume and postsuspend (it must run while the
 /// device drains at suspend: writes may wait for it).
 pub(crate) struct MetaThread {
-    pub(crate) engine: Arc<Engine>,
+    pub(crate) migrator: Arc<Migrator>,
 }
 
 impl ThreadMain for MetaThread {
@@ -30,19 +27,19 @@ impl ThreadMain for MetaThread {
 impl MetaThread {
     /// The thread's life, in its no-I/O scope.
     fn run(&self, thread: &ThreadContext) {
-        let engine = &self.engine;
-        let interval_ns = engine.options.commit_interval_ms() * 1_000_000;
+        let migrator = &self.migrator;
+        let interval_ns = migrator.options.commit_interval_ms() * 1_000_000;
         let mut next_commit_ns = kthread::now_ns() + interval_ns;
         while !thread.should_stop() {
-            engine.meta_send();
+            migrator.meta_send();
             let now = kthread::now_ns();
             if now >= next_commit_ns {
-                engine.meta_commit(false);
+                migrator.meta_commit(false);
                 next_commit_ns = kthread::now_ns() + interval_ns;
                 continue;
             }
             let ms = (next_commit_ns - now).div_ceil(1_000_000).max(1);
-            engine.meta_wait(ms.min(u64::from(u32::MAX)) as u32);
+            migrator.meta_wait(ms.min(u64::from(u32::MAX)) as u32);
         }
     }
 }

@@ -6,15 +6,12 @@
 //! blocks, synchronously, from the contexts that may sleep (the constructor, preresume,
 //! postsuspend, the metadata thread, the switch and the failure paths).
 
-// Safe Rust only: the binding layer (`crate::dm`) is the one place allowed `unsafe_code`.
-#![deny(unsafe_code)]
-
 use crate::dm::copy::{MetaBlock, META_BLOCK_SIZE};
 use crate::dm::device::Device;
 use crate::engine::metadata::{
-    compare_sample, crc32c_update, decode_bitmap_block, encode_bitmap_block, pending_word, sample_regions,
-    BitmapKind, Identity, Layout, MetadataError, Phase, Sample, SampleTally, Superblock, BLOCK_SIZE,
-    SUPERBLOCK_COPIES, WORDS_PER_BLOCK,
+    compare_sample, crc32c_update, decode_bitmap_block, encode_bitmap_block, pending_word,
+    sample_regions, BitmapKind, Identity, Layout, MetadataError, Phase, Sample, SampleTally,
+    Superblock, BLOCK_SIZE, SUPERBLOCK_COPIES, WORDS_PER_BLOCK,
 };
 use crate::engine::state::FailReason;
 use crate::engine::SECTOR_SIZE;
@@ -200,19 +197,25 @@ impl MetaStore {
     /// its own: the guest may have discarded that region, and a device need not return the
     /// same bytes for discarded blocks as another. Such samples pass only while no more of them
     /// than of samples with matching real data are found (`SampleTally`).
-    fn check_content(&mut self, origin: &Device, destination: &Device) -> Result<(), MetadataError> {
+    fn check_content(
+        &mut self,
+        origin: &Device,
+        destination: &Device,
+    ) -> Result<(), MetadataError> {
         let identity = self.superblock.identity;
         let nr_regions = identity.nr_regions();
         let region_bytes = identity.region_sectors * SECTOR_SIZE;
         let compare = region_bytes.min(BLOCK_SIZE as u64) as usize;
         let clean: u64 = (0..nr_regions.div_ceil(64) as usize)
-            .map(|w| u64::from((!pending_word(self.disk_copied[w], self.disk_intent[w])).count_ones()))
+            .map(|w| {
+                u64::from((!pending_word(self.disk_copied[w], self.disk_intent[w])).count_ones())
+            })
             .sum();
         if clean == 0 {
             return Ok(());
         }
-        let mut theirs = KVVec::from_elem(0u8, BLOCK_SIZE, GFP_KERNEL)
-            .map_err(|_| MetadataError::ReadError)?;
+        let mut theirs =
+            KVVec::from_elem(0u8, BLOCK_SIZE, GFP_KERNEL).map_err(|_| MetadataError::ReadError)?;
         let mut nth = 0;
         let mut tally = SampleTally::default();
         let step = clean.div_ceil(CONTENT_SAMPLES).max(1);
@@ -420,7 +423,13 @@ impl MetaStore {
             if disk[range.clone()] == self.next[range.clone()] {
                 continue;
             }
-            encode_bitmap_block(kind, format_id, index, &self.next[range.clone()], &mut self.buf);
+            encode_bitmap_block(
+                kind,
+                format_id,
+                index,
+                &self.next[range.clone()],
+                &mut self.buf,
+            );
             self.write_block(device, self.layout.bitmap_sector(kind, index))?;
             let disk = match kind {
                 BitmapKind::Copied => &mut self.disk_copied,

@@ -11,6 +11,7 @@
 
 pub mod bitmap;
 pub mod epoch;
+pub mod intent;
 pub mod message;
 pub mod metadata;
 pub mod state;

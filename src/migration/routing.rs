@@ -1,0 +1,223 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! The routing of every bio by the migration's state, and the accounting of its end.
+
+use super::*;
+
+impl Migrator {
+    /// Records that a mirrored bio failed on the destination: the sticky flag every decision to
+    /// switch or commit reads under the phase lock. Any context.
+    pub(super) fn record_dest_failure(&self) {
+        self.migration.mirror_errors.fetch_add(1, Ordering::Relaxed);
+        self.migration.dest_failed.store(true, Ordering::Release);
+        // The copier carries the failure out.
+        self.migration.copier_event.signal();
+    }
+}
+
+impl MirrorDone for Migrator {
+    /// Records a flush that failed on the destination as soon as its destination half
+    /// completes, whatever its origin half does or will do: the destination may have lost
+    /// writes the guest was told succeeded, and a switch or a commit must not be decided while
+    /// the origin half (a slow device) keeps the bio from ending. A FUA write's destination
+    /// half is recorded the same way: it may carry the flush that took a write-back error.
+    fn dest_done(&self, kind: BioKind, dest: Status, tag: u8) {
+        let flush_half = BioTag::from_raw(tag).dest_flush_half();
+        if (kind == BioKind::Flush || flush_half.is_some()) && !dest.is_ok() {
+            self.record_dest_failure();
+        }
+        // Uncounted after the failure is recorded: whoever drains the count sees it.
+        if let Some(flush) = flush_half {
+            self.migration.dest_flushes_exit(flush);
+        }
+    }
+
+    /// Records a failed destination write, before the bio ends. The write's epoch accounting is
+    /// left to `end_io`, which the core calls for every bio of the target when it ends; every
+    /// decision to switch or commit first drains the writes it depends on, so it sees this.
+    ///
+    /// Only a write the guest is told succeeded (the origin's half did) and the destination
+    /// missed fails the migration. A write the origin failed ends with that error: the guest
+    /// knows, and the range's contents are undefined after it whatever the destination did
+    /// (a write-zeroes both loop devices refuse, for one, as mkfs sends). Flushes were recorded
+    /// by `dest_done`.
+    fn mirror_done(&self, kind: BioKind, origin: Status, dest: Status) {
+        if kind != BioKind::Flush && origin.is_ok() && !dest.is_ok() {
+            self.record_dest_failure();
+        }
+    }
+}
+
+impl Migrator {
+    /// Routes a bio by the tracker's decision; shared by `map` and the re-dispatch of deferred
+    /// bios. Never sleeps under the lock.
+    pub(crate) fn dispatch(self: &Arc<Self>, mut bio: Bio) -> MapResult {
+        let migration = &*self.migration;
+        let sectors = u64::from(bio.sectors());
+        let kind = match bio.kind() {
+            BioKind::Read => IoKind::Read,
+            BioKind::Write => IoKind::Write,
+            BioKind::Flush => IoKind::Flush,
+        };
+        let sector = if sectors == 0 {
+            0
+        } else {
+            // The core only sends bios inside the target; one outside would be a core bug, and
+            // failing it beats writing somewhere else.
+            match bio.sector().checked_sub(self.begin) {
+                Some(s) if s.saturating_add(sectors) <= self.geometry.target_sectors => s,
+                _ => return MapResult::Kill(bio),
+            }
+        };
+        // A write-back error of the origin that a flush of the target took is the guest's
+        // next flush's to report (unless the migration has switched: the origin is then left).
+        if kind == IoKind::Flush
+            && migration.final_route.load(Ordering::Acquire) != FINAL_DEST
+            && migration
+                .owed_origin_flush_error
+                .swap(false, Ordering::AcqRel)
+        {
+            bio.set_tag(0);
+            return MapResult::Kill(bio);
+        }
+        // After the migration has ended the route never changes: no lock, no accounting.
+        let device = match migration.final_route.load(Ordering::Acquire) {
+            FINAL_ORIGIN => Some(&self.origin),
+            FINAL_DEST => Some(&self.destination),
+            _ => None,
+        };
+        if let Some(device) = device {
+            bio.set_tag(0);
+            bio.remap(device, sector);
+            return MapResult::Remapped(bio);
+        }
+        let mut shared = migration.shared.lock();
+        let Shared {
+            tracker, intent, ..
+        } = &mut *shared;
+        let mut route = tracker.route(kind, sector, sectors);
+        // The first mirrored write to a copied region waits until its intent bit is durable:
+        // after a crash, the region is then copied again whichever half landed.
+        let mut intent_counted = false;
+        if let (Route::Both, IoKind::Write, Some(intent)) = (route, kind, intent.as_mut()) {
+            let regions = tracker.regions_of(sector, sectors);
+            match intent.admit(regions, |region| !tracker.is_pending(region)) {
+                Admit::Go => intent_counted = true,
+                Admit::Wait => {
+                    route = Route::Defer;
+                    migration.meta_event.signal();
+                }
+            }
+        }
+        // A flush that comes while the switch is under way goes to the origin alone. Every write
+        // it covers (one that completed before it came) was routed before the switch began,
+        // since writes are held from then on, so the switch's own flush of the destination,
+        // after those writes drained, covers them there; the origin covers them if the switch
+        // fails instead. On the destination it would only be one more flush the switch has to
+        // wait for, and one that could take a write-back error (which a loop device reports to
+        // one flush only) away from the switch's flush.
+        if kind == IoKind::Flush && route == Route::Both && shared.tracker.is_switching() {
+            route = Route::Origin;
+        }
+        match shared.tracker.state() {
+            State::Switched => migration.final_route.store(FINAL_DEST, Ordering::Release),
+            State::Failed(_) | State::Cancelled => {
+                migration.final_route.store(FINAL_ORIGIN, Ordering::Release)
+            }
+            State::Copying | State::Synced => {}
+        }
+        // Counted under the lock, so that a round taken after this decision waits for the
+        // write (see `engine::epoch`).
+        let counted = kind == IoKind::Write
+            && shared.tracker.is_active()
+            && matches!(route, Route::Origin | Route::Both);
+        // A mirrored FUA write's destination half flushes the destination on a device that
+        // emulates FUA (a loop device): counted like a flush's, until that half completes.
+        let fua_mirrored = kind == IoKind::Write && route == Route::Both && bio.is_fua();
+        let mut tag = BioTag::write(
+            counted.then(|| migration.epochs.enter()),
+            intent_counted.then(|| migration.intent_epochs.enter()),
+            fua_mirrored.then(|| migration.dest_flushes.enter()),
+        );
+        // A mirrored flush is counted too, under the lock, so that the switch, which holds the
+        // flushes that come once it has begun (above), can wait for every one before it.
+        // Its destination half is counted apart, until that half completes (`dest_done`).
+        if kind == IoKind::Flush && route == Route::Both {
+            migration.mirrored_flushes.fetch_add(1, Ordering::Relaxed);
+            tag = BioTag::mirrored_flush(migration.dest_flushes.enter());
+        }
+        bio.set_tag(tag.raw());
+        match route {
+            Route::Defer => {
+                shared.deferred.push(bio);
+                MapResult::Submitted
+            }
+            Route::Origin => {
+                drop(shared);
+                bio.remap(&self.origin, sector);
+                MapResult::Remapped(bio)
+            }
+            Route::Destination => {
+                drop(shared);
+                bio.remap(&self.destination, sector);
+                MapResult::Remapped(bio)
+            }
+            Route::Both => {
+                drop(shared);
+                bio.mirror(
+                    (&self.origin, sector),
+                    (&self.destination, sector),
+                    &self.bios,
+                    self.clone(),
+                );
+                MapResult::Submitted
+            }
+        }
+    }
+
+    /// Ends the accounting of a bio routed by `dispatch`; called from `end_io` for every bio
+    /// the target ends, remapped, mirrored or re-dispatched.
+    pub(crate) fn write_done(&self, tag: u8) {
+        let migration = &*self.migration;
+        let tag = BioTag::from_raw(tag);
+        if let Some(write) = tag.copy_write() {
+            if migration.epochs.exit(write) {
+                migration.drained_event.signal();
+            }
+        }
+        if let Some(write) = tag.intent_write() {
+            if migration.intent_epochs.exit(write) {
+                migration.drained_event.signal();
+            }
+        }
+        // A destination half that flushes was uncounted by `dest_done`.
+        if tag.is_mirrored_flush() {
+            // Release: a failure the flush recorded (`MirrorDone`) is seen by whoever sees the
+            // count drop.
+            if migration.mirrored_flushes.fetch_sub(1, Ordering::AcqRel) == 1 {
+                migration.drained_event.signal();
+            }
+        }
+    }
+
+    /// Sends deferred bios on, now that what they waited for is over. Each is popped under the
+    /// lock and routed again outside it.
+    ///
+    /// Only the bios on the list when this starts are taken (a bio deferred again goes to the
+    /// back and waits for the next call), so this ends also while other regions are still being
+    /// copied. Taking a bio that a concurrent call or `map` added does no harm: it is routed
+    /// again like any other.
+    pub(crate) fn release_deferred(self: &Arc<Self>) {
+        let waiting = self.migration.shared.lock().deferred.len();
+        for _ in 0..waiting {
+            let Some(bio) = self.migration.shared.lock().deferred.pop() else {
+                return;
+            };
+            match self.dispatch(bio) {
+                MapResult::Remapped(bio) => bio.submit(),
+                MapResult::Kill(bio) => bio.endio(Status::IOERR),
+                MapResult::Submitted => {}
+            }
+        }
+    }
+}
