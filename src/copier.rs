@@ -264,7 +264,7 @@ impl Copier<'_> {
         }
         // A failed mirrored write is carried out first (`check_mirror_failure`), with no new
         // batch in its way.
-        if migration.dest_failed() {
+        if migration.dest_failure().is_some() {
             return Start::Nothing;
         }
         let limit = self.controller.limit_kibps();

@@ -14,6 +14,7 @@ pub mod epoch;
 pub mod intent;
 pub mod message;
 pub mod metadata;
+pub mod phase;
 pub mod state;
 pub mod status;
 pub mod table;

@@ -231,16 +231,19 @@ impl Migrator {
         self.drain_dest_flushes();
         let mut meta = migration.meta.lock();
         // A mirrored write or a flush that missed the destination: its regions must stay
-        // dirty, and the migration fails.
-        if let Some(reason) = migration.dest_failure() {
-            return self.fail_locked(meta, reason);
+        // dirty, and the migration fails. A phase written meanwhile (a switch, a failure, a
+        // cancel) supersedes the snapshot: nothing is written.
+        match self.decide_locked(&mut meta, Request::Commit { seen: generation }) {
+            Decision::Commit => {}
+            decision => {
+                drop(meta);
+                if matches!(decision, Decision::Fail(_)) {
+                    self.after_decision(decision);
+                }
+                return;
+            }
         }
         let Some(store) = meta.as_mut() else { return };
-        if store.generation() != generation || !migration.shared.lock().tracker.is_active() {
-            // A phase was written meanwhile (a switch, a failure, a cancel): it supersedes
-            // this snapshot.
-            return;
-        }
         for (next, word) in store.next.iter_mut().zip(copied.iter()) {
             *next = *word;
         }

@@ -24,6 +24,7 @@ use crate::engine::epoch::{BioTag, Counted, Epoch, WriteEpochs};
 use crate::engine::intent::{Admit, IntentLog};
 use crate::engine::message::MessageError;
 use crate::engine::metadata::{BitmapKind, MetadataError, Phase};
+use crate::engine::phase::{decide, Decision, DestinationHealth, PhaseView, Request};
 use crate::engine::state::{FailReason, Progress, State};
 use crate::engine::table::{Geometry, Options, TableError};
 use crate::engine::throttle::GuestLoad;
@@ -111,12 +112,14 @@ pub(crate) struct Migration {
     guest_latency_ns: AtomicU64,
     /// Bytes of the copy written as write-zeroes.
     pub(crate) zeroed_bytes: AtomicU64,
-    /// Set by a failed destination half of a mirrored bio (in completion context) before the
-    /// bio ends: a flush's as soon as that half completes, a write's once both halves have
-    /// (only a write the origin took counts). Sticky until a restart. The copier turns it into
-    /// the failure, and every decision to switch or commit reads it under the phase lock;
-    /// until the failure is carried out the status reports it.
-    dest_failed: AtomicBool,
+    /// Whether the destination may have lost data: set by a failed destination half of a
+    /// mirrored bio (in completion context: a flush's or a FUA write's as soon as that half
+    /// completes, a write's once both halves have, when the origin took it) and by a failed
+    /// flush of the target's own, before it is uncounted. Sticky until a restart. The copier
+    /// turns it into the failure, and every decision to switch or commit reads it under the
+    /// phase lock (`engine::phase::decide`); until the failure is carried out the status
+    /// reports it.
+    health: DestinationHealth,
     /// Mirrored flushes in flight, counted in `dispatch` under the lock like writes in an
     /// epoch: the switch waits for them (`Migrator::switch`).
     mirrored_flushes: AtomicU64,
@@ -130,9 +133,6 @@ pub(crate) struct Migration {
     /// Serialises the flip and drain of `dest_flushes` (a flip must drain before the next).
     #[pin]
     dest_flush_drain: Mutex<()>,
-    /// Set when a flush of the destination issued by the target failed: the data it covered
-    /// may be lost there, whichever decision that flush was for. Sticky until a restart.
-    dest_flush_failed: AtomicBool,
     /// Set when a flush of the origin issued by the target failed: the origin may have lost
     /// a write the guest was told succeeded, and the write-back error was taken by the target's
     /// flush, not the guest's. The next guest flush that goes to the origin fails instead
@@ -219,11 +219,10 @@ impl Migration {
                 guest_completed: AtomicU64::new(0),
                 guest_latency_ns: AtomicU64::new(0),
                 zeroed_bytes: AtomicU64::new(0),
-                dest_failed: AtomicBool::new(false),
+                health: DestinationHealth::new(),
                 mirrored_flushes: AtomicU64::new(0),
                 dest_flushes: WriteEpochs::new(),
                 dest_flush_drain <- new_mutex!((), "migrate:dest_flush_drain"),
-                dest_flush_failed: AtomicBool::new(false),
                 owed_origin_flush_error: AtomicBool::new(false),
                 commit_copied <- new_mutex!(commit_copied, "migrate:commit_copied"),
                 mirror_errors: AtomicU64::new(0),
@@ -243,7 +242,7 @@ impl Migration {
     /// A failed mirrored write makes an active migration failed at once in what is reported,
     /// even before the copier has carried the failure out.
     fn with_mirror_failure(&self, state: State) -> State {
-        match (state, self.dest_failure()) {
+        match (state, self.health.failure()) {
             (State::Copying | State::Synced, Some(reason)) => State::Failed(reason),
             (state, _) => state,
         }
@@ -256,26 +255,14 @@ impl Migration {
         }
     }
 
-    /// Whether a destination flush failed, the target's own or a guest's: the destination may
-    /// have lost data it held.
-    fn dest_failure(&self) -> Option<FailReason> {
-        if self.dest_flush_failed.load(Ordering::Acquire) {
-            Some(FailReason::DestinationFlush)
-        } else if self.dest_failed.load(Ordering::Acquire) {
-            Some(FailReason::DestinationWrite)
-        } else {
-            None
-        }
-    }
-
     /// The write epochs, for the copier's rounds.
     pub(crate) fn epochs(&self) -> &WriteEpochs {
         &self.epochs
     }
 
-    /// Whether a mirrored write failed on the destination.
-    pub(crate) fn dest_failed(&self) -> bool {
-        self.dest_failed.load(Ordering::Acquire)
+    /// The failure the destination recorded, not yet carried out (or carried out already).
+    pub(crate) fn dest_failure(&self) -> Option<FailReason> {
+        self.health.failure()
     }
 
     /// The guest's I/O since the migration began, for the rate controller (which takes the

@@ -6,9 +6,8 @@
 use super::*;
 
 impl Migrator {
-    /// Fails the migration for `reason`: everything stays on the origin. The one place a
-    /// migration fails; process context. The first failure logs and raises the `failed` event;
-    /// later ones change nothing.
+    /// Fails the migration for `reason`: everything stays on the origin. Process context. The
+    /// first failure logs and raises the `failed` event; later ones change nothing.
     pub(crate) fn fail(self: &Arc<Self>, reason: FailReason) {
         self.fail_locked(self.migration.meta.lock(), reason);
     }
@@ -18,47 +17,36 @@ impl Migrator {
     /// of it first: a switch waiting for the lock, past its own checks, would take it and
     /// switch, and the failure would then find the migration ended and do nothing.
     pub(super) fn fail_locked(self: &Arc<Self>, mut meta: MetaGuard<'_>, reason: FailReason) {
-        let failed = self.end_phase_locked(&mut meta, Phase::Failed, Some(reason), |tracker| {
-            tracker.fail(reason)
-        });
+        let decision = self.decide_locked(&mut meta, Request::Fail(reason));
         drop(meta);
-        if failed {
-            pr_err!(
-                "{}: Migration failed ({}); staying on the origin\n",
-                self.handle.device_name(),
-                reason.as_str()
-            );
-            self.handle.raise_event(c"failed");
-        }
-        self.release_deferred();
+        self.after_decision(decision);
     }
 
-    /// Ends an active migration on the origin (`phase` failed or cancelled) by `end`, under the
-    /// phase lock: the phase is written to the metadata device first, so that after a crash
-    /// the stale bitmaps are never trusted for writes that went to the origin alone. A phase
-    /// that cannot be written is logged; the migration ends all the same (everything stays on
-    /// the origin). Returns what `end` returned, or false for a migration that is not active.
-    pub(super) fn end_phase(
-        &self,
-        phase: Phase,
-        reason: Option<FailReason>,
-        end: impl FnOnce(&mut KernelTracker) -> bool,
-    ) -> bool {
-        self.end_phase_locked(&mut self.migration.meta.lock(), phase, reason, end)
-    }
-
-    /// [`Migrator::end_phase`] for a caller that holds the phase lock (`meta`).
-    pub(super) fn end_phase_locked(
-        &self,
-        meta: &mut MetaGuard<'_>,
-        phase: Phase,
-        reason: Option<FailReason>,
-        end: impl FnOnce(&mut KernelTracker) -> bool,
-    ) -> bool {
+    /// The one place a phase changes: decides `request` (`engine::phase::decide`) under the
+    /// phase lock, which the caller holds (`meta`), from the tracker's state, the destination's
+    /// health and the phase's generation; and carries an end (a failure, a cancel) out under
+    /// it: the phase is written to the metadata device first, so that after a crash the stale
+    /// bitmaps are never trusted for writes that went to the origin alone, then the tracker
+    /// ends. A phase that cannot be written is logged; the migration ends all the same
+    /// (everything stays on the origin). A switch or a commit is the caller's to carry out,
+    /// under the same lock. Events and the release of deferred writes come after the unlock
+    /// ([`Migrator::after_decision`]).
+    pub(super) fn decide_locked(&self, meta: &mut MetaGuard<'_>, request: Request) -> Decision {
         let migration = &*self.migration;
-        if !migration.shared.lock().tracker.is_active() {
-            return false;
-        }
+        let generation = meta.as_ref().map_or(0, |store| store.generation());
+        let view = {
+            let shared = migration.shared.lock();
+            PhaseView {
+                state: shared.tracker.state(),
+                switching: shared.tracker.is_switching(),
+            }
+        };
+        let decision = decide(view, &migration.health, generation, request);
+        let (phase, reason) = match decision {
+            Decision::Fail(reason) => (Phase::Failed, Some(reason)),
+            Decision::Cancel => (Phase::Cancelled, None),
+            _ => return decision,
+        };
         if let (Some(store), Some(device)) = (meta.as_mut(), &self.metadata) {
             if let Err(e) = store.write_phase(device, phase, reason) {
                 pr_err!(
@@ -69,40 +57,57 @@ impl Migrator {
                 );
             }
         }
-        end(&mut migration.shared.lock().tracker)
+        let mut shared = migration.shared.lock();
+        match reason {
+            Some(reason) => shared.tracker.fail(reason),
+            None => shared.tracker.cancel() == CancelOutcome::Cancelled,
+        };
+        decision
     }
 
-    /// Turns a failed mirrored write into the failure of the migration.
-    pub(crate) fn check_mirror_failure(self: &Arc<Self>) {
-        if self.migration.dest_failed() {
-            self.fail(FailReason::DestinationWrite);
-        }
-    }
-
-    /// Cancels the migration (the `cancel` message): everything stays on the origin.
-    pub(crate) fn cancel(self: &Arc<Self>) -> Result<(), MessageError> {
-        let mut outcome = CancelOutcome::AlreadyEnded;
-        self.end_phase(Phase::Cancelled, None, |tracker| {
-            outcome = tracker.cancel();
-            outcome == CancelOutcome::Cancelled
-        });
-        if outcome == CancelOutcome::AlreadyEnded {
-            // `end_phase` does not ask an ended migration; a switched one says so.
-            outcome = self.migration.shared.lock().tracker.cancel();
-        }
-        match outcome {
-            CancelOutcome::Switched => return Err(MessageError::AlreadySwitched),
-            CancelOutcome::AlreadyEnded => {}
-            CancelOutcome::Cancelled => {
+    /// What follows a decision once the phase lock is released: the log line and the event of
+    /// an end, and the deferred writes sent on (to the device the migration ended on).
+    pub(super) fn after_decision(self: &Arc<Self>, decision: Decision) {
+        match decision {
+            Decision::Fail(reason) => {
+                pr_err!(
+                    "{}: Migration failed ({}); staying on the origin\n",
+                    self.handle.device_name(),
+                    reason.as_str()
+                );
+                self.handle.raise_event(c"failed");
+            }
+            Decision::Cancel => {
                 pr_info!(
                     "{}: Migration cancelled; staying on the origin\n",
                     self.handle.device_name()
                 );
                 self.handle.raise_event(c"cancelled");
             }
+            Decision::Switch | Decision::Commit | Decision::AlreadySwitched | Decision::Nothing => {
+            }
         }
         self.release_deferred();
-        Ok(())
+    }
+
+    /// Turns a failure the destination recorded into the failure of the migration.
+    pub(crate) fn check_mirror_failure(self: &Arc<Self>) {
+        if let Some(reason) = self.migration.dest_failure() {
+            self.fail(reason);
+        }
+    }
+
+    /// Cancels the migration (the `cancel` message): everything stays on the origin. Never
+    /// waits for the destination: the phase lock is only held across metadata writes.
+    pub(crate) fn cancel(self: &Arc<Self>) -> Result<(), MessageError> {
+        let mut meta = self.migration.meta.lock();
+        let decision = self.decide_locked(&mut meta, Request::Cancel);
+        drop(meta);
+        self.after_decision(decision);
+        match decision {
+            Decision::AlreadySwitched => Err(MessageError::AlreadySwitched),
+            _ => Ok(()),
+        }
     }
 
     /// Waits until every write counted in `epoch` has completed.
@@ -173,7 +178,7 @@ impl Migrator {
         let migration = &*self.migration;
         let result = flush(&self.destination);
         if result.is_err() {
-            migration.dest_flush_failed.store(true, Ordering::Release);
+            migration.health.record_flush_failure();
             migration.copier_event.signal();
         }
         migration.dest_flushes_exit(counted);
@@ -242,27 +247,35 @@ impl Migrator {
             // alone, and no failure or cancel slips in between.
             let mut meta = migration.meta.lock();
             // The decision, under the phase lock, before the switch takes effect: a failure
-            // recorded by now wins. Nothing records one later: writes are held, flushes go to
-            // the origin alone, the copy is this thread's, and a commit that had not flushed the
+            // recorded by now wins (`decide`), and a cancel or failure carried out meanwhile
+            // ended the switch. Nothing records one later: writes are held, flushes go to the
+            // origin alone, the copy is this thread's, and a commit that had not flushed the
             // destination when this switch began does not (`flush_destination_for_commit`).
-            if let Some(reason) = migration.dest_failure() {
-                return self.fail_locked(meta, reason);
+            match self.decide_locked(&mut meta, Request::Switch) {
+                Decision::Switch => {}
+                decision @ Decision::Fail(_) => {
+                    drop(meta);
+                    return self.after_decision(decision);
+                }
+                _ => {
+                    // Cancelled or failed meanwhile: the deferred writes go to the origin.
+                    drop(meta);
+                    return self.release_deferred();
+                }
             }
             if let (Some(store), Some(device)) = (meta.as_mut(), &self.metadata) {
-                if migration.shared.lock().tracker.is_switching() {
-                    store.set_origin_sample(sample);
-                    if store.write_phase(device, Phase::Switched, None).is_err() {
-                        if !store.first_copy_written() {
-                            return self.fail_locked(meta, FailReason::MetadataWrite);
-                        }
-                        // Copy 0 says switched, with the higher generation: a load would act on
-                        // it, so the target must too (the destination is complete: drained,
-                        // flushed). Failing to the origin would strand the writes from now on.
-                        pr_err!(
-                            "{}: Only one superblock copy records the switch; switching\n",
-                            self.handle.device_name()
-                        );
+                store.set_origin_sample(sample);
+                if store.write_phase(device, Phase::Switched, None).is_err() {
+                    if !store.first_copy_written() {
+                        return self.fail_locked(meta, FailReason::MetadataWrite);
                     }
+                    // Copy 0 says switched, with the higher generation: a load would act on
+                    // it, so the target must too (the destination is complete: drained,
+                    // flushed). Failing to the origin would strand the writes from now on.
+                    pr_err!(
+                        "{}: Only one superblock copy records the switch; switching\n",
+                        self.handle.device_name()
+                    );
                 }
             }
             let mut shared = migration.shared.lock();

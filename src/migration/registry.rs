@@ -232,8 +232,8 @@ impl Membership {
                 return Ok(Some(handover));
             }
             // A mirrored write's failure not yet carried out counts as the failure it is.
-            if migration.dest_failed() {
-                shared.tracker.fail(FailReason::DestinationWrite);
+            if let Some(reason) = migration.dest_failure() {
+                shared.tracker.fail(reason);
             }
             if !shared.tracker.restart() {
                 return Ok(Some(Handover::Continued));
@@ -241,8 +241,7 @@ impl Membership {
             if let Some(intent) = shared.intent.as_mut() {
                 intent.reset();
             }
-            migration.dest_failed.store(false, Ordering::Release);
-            migration.dest_flush_failed.store(false, Ordering::Release);
+            migration.health.clear();
             migration.final_route.store(0, Ordering::Release);
             shared.set_unrecorded(Handover::StartedOver);
             return Ok(Some(Handover::StartedOver));
@@ -262,8 +261,7 @@ impl Membership {
         if let Some(intent) = shared.intent.as_mut() {
             intent.reset();
         }
-        migration.dest_failed.store(false, Ordering::Release);
-        migration.dest_flush_failed.store(false, Ordering::Release);
+        migration.health.clear();
         migration.final_route.store(
             if handover == Handover::Switched {
                 FINAL_DEST

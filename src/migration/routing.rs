@@ -9,7 +9,7 @@ impl Migrator {
     /// switch or commit reads under the phase lock. Any context.
     pub(super) fn record_dest_failure(&self) {
         self.migration.mirror_errors.fetch_add(1, Ordering::Relaxed);
-        self.migration.dest_failed.store(true, Ordering::Release);
+        self.migration.health.record_write_failure();
         // The copier carries the failure out.
         self.migration.copier_event.signal();
     }
