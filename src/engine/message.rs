@@ -46,6 +46,9 @@ pub enum MessageError {
     InvalidDepth,
     /// The migration has switched, so the verb can no longer act.
     AlreadySwitched,
+    /// The cancel could not be written to the metadata device: the migration goes on, since a
+    /// crash would otherwise reload metadata that trusts regions the writes no longer reach.
+    CancelNotRecorded,
 }
 
 impl MessageError {
@@ -57,6 +60,9 @@ impl MessageError {
             Self::InvalidRate => c"Invalid rate",
             Self::InvalidDepth => c"Invalid depth (1 to 16)",
             Self::AlreadySwitched => c"Migration already switched",
+            Self::CancelNotRecorded => {
+                c"Cannot record the cancel on the metadata device; the migration goes on"
+            }
         }
     }
 }

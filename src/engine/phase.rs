@@ -18,9 +18,10 @@ use core::sync::atomic::{AtomicBool, Ordering};
 /// Whether the destination may have lost data the migration relies on: sticky until a restart.
 #[derive(Debug, Default)]
 pub struct DestinationHealth {
-    /// A mirrored write (or a FUA write's flush) missed the destination.
+    /// A mirrored write, a guest's mirrored flush or a FUA write's flush missed the
+    /// destination (`destination_write_error`).
     write_failed: AtomicBool,
-    /// A flush of the destination failed (a guest's, or the target's own).
+    /// A flush of the destination made by the target failed (`destination_flush_error`).
     flush_failed: AtomicBool,
 }
 
@@ -120,7 +121,8 @@ pub enum Decision {
 ///   does nothing.
 /// - A failure the destination recorded wins over a switch and a commit (each drained the
 ///   completions it depends on before it asked): they fail the migration instead.
-/// - A cancel or a failure asked for is carried out as asked.
+/// - A failure asked for is carried out as asked; so is a cancel, unless the destination
+///   recorded a failure first, which is then carried out instead (what happened first).
 /// - A switch needs a switch under way and everything copied; a commit needs the phase it
 ///   was snapshotted in.
 pub fn decide(
@@ -137,11 +139,13 @@ pub fn decide(
     }
     match request {
         Request::Fail(reason) => Decision::Fail(reason),
-        Request::Cancel => Decision::Cancel,
-        Request::Switch | Request::Commit { .. } if health.failure().is_some() => {
+        Request::Cancel | Request::Switch | Request::Commit { .. }
+            if health.failure().is_some() =>
+        {
             // Checked just above.
             Decision::Fail(health.failure().unwrap_or(FailReason::DestinationWrite))
         }
+        Request::Cancel => Decision::Cancel,
         Request::Switch if view.switching && view.state == State::Synced => Decision::Switch,
         Request::Switch => Decision::Nothing,
         Request::Commit { seen } if seen == generation => Decision::Commit,
@@ -209,8 +213,13 @@ mod tests {
             decide(view, &health, 3, Request::Commit { seen: 3 }),
             Decision::Fail(FailReason::DestinationFlush)
         );
-        assert_eq!(decide(view, &health, 3, Request::Cancel), Decision::Cancel);
+        assert_eq!(
+            decide(view, &health, 3, Request::Cancel),
+            Decision::Fail(FailReason::DestinationFlush),
+            "a recorded failure came first"
+        );
         health.clear();
+        assert_eq!(decide(view, &health, 3, Request::Cancel), Decision::Cancel);
         assert_eq!(health.failure(), None);
     }
 
@@ -301,7 +310,10 @@ mod tests {
                     Event::DestFlushError => { m.health.record_flush_failure(); m.failed_before = true; }
                     Event::Cancel => {
                         let d = decide(m.view, &m.health, m.generation, Request::Cancel);
-                        prop_assert!(matches!(d, Decision::Cancel | Decision::AlreadySwitched | Decision::Nothing));
+                        prop_assert!(matches!(d, Decision::Cancel | Decision::Fail(_) | Decision::AlreadySwitched | Decision::Nothing));
+                        if m.failed_before && matches!(m.view.state, State::Copying | State::Synced) {
+                            prop_assert!(matches!(d, Decision::Fail(_)), "a cancel hid a recorded failure");
+                        }
                         m.apply(d);
                     }
                     Event::Fail => {

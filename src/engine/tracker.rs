@@ -1089,7 +1089,7 @@ mod tests {
         writes: Vec<InFlight>,
         deferred: Vec<(u64, u64, u32)>,
         copier: Copier,
-        /// A mirrored write's destination half failed (the kernel's `dest_failed`).
+        /// A mirrored write's destination half failed (the kernel's `DestinationHealth`).
         dest_failed: bool,
         version: u32,
         /// The copier's pool of bitmap pages is empty.

@@ -205,7 +205,8 @@ impl Migrator {
             return;
         }
         // A phase decided meanwhile (a switch under way, a cancel, a failure) supersedes this
-        // commit, and the devices are no longer its to flush.
+        // commit: it does not flush. (One decided right after this check may still see the
+        // origin flushed: a failure of that flush is owed to the guest's next flush.)
         {
             let shared = migration.shared.lock();
             if !shared.tracker.is_active() || shared.tracker.is_switching() {

@@ -4,7 +4,7 @@
 //!
 //! A [`Migration`] is the state that must survive a table reload: the region tracker, the
 //! bios deferred behind a copy, the write epochs, and whether a mirrored write failed on the
-//! destination. An [`Migrator`] is one target's view of it: the devices the target opened, its
+//! destination. A [`Migrator`] is one target's view of it: the devices the target opened, its
 //! bio set, its handle for events, and its copy settings. An identical reload (same mapped
 //! device, devices, place and regions) shares the old target's migration through the
 //! [`Registry`], so it goes on exactly where it was; only one of the two tables is ever live,
@@ -95,7 +95,7 @@ pub(crate) struct Migration {
     /// mirrored write failed. Held by the copier's batches too, which signal it.
     pub(crate) copier_event: Arc<Event>,
     /// Mirrored writes in flight, per epoch: a write-intent bit is cleared only after the
-    /// epoch its last write was admitted in has drained (`engine::metadata::IntentLog`).
+    /// epoch its last write was admitted in has drained (`engine::intent::IntentLog`).
     intent_epochs: WriteEpochs,
     /// The metadata device's state, when there is one. Its lock is also the *phase lock*:
     /// every change of phase (switch, failure, cancel, start over) writes the phase and changes
@@ -330,7 +330,7 @@ pub(crate) struct Migrator {
 }
 
 impl Migrator {
-    /// Assembles a target's engine.
+    /// Assembles a target's view of its migration.
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         origin: Device,

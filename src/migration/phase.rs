@@ -32,6 +32,17 @@ impl Migrator {
     /// under the same lock. Events and the release of deferred writes come after the unlock
     /// ([`Migrator::after_decision`]).
     pub(super) fn decide_locked(&self, meta: &mut MetaGuard<'_>, request: Request) -> Decision {
+        let decision = self.decide_now(meta, request);
+        if matches!(decision, Decision::Fail(_) | Decision::Cancel) {
+            // A failure ends the migration whether or not its phase is recorded: the
+            // destination cannot be used. (`cancel` asks `end_locked` itself, to refuse.)
+            let _ = self.end_locked(meta, decision, true);
+        }
+        decision
+    }
+
+    /// [`decide`] for `request`, under the phase lock, without carrying anything out.
+    fn decide_now(&self, meta: &MetaGuard<'_>, request: Request) -> Decision {
         let migration = &*self.migration;
         let generation = meta.as_ref().map_or(0, |store| store.generation());
         let view = {
@@ -41,12 +52,24 @@ impl Migrator {
                 switching: shared.tracker.is_switching(),
             }
         };
-        let decision = decide(view, &migration.health, generation, request);
+        decide(view, &migration.health, generation, request)
+    }
+
+    /// Carries an end out under the phase lock: its phase written to the metadata device,
+    /// then the tracker ended. A phase that cannot be written is logged; with `always` the
+    /// migration ends all the same, otherwise nothing changes and the error is returned.
+    fn end_locked(
+        &self,
+        meta: &mut MetaGuard<'_>,
+        decision: Decision,
+        always: bool,
+    ) -> Result<(), MetadataError> {
         let (phase, reason) = match decision {
             Decision::Fail(reason) => (Phase::Failed, Some(reason)),
             Decision::Cancel => (Phase::Cancelled, None),
-            _ => return decision,
+            _ => return Ok(()),
         };
+        let mut result = Ok(());
         if let (Some(store), Some(device)) = (meta.as_mut(), &self.metadata) {
             if let Err(e) = store.write_phase(device, phase, reason) {
                 pr_err!(
@@ -55,14 +78,18 @@ impl Migrator {
                     e.message().to_str().unwrap_or(""),
                     phase.as_str()
                 );
+                result = Err(e);
             }
         }
-        let mut shared = migration.shared.lock();
+        if result.is_err() && !always {
+            return result;
+        }
+        let mut shared = self.migration.shared.lock();
         match reason {
             Some(reason) => shared.tracker.fail(reason),
             None => shared.tracker.cancel() == CancelOutcome::Cancelled,
         };
-        decision
+        result
     }
 
     /// What follows a decision once the phase lock is released: the log line and the event of
@@ -98,11 +125,18 @@ impl Migrator {
     }
 
     /// Cancels the migration (the `cancel` message): everything stays on the origin. Never
-    /// waits for the destination: the phase lock is only held across metadata writes.
+    /// waits for the destination: the phase lock is only held across metadata writes. A cancel
+    /// that cannot be recorded on the metadata device is refused and the migration goes on (a
+    /// crash would reload metadata that trusts regions the writes no longer reach); a failure
+    /// the destination recorded first is carried out instead.
     pub(crate) fn cancel(self: &Arc<Self>) -> Result<(), MessageError> {
         let mut meta = self.migration.meta.lock();
-        let decision = self.decide_locked(&mut meta, Request::Cancel);
+        let decision = self.decide_now(&meta, Request::Cancel);
+        let recorded = self.end_locked(&mut meta, decision, decision != Decision::Cancel);
         drop(meta);
+        if recorded.is_err() && decision == Decision::Cancel {
+            return Err(MessageError::CancelNotRecorded);
+        }
         self.after_decision(decision);
         match decision {
             Decision::AlreadySwitched => Err(MessageError::AlreadySwitched),
@@ -258,8 +292,13 @@ impl Migrator {
                     return self.after_decision(decision);
                 }
                 _ => {
-                    // Cancelled or failed meanwhile: the deferred writes go to the origin.
                     drop(meta);
+                    if migration.shared.lock().tracker.is_switching() {
+                        // Never while the switch holds writes (Synced cannot be left while
+                        // active): look again rather than hold them for good.
+                        continue;
+                    }
+                    // Cancelled or failed meanwhile: the deferred writes go to the origin.
                     return self.release_deferred();
                 }
             }

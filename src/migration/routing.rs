@@ -70,9 +70,9 @@ impl Migrator {
             }
         };
         // A write-back error of the origin that a flush of the target took is the guest's
-        // next flush's to report (unless the migration has switched: the origin is then left).
+        // next flush's to report, wherever that flush goes: a write the guest was told
+        // succeeded may be lost, also on the destination if its region was copied after.
         if kind == IoKind::Flush
-            && migration.final_route.load(Ordering::Acquire) != FINAL_DEST
             && migration
                 .owed_origin_flush_error
                 .swap(false, Ordering::AcqRel)
