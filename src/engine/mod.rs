@@ -10,6 +10,7 @@
 #![forbid(unsafe_code)]
 
 pub mod bitmap;
+pub mod dispatch;
 pub mod epoch;
 pub mod intent;
 pub mod message;

@@ -95,57 +95,39 @@ impl Migrator {
         let Shared {
             tracker, intent, ..
         } = &mut *shared;
-        let mut route = tracker.route(kind, sector, sectors);
-        // The first mirrored write to a copied region waits until its intent bit is durable:
-        // after a crash, the region is then copied again whichever half landed.
-        let mut intent_counted = false;
-        if let (Route::Both, IoKind::Write, Some(intent)) = (route, kind, intent.as_mut()) {
-            let regions = tracker.regions_of(sector, sectors);
-            match intent.admit(regions, |region| !tracker.is_pending(region)) {
-                Admit::Go => intent_counted = true,
-                Admit::Wait => {
-                    route = Route::Defer;
-                    migration.meta_event.signal();
-                }
+        let plan = dispatch::plan(
+            tracker,
+            intent.as_mut(),
+            kind,
+            sector,
+            sectors,
+            bio.is_fua(),
+        );
+        if plan.wake_metadata {
+            migration.meta_event.signal();
+        }
+        match plan.final_route {
+            Some(FinalRoute::Destination) => {
+                migration.final_route.store(FINAL_DEST, Ordering::Release)
             }
-        }
-        // A flush that comes while the switch is under way goes to the origin alone. Every write
-        // it covers (one that completed before it came) was routed before the switch began,
-        // since writes are held from then on, so the switch's own flush of the destination,
-        // after those writes drained, covers them there; the origin covers them if the switch
-        // fails instead. On the destination it would only be one more flush the switch has to
-        // wait for, and one that could take a write-back error (which a loop device reports to
-        // one flush only) away from the switch's flush.
-        if kind == IoKind::Flush && route == Route::Both && shared.tracker.is_switching() {
-            route = Route::Origin;
-        }
-        match shared.tracker.state() {
-            State::Switched => migration.final_route.store(FINAL_DEST, Ordering::Release),
-            State::Failed(_) | State::Cancelled => {
+            Some(FinalRoute::Origin) => {
                 migration.final_route.store(FINAL_ORIGIN, Ordering::Release)
             }
-            State::Copying | State::Synced => {}
+            None => {}
         }
-        // Counted under the lock, so that a round taken after this decision waits for the
-        // write (see `engine::epoch`).
-        let counted = kind == IoKind::Write
-            && shared.tracker.is_active()
-            && matches!(route, Route::Origin | Route::Both);
-        // A mirrored FUA write's destination half flushes the destination on a device that
-        // emulates FUA (a loop device): counted like a flush's, until that half completes.
-        let fua_mirrored = kind == IoKind::Write && route == Route::Both && bio.is_fua();
-        let mut tag = BioTag::write(
-            counted.then(|| migration.epochs.enter()),
-            intent_counted.then(|| migration.intent_epochs.enter()),
-            fua_mirrored.then(|| migration.dest_flushes.enter()),
-        );
-        // A mirrored flush is counted too, under the lock, so that the switch, which holds the
-        // flushes that come once it has begun (above), can wait for every one before it.
-        // Its destination half is counted apart, until that half completes (`dest_done`).
-        if kind == IoKind::Flush && route == Route::Both {
+        // Counted under the lock, so that a drain flipped after this decision waits for the bio
+        // (see `engine::epoch`).
+        let tag = if plan.mirrored_flush {
             migration.mirrored_flushes.fetch_add(1, Ordering::Relaxed);
-            tag = BioTag::mirrored_flush(migration.dest_flushes.enter());
-        }
+            BioTag::mirrored_flush(migration.dest_flushes.enter())
+        } else {
+            BioTag::write(
+                plan.copy_write.then(|| migration.epochs.enter()),
+                plan.intent_write.then(|| migration.intent_epochs.enter()),
+                plan.dest_flush.then(|| migration.dest_flushes.enter()),
+            )
+        };
+        let route = plan.route;
         bio.set_tag(tag.raw());
         match route {
             Route::Defer => {
