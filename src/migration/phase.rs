@@ -72,13 +72,23 @@ impl Migrator {
         let mut result = Ok(());
         if let (Some(store), Some(device)) = (meta.as_mut(), &self.metadata) {
             if let Err(e) = store.write_phase(device, phase, reason) {
-                pr_err!(
-                    "{}: {}: the {} phase is not recorded\n",
-                    self.handle.device_name(),
-                    e.message().to_str().unwrap_or(""),
-                    phase.as_str()
-                );
-                result = Err(e);
+                if store.first_copy_written() {
+                    // Copy 0 says it, with the higher generation: a load would act on it, so
+                    // the target does too.
+                    pr_err!(
+                        "{}: Only one superblock copy records the {} phase\n",
+                        self.handle.device_name(),
+                        phase.as_str()
+                    );
+                } else {
+                    pr_err!(
+                        "{}: {}: the {} phase is not recorded\n",
+                        self.handle.device_name(),
+                        e.message().to_str().unwrap_or(""),
+                        phase.as_str()
+                    );
+                    result = Err(e);
+                }
             }
         }
         if result.is_err() && !always {
