@@ -2,7 +2,8 @@
 # SPDX-License-Identifier: GPL-2.0
 #
 # Runs selftests and prints TAP, like the kselftest runner: "ok N name", "not ok N name", and
-# "ok N name # SKIP" for exit code 4. Each test runs with the timeout from `settings`, and a test
+# "ok N name # SKIP" for exit code 4. Each test runs with the timeout from `settings` (or its own
+# "# ksft-timeout=N" line), and a test
 # that leaves a kernel warning in the log fails. Ends with "# N passed, N failed, N skipped" and
 # exits non-zero when any test failed.
 #
@@ -35,7 +36,12 @@ for t in "${tests[@]}"; do
 	mark="ksft-migrate: mark $n $name $$.$RANDOM"
 	echo "<6>$mark" >/dev/kmsg
 	started=$SECONDS
-	KSFT_LOG_MARK=$mark timeout -k 5 "${timeout_s:-300}" bash "./$t" 2>&1 |
+	# A test may need longer than `settings` gives: a line "# ksft-timeout=N" (seconds on this
+	# kernel's scale: multiplied like the default on the debug kernel) says how long.
+	test_timeout=$(sed -n 's/^# ksft-timeout=//p' "$t" | head -1)
+	test_timeout=${test_timeout:-${timeout_s:-300}}
+	[ -n "$kmemleak" ] && [ "$test_timeout" != "${timeout_s:-300}" ] && test_timeout=$((test_timeout * 4))
+	KSFT_LOG_MARK=$mark timeout -k 5 "$test_timeout" bash "./$t" 2>&1 |
 		sed -u 's/^\([^#]\)/# \1/' | tee "$out"
 	rc=${PIPESTATUS[0]}
 	echo "# $name: $((SECONDS - started)) s"
@@ -52,7 +58,7 @@ for t in "${tests[@]}"; do
 	0) echo "ok $n $name"; passed=$((passed + 1)) ;;
 	# The reason goes on the TAP line: scripts/vm-test.sh fails a skip it does not allow.
 	4) echo "ok $n $name # SKIP $(sed -n 's/^# SKIP: //p' "$out" | tail -1)"; skipped=$((skipped + 1)) ;;
-	124) echo "not ok $n $name # TIMEOUT ${timeout_s}s"; failed=$((failed + 1)) ;;
+	124) echo "not ok $n $name # TIMEOUT ${test_timeout}s"; failed=$((failed + 1)) ;;
 	*) echo "not ok $n $name # exit=$rc"; failed=$((failed + 1)) ;;
 	esac
 done
