@@ -11,8 +11,8 @@
 
 // The `pin_init!` of `Migrator` has more fields than the default macro recursion limit allows.
 #![recursion_limit = "256"]
-// Safe Rust only, in every module but the binding layer (`dm`), which is the one place allowed
-// `unsafe` (each use with its `// SAFETY:` comment).
+// Safe Rust only, in every module but the binding layer (`dm`), the one place allowed
+// `unsafe_code` (each use with its `// SAFETY:` comment).
 #![deny(unsafe_code)]
 
 // Both are `pub` so that the kernel's `unreachable_pub` lint accepts the `pub` items they share
