@@ -22,6 +22,9 @@ TEST_TMP=$(mktemp -d "${TMPDIR:-/tmp}/ksft-migrate.XXXXXX")
 cd "$TEST_TMP" || exit 1
 # Where dmmig move records a move for dmmig recover (the VM's /var/lib is read-only).
 export DMMIG_STATE_DIR=$TEST_TMP/dmmig-state
+# The VM's scratch space is a tmpfs: dmmig refuses new images there unless told it is a test rig
+# (test_dmmig_refuse_volatile.sh checks the refusal without it).
+export DMMIG_ALLOW_VOLATILE=1
 
 _loops=()
 _nullbs=()

@@ -134,6 +134,11 @@ pub enum Command {
         /// Keep the old image file and its loop device.
         #[arg(long)]
         keep_source: bool,
+        /// Allow a new image or metadata file on a filesystem in memory (tmpfs, ramfs), which a
+        /// reboot loses: for test rigs only (also DMMIG_ALLOW_VOLATILE=1). A new file under /dev
+        /// is always refused: it is a device name that does not exist.
+        #[arg(long)]
+        allow_volatile: bool,
         /// Do not draw the progress bar.
         #[arg(long)]
         no_progress: bool,

@@ -75,6 +75,7 @@ pub fn run(command: Command, json: bool) -> Result<()> {
             region_size,
             depth,
             keep_source,
+            allow_volatile,
             no_progress,
             metadata,
             no_metadata,
@@ -96,6 +97,7 @@ pub fn run(command: Command, json: bool) -> Result<()> {
                 metadata,
                 no_metadata,
                 gate: None,
+                allow_volatile,
             };
             let targets = crate::cli::move_targets(&devices, &to).map_err(Error::Usage)?;
             match targets.as_slice() {

@@ -43,6 +43,9 @@ pub struct MoveOptions {
     pub gate: Option<Arc<crate::multi::SwitchGate>>,
     /// The NBD client's timeouts, for an nbd:// destination.
     pub nbd: crate::nbd::Timeouts,
+    /// Allow new images (and metadata files) in memory (tmpfs, ramfs): for test rigs only;
+    /// also `DMMIG_ALLOW_VOLATILE=1`.
+    pub allow_volatile: bool,
 }
 
 /// What `move` records for `recover`: enough to load the migrate table again after a reboot.
@@ -343,6 +346,7 @@ fn prepare_metadata(
     dest_is_new: bool,
     given: Option<&Path>,
     bytes_needed: u64,
+    allow_volatile: bool,
     created: &mut Created,
 ) -> Result<(BlockDev, PathBuf)> {
     let path = match given {
@@ -391,6 +395,7 @@ fn prepare_metadata(
                 fs::create_dir_all(dir)
                     .map_err(|e| Error::Usage(format!("cannot use {}: {e}", dir.display())))?;
             }
+            check_durable(&path, "metadata file", allow_volatile)?;
             let file = File::options()
                 .write(true)
                 .create_new(true)
@@ -424,12 +429,58 @@ fn space_needed(origin: &BlockDev, bytes: u64) -> u64 {
         })
 }
 
+/// Why a new file at `path` would not hold a disk across a reboot, if it would not: a path under
+/// `/dev` names a device that does not exist (mistyped, or not attached yet: `rbd map`, an
+/// iSCSI login), and creating it makes a file in memory (devtmpfs); a tmpfs or ramfs folder is
+/// memory too. `fs_magic` is the folder's filesystem type (`statfs`).
+pub fn volatile_reason(dir: &Path, fs_magic: i64) -> Option<&'static str> {
+    const TMPFS_MAGIC: i64 = 0x0102_1994;
+    const RAMFS_MAGIC: i64 = 0x8584_58f6;
+    if dir.starts_with("/dev") {
+        Some("is under /dev, where no such device exists (mistyped, or not attached yet?)")
+    } else if fs_magic == TMPFS_MAGIC || fs_magic == RAMFS_MAGIC {
+        Some("would be on a filesystem in memory (tmpfs or ramfs), lost at the next reboot")
+    } else {
+        None
+    }
+}
+
+/// Refuses a new `what` at `path` that would not survive a reboot ([`volatile_reason`]), unless
+/// allowed (a test rig).
+fn check_durable(path: &Path, what: &str, allow_volatile: bool) -> Result<()> {
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let dir = fs::canonicalize(dir)
+        .map_err(|e| Error::Usage(format!("cannot use {}: {e}", dir.display())))?;
+    let magic = nix::sys::statfs::statfs(&dir)
+        .map_err(|e| Error::Usage(format!("cannot use {}: {e}", dir.display())))?
+        .filesystem_type()
+        .0 as i64;
+    match volatile_reason(&dir, magic) {
+        // Under /dev no override: a device path that does not exist is a mistake.
+        Some(reason) if dir.starts_with("/dev") || !allow_volatile => Err(Error::Usage(format!(
+            "the new {what} {} {reason}; give an existing block device, or a path on durable \
+             storage{}",
+            path.display(),
+            if dir.starts_with("/dev") {
+                ""
+            } else {
+                " (--allow-volatile for a test rig)"
+            }
+        ))),
+        _ => Ok(()),
+    }
+}
+
 /// Opens (or creates, sparse and loop-attached) the destination; a new image file needs
 /// `space` bytes free on its filesystem.
 fn prepare_destination(
     dest: &Path,
     bytes: u64,
     space: u64,
+    allow_volatile: bool,
     created: &mut Created,
 ) -> Result<BlockDev> {
     match fs::metadata(dest) {
@@ -461,6 +512,7 @@ fn prepare_destination(
             dest.display()
         ))),
         Err(_) => {
+            check_durable(dest, "image", allow_volatile)?;
             let dir = dest
                 .parent()
                 .filter(|p| !p.as_os_str().is_empty())
@@ -671,7 +723,9 @@ pub fn run_move(
             }
         }
         let space = space_needed(&origin, bytes);
-        let destination = prepare_destination(dest, bytes, space, &mut created)?;
+        let allow_volatile = opts.allow_volatile
+            || std::env::var_os("DMMIG_ALLOW_VOLATILE").is_some_and(|v| v == "1");
+        let destination = prepare_destination(dest, bytes, space, allow_volatile, &mut created)?;
         // And against the devices, as the constructor will.
         Geometry::validate(
             &options,
@@ -692,6 +746,7 @@ pub fn run_move(
                 dest_is_new,
                 opts.metadata.as_deref(),
                 needed,
+                allow_volatile,
                 &mut created,
             )?;
             if [
@@ -1306,6 +1361,20 @@ fn lock(name: &str) -> Result<nix::fcntl::Flock<File>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn new_files_in_memory_or_under_dev_are_volatile() {
+        let tmpfs = 0x0102_1994;
+        let ramfs = 0x8584_58f6;
+        let ext4 = 0xef53;
+        assert!(volatile_reason(Path::new("/dev"), tmpfs).is_some(), "/dev/sdx");
+        assert!(volatile_reason(Path::new("/dev/disk/by-id"), tmpfs).is_some());
+        assert!(volatile_reason(Path::new("/dev"), ext4).is_some(), "whatever /dev is");
+        assert!(volatile_reason(Path::new("/run/vm"), tmpfs).is_some());
+        assert!(volatile_reason(Path::new("/mnt/ram"), ramfs).is_some());
+        assert!(volatile_reason(Path::new("/var/lib/images"), ext4).is_none());
+        assert!(volatile_reason(Path::new("/devices"), ext4).is_none(), "not /dev itself");
+    }
 
     #[test]
     fn splits_device_numbers() {
