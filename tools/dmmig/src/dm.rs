@@ -71,6 +71,14 @@ impl Dm {
         })
     }
 
+    /// Whether the kernel has the target type `target` (the DM target versions list).
+    pub fn has_target(&self, target: &str) -> Result<bool> {
+        self.dm
+            .list_versions()
+            .map(|versions| versions.iter().any(|(name, ..)| name == target))
+            .map_err(|e| Error::Failed(format!("cannot list the device-mapper targets: {e}")))
+    }
+
     /// All devices, sorted by name.
     pub fn list(&self) -> Result<Vec<Entry>> {
         let mut list: Vec<Entry> = self

@@ -581,10 +581,42 @@ fn settle(dm: &Dm, name: &str) -> Result<Holder> {
 /// Swaps the live table (suspend, load, resume) and returns how long I/O was held.
 fn swap_table(dm: &Dm, name: &str, table: &[TableLine]) -> Result<Duration> {
     dm.load(name, table)?;
+    activate(dm, name)
+}
+
+/// Makes a loaded table live (suspend, resume); returns how long I/O was held.
+fn activate(dm: &Dm, name: &str) -> Result<Duration> {
     let start = Instant::now();
     dm.suspend(name, false)?;
     dm.resume(name)?;
     Ok(start.elapsed())
+}
+
+/// Makes sure the kernel has the `migrate` target before anything is created: if it is not
+/// loaded, asks for the module as the kernel's own autoload would (the `modprobe` of
+/// /proc/sys/kernel/modprobe, `-q -- dm-migrate`), and refuses the move if it is still missing.
+fn ensure_migrate_target(dm: &Dm) -> Result<()> {
+    if dm.has_target("migrate")? {
+        return Ok(());
+    }
+    let helper = fs::read_to_string("/proc/sys/kernel/modprobe")
+        .map(|s| s.trim().to_string())
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "/sbin/modprobe".into());
+    let _ = std::process::Command::new(&helper)
+        .args(["-q", "--", "dm-migrate"])
+        .stdin(std::process::Stdio::null())
+        .status();
+    if dm.has_target("migrate")? {
+        return Ok(());
+    }
+    Err(Error::Failed(
+        "the kernel has no 'migrate' target: dm-migrate.ko is not loaded and could not be \
+         (install it with 'make install', or load it with 'insmod dm-migrate.ko'); nothing \
+         was changed"
+            .into(),
+    ))
 }
 
 /// Follows a migration until it switches, with a progress bar unless `no_progress`; fails when
@@ -687,6 +719,7 @@ pub fn run_move(
     let info = dm.info(name)?;
     let _lock = lock(name)?;
     let (original, origin) = linear_origin(&dm, name)?;
+    ensure_migrate_target(&dm)?;
     let bytes = original.length * SECTOR_SIZE;
     let mut created = Created::default();
     // Whether a table (live or loaded) may use the destination: from the migrate table's load
@@ -792,8 +825,11 @@ pub fn run_move(
             })
         };
         let started = Instant::now();
+        // A table the kernel refuses was never loaded: nothing uses the destination, and all
+        // that move created is undone. Once loaded, the inactive table holds it.
+        dm.load(name, &[migrate_line(&options)?])?;
         destination_in_use = true;
-        let mut longest = swap_table(&dm, name, &[migrate_line(&options)?])?;
+        let mut longest = activate(&dm, name)?;
         let outcome = match &opts.gate {
             None => wait_for_switch(&dm, name, opts.no_progress, bytes, &stop),
             // In sync (mirrored, not switching) until every disk is, then the same migration
@@ -1367,13 +1403,22 @@ mod tests {
         let tmpfs = 0x0102_1994;
         let ramfs = 0x8584_58f6;
         let ext4 = 0xef53;
-        assert!(volatile_reason(Path::new("/dev"), tmpfs).is_some(), "/dev/sdx");
+        assert!(
+            volatile_reason(Path::new("/dev"), tmpfs).is_some(),
+            "/dev/sdx"
+        );
         assert!(volatile_reason(Path::new("/dev/disk/by-id"), tmpfs).is_some());
-        assert!(volatile_reason(Path::new("/dev"), ext4).is_some(), "whatever /dev is");
+        assert!(
+            volatile_reason(Path::new("/dev"), ext4).is_some(),
+            "whatever /dev is"
+        );
         assert!(volatile_reason(Path::new("/run/vm"), tmpfs).is_some());
         assert!(volatile_reason(Path::new("/mnt/ram"), ramfs).is_some());
         assert!(volatile_reason(Path::new("/var/lib/images"), ext4).is_none());
-        assert!(volatile_reason(Path::new("/devices"), ext4).is_none(), "not /dev itself");
+        assert!(
+            volatile_reason(Path::new("/devices"), ext4).is_none(),
+            "not /dev itself"
+        );
     }
 
     #[test]
