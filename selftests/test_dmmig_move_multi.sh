@@ -121,7 +121,11 @@ rc=$?
 "$DMMIG" move "${disks[@]/#/$DEV_PREFIX-}" --to "$dest_a" "$dest_b" "$(dm_path bad)" --no-progress \
 	--max-rate 6144 >"$TEST_TMP/fail.log" 2>&1 && { sed 's/^/# /' "$TEST_TMP/fail.log"; fail "the move did not fail"; }
 sed 's/^/# /' "$TEST_TMP/fail.log"
-grep -q "every disk stays on its origin" "$TEST_TMP/fail.log" || fail "no word that every disk stays"
+# Each disk's whereabouts, as read back after the failure.
+for d in "${disks[@]}"; do
+	grep -q "$DEV_PREFIX-$d: the disk stays on its origin" "$TEST_TMP/fail.log" ||
+		fail "no word that $d stays on its origin"
+done
 for d in "${disks[@]}"; do
 	[ "$(dmsetup table "$DEV_PREFIX-$d")" = "$(cat "$TEST_TMP/table-$d")" ] ||
 		fail "$d is not back on its origin: $(dmsetup table "$DEV_PREFIX-$d")"

@@ -294,8 +294,57 @@ fn device_name(device: &str) -> Result<&str> {
     Ok(name)
 }
 
+/// Where a disk is after a failed move, from its table read back now, never assumed: the same
+/// table as before the move ("stays on its origin"), a linear on another device, a migrate
+/// table still loaded (with its state), or no device at all. `before` is the table read before
+/// the move began.
+fn whereabouts(name: &str, before: Option<&[crate::table::TableLine]>) -> String {
+    let Ok(dm) = Dm::open() else {
+        return "where the disk is could not be read back: see 'dmmig table NAME'".into();
+    };
+    let after = match dm.table(name) {
+        Ok(table) => table,
+        Err(_) => return format!("'{name}' cannot be read back (is it gone?)"),
+    };
+    let device = |params: &str| {
+        let number = params.split_whitespace().next().unwrap_or("?").to_string();
+        let kernel = std::fs::read_to_string(format!("/sys/dev/block/{number}/uevent"))
+            .ok()
+            .and_then(|u| {
+                u.lines()
+                    .find_map(|l| l.strip_prefix("DEVNAME=").map(|n| format!(" (/dev/{n})")))
+            })
+            .unwrap_or_default();
+        format!("{number}{kernel}")
+    };
+    match after.as_slice() {
+        [line] if before == Some(after.as_slice()) && line.target_type == "linear" => format!(
+            "the disk stays on its origin: its table is the one it had, a linear on {}",
+            device(&line.params)
+        ),
+        [line] if line.target_type == "linear" => {
+            format!("the disk is a linear on {} now", device(&line.params))
+        }
+        [line] if line.target_type == "migrate" => {
+            let state = dm
+                .status(name)
+                .ok()
+                .and_then(|s| s.first().map(|l| l.params.clone()))
+                .and_then(|p| p.split_whitespace().next().map(str::to_string))
+                .unwrap_or_else(|| "unknown".into());
+            format!(
+                "the disk still runs its migrate table (state {state}, origin {}): see 'dmmig \
+                 status {name}'",
+                device(&line.params)
+            )
+        }
+        _ => format!("the disk's table changed: see 'dmmig table {name}'"),
+    }
+}
+
 fn do_move(out: Output, device: &str, dest: &std::path::Path, options: &MoveOptions) -> Result<()> {
     let name = device_name(device)?;
+    let before = Dm::open().ok().and_then(|dm| dm.table(name).ok());
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         signal_hook::flag::register(signal, stop.clone())
@@ -304,7 +353,10 @@ fn do_move(out: Output, device: &str, dest: &std::path::Path, options: &MoveOpti
     let summary = run_move(name, dest, options, stop).inspect_err(|e| {
         // Input errors are found before anything changes; say so only when the move had begun.
         if matches!(e, Error::Failed(_)) {
-            eprintln!("dmmig: move of '{name}' failed; the disk stays on its origin");
+            eprintln!(
+                "dmmig: move of '{name}' failed; {}",
+                whereabouts(name, before.as_deref())
+            );
         }
     })?;
     if out.json {
@@ -355,6 +407,10 @@ fn do_move_many(
         signal_hook::flag::register(signal, stop.clone())
             .map_err(|e| Error::Failed(format!("cannot handle signals: {e}")))?;
     }
+    let before: Vec<_> = names
+        .iter()
+        .map(|name| Dm::open().ok().and_then(|dm| dm.table(name).ok()))
+        .collect();
     let outcomes = crate::multi::run_moves(&names, &dests, options, switch_together, stop);
     let mut first_error = None;
     let mut summaries = Vec::new();
@@ -398,14 +454,13 @@ fn do_move_many(
     match first_error {
         None => Ok(()),
         Some(e) => {
-            let moved: Vec<&str> = summaries.iter().map(|s| s.device.as_str()).collect();
-            if moved.is_empty() {
-                eprintln!("dmmig: the move failed; every disk stays on its origin");
-            } else {
+            eprintln!("dmmig: the move failed; read back now:");
+            for (name, before) in names.iter().zip(&before) {
+                let moved = summaries.iter().any(|s| s.device == *name);
                 eprintln!(
-                    "dmmig: the move failed; moved before it could be stopped (switched): {}; \
-                     the others stay on their origins",
-                    moved.join(", ")
+                    "dmmig:   {name}: {}{}",
+                    if moved { "moved (switched); " } else { "" },
+                    whereabouts(name, before.as_deref())
                 );
             }
             Err(e)

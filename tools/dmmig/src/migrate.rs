@@ -564,6 +564,16 @@ fn settle(dm: &Dm, name: &str) -> Result<Holder> {
     if dm.message(name, 0, "cancel").is_ok() {
         return Ok(Holder::Origin);
     }
+    if let Some(line) = dm
+        .table(name)?
+        .first()
+        .filter(|l| l.target_type != "migrate")
+    {
+        return Err(Error::Failed(format!(
+            "the disk runs a '{}' table now, not the migration: nothing is changed or removed",
+            line.target_type
+        )));
+    }
     let status = dm.status(name)?;
     let line = status
         .first()
@@ -651,7 +661,21 @@ fn wait_for_state(
         if stop.load(Ordering::Relaxed) {
             break Err(Error::Failed("interrupted".into()));
         }
-        let state = counter(&sysfs, "state").unwrap_or_default();
+        let Some(state) = counter(&sysfs, "state") else {
+            // The counters are there while the migrate table is live and resumed. Without
+            // them, a table that is no longer `migrate` was swapped in by someone else: there
+            // is no migration to follow (and no telling what it did).
+            let live = dm.table(name)?;
+            if live.first().is_some_and(|l| l.target_type != "migrate") {
+                break Err(Error::Failed(format!(
+                    "the disk's migrate table was replaced by another (now '{}'): the \
+                     migration is no longer dmmig's",
+                    live.first().map(|l| l.target_type.as_str()).unwrap_or("")
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(200));
+            continue;
+        };
         if let Some(bar) = &bar {
             let copied = counter(&sysfs, "copied_bytes")
                 .and_then(|s| s.parse().ok())
