@@ -7,7 +7,6 @@ use super::device::Device;
 use core::ptr::NonNull;
 use core::sync::atomic::{AtomicPtr, AtomicU32, AtomicU64, AtomicU8, Ordering};
 use kernel::prelude::*;
-use kernel::sync::Arc;
 
 /// What a bio does (`bio_op`), as far as routing cares.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -80,9 +79,37 @@ pub struct BioData {
     tag: AtomicU8,
     /// A time the target attaches to the bio in `map` and reads back in `end_io`.
     start_ns: AtomicU64,
-    /// For a mirrored bio, the `Arc<T: MirrorDone>` from [`Bio::mirror`], as a raw pointer.
-    context: AtomicPtr<core::ffi::c_void>,
+    /// The target whose `map` received the bio: the only one whose devices the bio may go to,
+    /// and the one a mirrored bio's halves are told to. Written once, in `map`.
+    target: AtomicPtr<bindings::dm_target>,
+    /// Tells `target` how a mirrored bio's halves went; set by the `map` trampoline, the one
+    /// place that knows the target's type.
+    notify: Option<MirrorNotify>,
 }
+
+/// What the target of a mirrored bio is told, by its [`MirrorNotify`].
+pub(super) enum MirrorEvent {
+    /// The destination's half completed: [`MirrorDone::dest_done`].
+    Dest {
+        kind: BioKind,
+        dest: Status,
+        tag: u8,
+    },
+    /// Both halves completed: [`MirrorDone::mirror_done`].
+    Both {
+        kind: BioKind,
+        origin: Status,
+        dest: Status,
+    },
+}
+
+/// Passes a [`MirrorEvent`] to the [`MirrorDone`] of a target.
+///
+/// # Safety
+///
+/// The first argument is a constructed target of the type the function was made for, whose
+/// destructor has not run.
+pub(super) type MirrorNotify = unsafe fn(*mut bindings::dm_target, MirrorEvent);
 
 impl Bio {
     /// Wraps a bio of a `map` call.
@@ -96,18 +123,28 @@ impl Bio {
         Self { ptr }
     }
 
-    /// Wraps the bio of a `map` call, after giving it fresh per-bio data.
+    /// Wraps the bio of a `map` call of `target`, after giving it fresh per-bio data.
     ///
     /// # Safety
     ///
-    /// As for [`Bio::from_raw`]; the per-bio data is not in use yet (this is the bio's `map`).
-    pub(super) unsafe fn from_map(ptr: NonNull<bindings::bio>) -> Self {
+    /// As for [`Bio::from_raw`]; the per-bio data is not in use yet (this is the bio's `map`),
+    /// `target` is the target of the call, and `notify` may be called with it until the bio ends.
+    pub(super) unsafe fn from_map(
+        ptr: NonNull<bindings::bio>,
+        target: NonNull<bindings::dm_target>,
+        notify: MirrorNotify,
+    ) -> Self {
+        let data = BioData {
+            target: AtomicPtr::new(target.as_ptr()),
+            notify: Some(notify),
+            ..BioData::default()
+        };
         // SAFETY: The core allocated `per_io_data_size` bytes, set to `size_of::<BioData>()`
         // and suitably aligned, for this bio, and nothing reads them before this write.
         unsafe {
             bindings::dm_per_bio_data(ptr.as_ptr(), core::mem::size_of::<BioData>())
                 .cast::<BioData>()
-                .write(BioData::default())
+                .write(data)
         };
         // SAFETY: Forwarded from the caller.
         unsafe { Self::from_raw(ptr) }
@@ -180,17 +217,31 @@ impl Bio {
         self.data().start_ns.store(ns, Ordering::Relaxed);
     }
 
+    /// Whether `device` belongs to the target whose `map` received the bio: the devices a bio
+    /// may go to. Such a device stays open until the target is destroyed, which the core does
+    /// only once all of the target's bios have ended, so it outlives the bio's I/O.
+    fn may_use(&self, device: &Device) -> bool {
+        core::ptr::eq(self.data().target.load(Ordering::Relaxed), device.target())
+    }
+
     /// Points the bio at `device`, starting at `sector` of it; an empty flush keeps its sector.
-    pub fn remap(&mut self, device: &Device, sector: u64) {
+    /// Refused (`EXDEV`) for a device of another target, which could close before the bio ends.
+    pub fn remap(&mut self, device: &Device, sector: u64) -> Result {
+        if !self.may_use(device) {
+            pr_err!("bio remapped to a device of another target; failing it\n");
+            return Err(EXDEV);
+        }
         let empty = self.sectors() == 0;
-        // SAFETY: `ptr` is a bio we may change (type invariant); `device` stays open until the
-        // target is destroyed, which the core does only once all of its I/O has completed.
+        // SAFETY: `ptr` is a bio we may change (type invariant); `device` is one of the bio's
+        // target's (`may_use`), open until the target is destroyed, which the core does only
+        // once all of its bios have ended.
         unsafe {
             bindings::migrate_bio_set_dev(self.raw(), device.bdev());
             if !empty {
                 bindings::migrate_bio_set_sector(self.raw(), sector);
             }
         }
+        Ok(())
     }
 
     /// Submits a kept bio, after [`Bio::remap`]; it completes through the target's `end_io`.
@@ -211,35 +262,35 @@ impl Bio {
 
     /// Sends the bio to both devices at once, each at its own sector, and ends it when both
     /// clones have completed, with the origin's status: a destination error is never seen by the
-    /// bio's issuer. `context.dest_done` learns the destination's status as soon as its clone
-    /// completes, and before the bio ends `context.mirror_done` learns both statuses.
+    /// bio's issuer. The target's [`MirrorDone::dest_done`] learns the destination's status as
+    /// soon as its clone completes, and before the bio ends its [`MirrorDone::mirror_done`]
+    /// learns both statuses. The target is told, not a value passed here, because only the
+    /// target is sure to outlive the bio: the core destroys it only after all of its bios.
     ///
-    /// The clones come from `bios`, whose mempool makes this wait rather than fail; a clone
-    /// that cannot be made all the same (its integrity payload) fails its half with an I/O
-    /// error.
-    pub fn mirror<T: MirrorDone>(
-        self,
-        origin: (&Device, u64),
-        dest: (&Device, u64),
-        bios: &BioSet,
-        context: Arc<T>,
-    ) {
+    /// The clones come from `bios`, whose mempool makes this wait rather than fail (and which,
+    /// dropped, waits for them); a clone that cannot be made all the same (its integrity
+    /// payload) fails its half with an I/O error. A device of another target fails the bio.
+    pub fn mirror(self, origin: (&Device, u64), dest: (&Device, u64), bios: &BioSet) {
+        if !self.may_use(origin.0) || !self.may_use(dest.0) {
+            pr_err!("bio mirrored to a device of another target; failing it\n");
+            self.endio(Status::IOERR);
+            return;
+        }
         let data = self.data();
         data.remaining.store(2, Ordering::Relaxed);
         data.origin_status.store(Status::OK.0, Ordering::Relaxed);
         data.dest_status.store(Status::OK.0, Ordering::Relaxed);
-        data.context
-            .store(Arc::into_raw(context).cast_mut().cast(), Ordering::Relaxed);
         let empty = self.sectors() == 0;
         let parent = self.into_raw();
         let clones: [(&Device, u64, unsafe extern "C" fn(*mut bindings::bio), bool); 2] = [
-            (origin.0, origin.1, origin_endio::<T>, false),
-            (dest.0, dest.1, dest_endio::<T>, true),
+            (origin.0, origin.1, origin_endio, false),
+            (dest.0, dest.1, dest_endio, true),
         ];
         for (device, sector, end_io, is_dest) in clones {
             // SAFETY: `parent` is a valid bio we own until both clones complete; a clone shares
-            // its pages, which the parent keeps until it ends in `clone_done`. The device stays
-            // open until the target is destroyed, after all of its I/O. The stores above happen
+            // its pages, which the parent keeps until it ends in `clone_done`. The device is one
+            // of the bio's target's (checked above), open until the target is destroyed, after
+            // all of its bios; `bios` waits for its clones when dropped. The stores above happen
             // before the submissions, which order them before the completions. A half that
             // fails here is done with at once; the parent ends only after both halves.
             unsafe {
@@ -255,7 +306,7 @@ impl Bio {
                     // The clone's integrity payload could not be allocated (the bio itself
                     // comes from the mempool, which waits): this half fails as if its device
                     // had failed it, and is done with.
-                    half_done::<T>(parent, is_dest, Status::IOERR.0);
+                    half_done(parent, is_dest, Status::IOERR.0);
                 } else {
                     bindings::migrate_submit_bio_noacct(clone);
                 }
@@ -279,8 +330,8 @@ impl Drop for Bio {
 /// both halves just before the bio ends.
 ///
 /// Both methods are called in the completion's context (possibly interrupt context: no
-/// sleeping, no sleeping locks).
-pub trait MirrorDone: Send + Sync + 'static {
+/// sleeping, no sleeping locks), on the [`super::target::Target::Mirror`] of the bio's target.
+pub trait MirrorDone: Send + Sync {
     /// Called once per mirrored bio of `kind` when its destination clone completes, with that
     /// clone's status and the bio's tag ([`Bio::set_tag`]), before the bio can end and whether
     /// or not the origin's clone has completed yet.
@@ -295,10 +346,10 @@ pub trait MirrorDone: Send + Sync + 'static {
 ///
 /// # Safety
 ///
-/// `clone` is a clone made by [`Bio::mirror`] for a context of type `T`.
-unsafe extern "C" fn origin_endio<T: MirrorDone>(clone: *mut bindings::bio) {
+/// `clone` is a clone made by [`Bio::mirror`].
+unsafe extern "C" fn origin_endio(clone: *mut bindings::bio) {
     // SAFETY: Forwarded from the caller.
-    unsafe { clone_done::<T>(clone, false) };
+    unsafe { clone_done(clone, false) };
 }
 
 /// Called by the block layer when the destination clone of a mirrored bio completes.
@@ -306,17 +357,17 @@ unsafe extern "C" fn origin_endio<T: MirrorDone>(clone: *mut bindings::bio) {
 /// # Safety
 ///
 /// As for [`origin_endio`].
-unsafe extern "C" fn dest_endio<T: MirrorDone>(clone: *mut bindings::bio) {
+unsafe extern "C" fn dest_endio(clone: *mut bindings::bio) {
     // SAFETY: Forwarded from the caller.
-    unsafe { clone_done::<T>(clone, true) };
+    unsafe { clone_done(clone, true) };
 }
 
 /// Records a clone's status and ends the parent after the last clone.
 ///
 /// # Safety
 ///
-/// `clone` is a clone made by [`Bio::mirror`] for a context of type `T`, completing once.
-unsafe fn clone_done<T: MirrorDone>(clone: *mut bindings::bio, is_dest: bool) {
+/// `clone` is a clone made by [`Bio::mirror`], completing once.
+unsafe fn clone_done(clone: *mut bindings::bio, is_dest: bool) {
     // SAFETY: The clone is valid until put; its `bi_private` is the parent, which lives until
     // its last clone completes, at the earliest now. Its per-bio data is a `BioData`.
     let (parent, status) = unsafe {
@@ -326,33 +377,43 @@ unsafe fn clone_done<T: MirrorDone>(clone: *mut bindings::bio, is_dest: bool) {
         (parent, status)
     };
     // SAFETY: Forwarded from the caller: `parent` is the mirrored bio, this half's once.
-    unsafe { half_done::<T>(parent, is_dest, status) };
+    unsafe { half_done(parent, is_dest, status) };
 }
 
 /// Records the status of one half of a mirrored bio and ends the bio after the last half.
 ///
 /// # Safety
 ///
-/// `parent` is a bio mirrored by [`Bio::mirror`] for a context of type `T`, and this is its
-/// origin (`is_dest` false) or destination half's only call.
-unsafe fn half_done<T: MirrorDone>(parent: *mut bindings::bio, is_dest: bool, status: u8) {
+/// `parent` is a bio mirrored by [`Bio::mirror`], and this is its origin (`is_dest` false) or
+/// destination half's only call.
+unsafe fn half_done(parent: *mut bindings::bio, is_dest: bool, status: u8) {
     // SAFETY: As above.
     let data = unsafe {
         &*bindings::dm_per_bio_data(parent, core::mem::size_of::<BioData>()).cast::<BioData>()
     };
     // SAFETY: The parent is valid (see above).
     let kind = bio_kind(unsafe { bindings::migrate_bio_kind(parent) });
+    let target = data.target.load(Ordering::Relaxed);
+    let tell = |event| {
+        // `map` set it (`from_map`), before the bio could be mirrored.
+        if let Some(notify) = data.notify {
+            // SAFETY: `notify` was made by the `map` trampoline of `target`'s type; the
+            // target lives until its destructor, which the core calls only after all of its
+            // bios have ended, and this one has not yet.
+            unsafe { notify(target, event) };
+        }
+    };
     if is_dest {
         data.dest_status.store(status, Ordering::Relaxed);
         // The destination's status is told at once, not when the last clone completes: the
         // origin's half of the same bio may take much longer, and a decision made meanwhile
         // (the switch, a metadata commit) must already see a failure here.
-        //
-        // SAFETY: `mirror` stored an `Arc<T>` from `Arc::into_raw`, which only the last clone's
-        // completion takes back, after its decrement below; this clone has not decremented
-        // yet, so the `T` lives at least until this call returns.
-        let context = unsafe { &*data.context.load(Ordering::Relaxed).cast::<T>() };
-        context.dest_done(kind, Status(status), data.tag.load(Ordering::Relaxed));
+        let event = MirrorEvent::Dest {
+            kind,
+            dest: Status(status),
+            tag: data.tag.load(Ordering::Relaxed),
+        };
+        tell(event);
     } else {
         data.origin_status.store(status, Ordering::Relaxed);
     }
@@ -362,13 +423,7 @@ unsafe fn half_done<T: MirrorDone>(parent: *mut bindings::bio, is_dest: bool, st
     }
     let origin = Status(data.origin_status.load(Ordering::Relaxed));
     let dest = Status(data.dest_status.load(Ordering::Relaxed));
-    // SAFETY: `mirror` stored an `Arc<T>` from `Arc::into_raw`; this last completion takes it
-    // back once.
-    let context = unsafe { Arc::from_raw(data.context.load(Ordering::Relaxed).cast::<T>()) };
-    context.mirror_done(kind, origin, dest);
-    // Drop the reference before the bio ends: once it has, the target may be destroyed, and
-    // the last reference must not be dropped here, in a completion context.
-    drop(context);
+    tell(MirrorEvent::Both { kind, origin, dest });
     // SAFETY: Every clone has completed; the parent is ours to end, once.
     unsafe {
         bindings::migrate_bio_set_status(parent, origin.0);
@@ -407,9 +462,12 @@ impl BioSet {
 }
 
 impl Drop for BioSet {
+    /// Waits until every bio taken from the set has been put, then frees it: the bios borrow
+    /// the set only for the call that submits them ([`Bio::mirror`], [`super::copy::IoBatch`]),
+    /// so a set dropped with I/O in flight must not go before it. Sleeps.
     fn drop(&mut self) {
-        // SAFETY: Created by `migrate_bioset_create` (type invariant); every bio allocated from
-        // it has been freed, because the target's I/O has completed before it is destroyed.
+        // SAFETY: Created by `migrate_bioset_create` (type invariant), and not used after this;
+        // the destroy waits for the bios still out of it.
         unsafe { bindings::migrate_bioset_destroy(self.ptr.as_ptr()) };
     }
 }

@@ -6,6 +6,7 @@ use super::bindings;
 use super::bio::{BioSet, Status};
 use super::device::Device;
 use super::event::Event;
+use core::marker::PhantomData;
 use core::ptr::NonNull;
 use kernel::page::{Page, PAGE_SIZE};
 use kernel::prelude::*;
@@ -65,26 +66,30 @@ pub enum CopyOp {
 /// completion signals the [`Event`] the batch was made with, so that one thread can drive many
 /// batches, each on to its next step as soon as it is done.
 ///
+/// The batch borrows the devices and bio set of its I/O for `'dev`: it cannot outlive them, and
+/// since it waits for its I/O when dropped, neither can the I/O.
+///
 /// # Invariants
 ///
 /// `ptr` comes from `migrate_io_batch_create` and is freed on drop; no bio of the batch is in
 /// flight when it is freed or when `buffer` is, because `drop` waits first. `started` says
 /// whether an I/O was submitted since the last `wait`. `_event` is the event the batch
 /// signals, held so that it outlives the batch.
-pub struct IoBatch {
+pub struct IoBatch<'dev> {
     ptr: NonNull<bindings::migrate_io_batch>,
     buffer: PageBuffer,
     started: bool,
     _event: Arc<Event>,
+    _devices: PhantomData<(&'dev Device, &'dev BioSet)>,
 }
 
 // SAFETY: The batch is used by one thread at a time (`&mut self`), and completions only touch
 // its atomic counter and completion.
-unsafe impl Send for IoBatch {}
+unsafe impl Send for IoBatch<'_> {}
 // SAFETY: `&self` methods only read the completion, which is safe from any thread.
-unsafe impl Sync for IoBatch {}
+unsafe impl Sync for IoBatch<'_> {}
 
-impl IoBatch {
+impl<'dev> IoBatch<'dev> {
     /// Allocates a batch with a buffer of `bytes` rounded up to whole pages, whose completions
     /// signal `event`.
     pub fn new(bytes: usize, event: Arc<Event>) -> Result<Self> {
@@ -97,6 +102,7 @@ impl IoBatch {
             buffer,
             started: false,
             _event: event,
+            _devices: PhantomData,
         })
     }
 
@@ -110,11 +116,11 @@ impl IoBatch {
     /// the bios already submitted are still in flight: wait for them all the same.
     pub fn submit(
         &mut self,
-        device: &Device,
+        device: &'dev Device,
         sector: u64,
         bytes: usize,
         op: CopyOp,
-        bios: &BioSet,
+        bios: &'dev BioSet,
     ) -> Result {
         if self.started {
             return Err(EBUSY);
@@ -132,8 +138,8 @@ impl IoBatch {
         unsafe { bindings::migrate_io_batch_start(self.ptr.as_ptr()) };
         self.started = true;
         // SAFETY: The batch is started; the buffer holds at least `bytes` of pages, which live
-        // as long as the batch and no other I/O uses until `wait`; the device stays open while
-        // the target lives, which outlasts the copier.
+        // as long as the batch and no other I/O uses until `wait`; the device and the bio set
+        // are borrowed for `'dev`, which the batch, waiting for its I/O on drop, cannot outlive.
         let added = kernel::error::to_result(unsafe {
             bindings::migrate_io_batch_add(
                 self.ptr.as_ptr(),
@@ -182,7 +188,7 @@ impl IoBatch {
     }
 }
 
-impl Drop for IoBatch {
+impl Drop for IoBatch<'_> {
     fn drop(&mut self) {
         // Never free a batch with bios in flight.
         self.wait();

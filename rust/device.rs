@@ -3,18 +3,21 @@
 //! Block devices held open by a target.
 
 use super::bindings;
+use super::target::Handles;
 use core::ptr::NonNull;
+use kernel::sync::Arc;
 
 /// A block device opened for a target with `dm_get_device`, released on drop.
 ///
 /// # Invariants
 ///
 /// `dev` was returned by a successful `dm_get_device(ti, ..)` and has not been put yet, and `ti`
-/// outlives this value: the device-mapper core frees a target only after its destructor, which
-/// drops the target's devices.
+/// outlives this value: the value is counted in `handles`, the live handles of `ti`, which the
+/// target's destructor waits to see at zero before the core may free `ti`.
 pub struct Device {
     ti: NonNull<bindings::dm_target>,
     dev: NonNull<bindings::dm_dev>,
+    handles: Arc<Handles>,
 }
 
 // SAFETY: A `dm_dev` is a reference-counted handle that the device-mapper core lets any context
@@ -30,13 +33,20 @@ impl Device {
     /// # Safety
     ///
     /// `dev` must come from a successful `dm_get_device(ti, ..)` whose reference the caller hands
-    /// over, and `ti` must outlive the returned value.
+    /// over, and `handles` must be the live handles of `ti`.
     pub(super) unsafe fn from_raw(
         ti: NonNull<bindings::dm_target>,
         dev: NonNull<bindings::dm_dev>,
+        handles: Arc<Handles>,
     ) -> Self {
-        // INVARIANT: The caller guarantees both conditions.
-        Self { ti, dev }
+        handles.get();
+        // INVARIANT: The caller guarantees the device and the handles; counted just above.
+        Self { ti, dev, handles }
+    }
+
+    /// The target that opened the device.
+    pub(super) fn target(&self) -> *mut bindings::dm_target {
+        self.ti.as_ptr()
     }
 
     /// The raw `dm_dev`, for the binding layer.
@@ -97,5 +107,7 @@ impl Drop for Device {
         // SAFETY: By the type invariant `dev` is held from `dm_get_device(ti, ..)` and `ti` is
         // alive; this is the one put that matches it.
         unsafe { bindings::dm_put_device(self.ti.as_ptr(), self.dev.as_ptr()) };
+        // The last use of `ti`: from here on the destructor may return.
+        self.handles.put();
     }
 }

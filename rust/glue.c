@@ -95,6 +95,39 @@ dev_t migrate_bdev_dev(struct block_device *bdev)
 	return bdev->bd_dev;
 }
 
+/*
+ * A bio set of the target's, which counts the bios taken from it that have not been put yet:
+ * its owner may drop it while some are in flight (they borrow it only for the call that
+ * submits them), and migrate_bioset_destroy() waits for them first.
+ */
+struct migrate_bio_set {
+	struct bio_set bs;
+	atomic_t outstanding;
+};
+
+static struct migrate_bio_set *migrate_bio_set_of(struct bio_set *bs)
+{
+	return container_of(bs, struct migrate_bio_set, bs);
+}
+
+/* Counts a bio just allocated from one of our sets. */
+static void migrate_bioset_got(struct bio_set *bs)
+{
+	atomic_inc(&migrate_bio_set_of(bs)->outstanding);
+}
+
+/*
+ * Puts a bio of one of our sets. The decrement is the last access to the set, after the bio
+ * went back to its mempool: from then on migrate_bioset_destroy() may free it.
+ */
+static void migrate_bioset_put_bio(struct bio *bio)
+{
+	struct migrate_bio_set *set = migrate_bio_set_of(bio->bi_pool);
+
+	bio_put(bio);
+	atomic_dec_return_release(&set->outstanding);
+}
+
 struct bio *migrate_clone_bio(struct bio *src, struct block_device *bdev, sector_t sector,
 			      struct bio_set *bs, void (*end_io)(struct bio *), void *private)
 {
@@ -106,6 +139,7 @@ struct bio *migrate_clone_bio(struct bio *src, struct block_device *bdev, sector
 
 	if (!clone)
 		return NULL;
+	migrate_bioset_got(bs);
 	/*
 	 * The core polls only its own clone of a polled bio (dm_poll_dm_io), never these: they
 	 * must complete by interrupt.
@@ -119,12 +153,13 @@ struct bio *migrate_clone_bio(struct bio *src, struct block_device *bdev, sector
 
 void migrate_bio_put(struct bio *bio)
 {
-	bio_put(bio);
+	migrate_bioset_put_bio(bio);
 }
 
 struct bio_set *migrate_bioset_create(unsigned int pool_size)
 {
-	struct bio_set *bs = kzalloc(sizeof(*bs), GFP_KERNEL);
+	struct migrate_bio_set *set = kzalloc(sizeof(*set), GFP_KERNEL);
+	struct bio_set *bs = set ? &set->bs : NULL;
 
 	/*
 	 * map() clones from this set in submit_bio context, where the submitter's
@@ -133,7 +168,7 @@ struct bio_set *migrate_bioset_create(unsigned int pool_size)
 	 * bio_alloc_bioset() asks of such a set.
 	 */
 	if (bs && bioset_init(bs, pool_size, 0, BIOSET_NEED_BVECS | BIOSET_NEED_RESCUER)) {
-		kfree(bs);
+		kfree(set);
 		bs = NULL;
 	}
 	return bs;
@@ -141,10 +176,24 @@ struct bio_set *migrate_bioset_create(unsigned int pool_size)
 
 void migrate_bioset_destroy(struct bio_set *bs)
 {
-	if (bs) {
-		bioset_exit(bs);
-		kfree(bs);
+	struct migrate_bio_set *set;
+	unsigned int waited_ms = 0;
+
+	if (!bs)
+		return;
+	set = migrate_bio_set_of(bs);
+	/*
+	 * Polled, not woken: a waker would touch the set after its decrement, when this may
+	 * already have freed it. The owner drops its set once the target's I/O is over, so this
+	 * normally returns at once.
+	 */
+	while (atomic_read_acquire(&set->outstanding)) {
+		if (waited_ms++ == 10000)
+			pr_warn("dm-migrate: a bio set waits for bios still in flight\n");
+		msleep(1);
 	}
+	bioset_exit(bs);
+	kfree(set);
 }
 
 struct bio_list *migrate_bio_list_create(void)
@@ -281,7 +330,7 @@ static void migrate_io_batch_endio(struct bio *bio)
 
 	if (bio->bi_status)
 		WRITE_ONCE(batch->status, bio->bi_status);
-	bio_put(bio);
+	migrate_bioset_put_bio(bio);
 	migrate_io_batch_put(batch);
 }
 
@@ -325,6 +374,7 @@ static int migrate_io_batch_zeroes(struct migrate_io_batch *batch, struct block_
 
 	if (!bio)
 		return -ENOMEM;
+	migrate_bioset_got(bs);
 	bio->bi_iter.bi_sector = sector;
 	bio->bi_iter.bi_size = bytes;
 	bio->bi_private = batch;
@@ -356,12 +406,13 @@ int migrate_io_batch_add(struct migrate_io_batch *batch, struct block_device *bd
 		bio = bio_alloc_bioset(bdev, nr_pages, write ? REQ_OP_WRITE : REQ_OP_READ, GFP_NOIO, bs);
 		if (!bio)
 			return -ENOMEM;
+		migrate_bioset_got(bs);
 		bio->bi_iter.bi_sector = sector;
 		for (i = 0; i < nr_pages; i++) {
 			unsigned int len = min_t(unsigned int, chunk - i * PAGE_SIZE, PAGE_SIZE);
 
 			if (bio_add_page(bio, pages[i], len, 0) != len) {
-				bio_put(bio);
+				migrate_bioset_put_bio(bio);
 				return -EIO;
 			}
 		}
@@ -436,6 +487,21 @@ void migrate_kthread_unpark(struct task_struct *task)
 int migrate_kthread_stop(struct task_struct *task)
 {
 	return kthread_stop_put(task);
+}
+
+void migrate_msleep(unsigned int ms)
+{
+	msleep(ms);
+}
+
+bool migrate_task_is_current(struct task_struct *task)
+{
+	return task == current;
+}
+
+void migrate_task_put(struct task_struct *task)
+{
+	put_task_struct(task);
 }
 
 bool migrate_kthread_should_stop(void)

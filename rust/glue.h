@@ -106,6 +106,12 @@ struct task_struct *migrate_kthread_create_parked(int (*fn)(void *), void *data,
 void migrate_kthread_park(struct task_struct *task);
 void migrate_kthread_unpark(struct task_struct *task);
 int migrate_kthread_stop(struct task_struct *task);
+/* Sleeps at least @ms milliseconds. */
+void migrate_msleep(unsigned int ms);
+/* Whether @task is the calling task. */
+bool migrate_task_is_current(struct task_struct *task);
+/* Drops the reference migrate_kthread_create_parked() took, without stopping the thread. */
+void migrate_task_put(struct task_struct *task);
 /* Parks the calling thread first if that was asked, then says whether it should stop. */
 bool migrate_kthread_should_stop(void);
 /* Whether the calling kthread is asked to stop or park, without parking. */

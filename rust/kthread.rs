@@ -4,6 +4,7 @@
 
 use super::bindings;
 use core::ffi::CStr;
+use core::mem::ManuallyDrop;
 use core::ptr::NonNull;
 use kernel::ffi::{c_int, c_void};
 use kernel::prelude::*;
@@ -55,8 +56,9 @@ impl ThreadContext {
 /// was last parked or unparked.
 pub struct KThread<T: ThreadMain> {
     task: NonNull<bindings::task_struct>,
-    /// Borrowed by the thread; released only after it has stopped.
-    _context: Arc<T>,
+    /// Borrowed by the thread; released only after it has stopped, and never if the thread
+    /// itself drops this value (see `drop`).
+    context: ManuallyDrop<Arc<T>>,
     parked: bool,
 }
 
@@ -95,7 +97,7 @@ impl<T: ThreadMain> KThread<T> {
         // INVARIANT: Created and parked just above, with a reference on the task.
         Ok(Self {
             task: NonNull::new(task).ok_or(ENOMEM)?,
-            _context: context,
+            context: ManuallyDrop::new(context),
             parked: true,
         })
     }
@@ -122,11 +124,24 @@ impl<T: ThreadMain> KThread<T> {
 
 impl<T: ThreadMain> Drop for KThread<T> {
     fn drop(&mut self) {
+        // SAFETY: The task is alive: we hold a reference on it (type invariant).
+        if unsafe { bindings::migrate_task_is_current(self.task.as_ptr()) } {
+            // The thread drops its own handle (it dropped the last reference to what owns
+            // it): stopping it would wait for itself forever, and its function still borrows
+            // the context. Leave both: the thread ends when its function returns, and the
+            // context stays, leaked, for the function to use until then.
+            pr_warn!("kthread dropped by itself; leaving it to end on its own\n");
+            // SAFETY: We hold a reference on the task (type invariant), dropped here once.
+            unsafe { bindings::migrate_task_put(self.task.as_ptr()) };
+            return;
+        }
         // SAFETY: The task has not been stopped and we hold a reference on it (type
         // invariant); this unparks it if needed, waits for the thread to exit, or makes sure
-        // its function never runs, and drops the reference. `context` is released after, when
-        // no thread uses it.
+        // its function never runs, and drops the reference.
         unsafe { bindings::migrate_kthread_stop(self.task.as_ptr()) };
+        // SAFETY: The thread has exited, or its function will never run: nothing borrows the
+        // context any more, and it is not used after this.
+        unsafe { ManuallyDrop::drop(&mut self.context) };
     }
 }
 

@@ -5,15 +5,17 @@
 //! C header: [`include/linux/device-mapper.h`](srctree/include/linux/device-mapper.h)
 
 use super::bindings;
-use super::bio::{Bio, BioData, Status};
+use super::bio::{Bio, BioData, MirrorDone, MirrorEvent, Status};
 use super::device::Device;
 use crate::engine::writer::SliceWriter;
 use core::ffi::CStr;
 use core::marker::PhantomData;
 use core::ptr::NonNull;
+use core::sync::atomic::{AtomicUsize, Ordering};
 use kernel::error::to_result;
 use kernel::ffi::{c_char, c_int, c_uint, c_void};
 use kernel::prelude::*;
+use kernel::sync::Arc;
 use kernel::types::Opaque;
 use kernel::ThisModule;
 
@@ -51,14 +53,64 @@ impl MapResult {
     }
 }
 
-/// A handle on a constructed target for raising events, valid while the target exists.
+/// The count of the values that hold a target's raw `ti` ([`Device`], [`TargetHandle`]): they
+/// may be kept anywhere, but the core frees `ti` once the destructor returns, so the destructor
+/// waits until none is left. Kept inside the target object, as they should be, they are all
+/// gone when the destructor has dropped it, and the wait ends at once.
+pub(super) struct Handles {
+    live: AtomicUsize,
+}
+
+impl Handles {
+    fn new() -> Result<Arc<Self>, kernel::alloc::AllocError> {
+        Arc::new(
+            Self {
+                live: AtomicUsize::new(0),
+            },
+            GFP_KERNEL,
+        )
+    }
+
+    /// Counts a new handle.
+    pub(super) fn get(&self) {
+        self.live.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Uncounts a handle, after its last use of `ti`.
+    pub(super) fn put(&self) {
+        self.live.fetch_sub(1, Ordering::Release);
+    }
+
+    /// Waits until no handle is left; sleeps. Polled: the count lives as long as the `Arc`s,
+    /// so a handle's last `put` and this check need no wake-up between them.
+    fn wait_none_left(&self) {
+        let mut waited_ms = 0u32;
+        while self.live.load(Ordering::Acquire) != 0 {
+            if waited_ms == 10_000 {
+                pr_warn!("target destructor waits for a device or handle still held\n");
+            }
+            waited_ms = waited_ms.saturating_add(1);
+            // SAFETY: The destructor and the constructor run in process context.
+            unsafe { bindings::migrate_msleep(1) };
+        }
+    }
+}
+
+/// A handle on a constructed target for raising events.
 ///
 /// # Invariants
 ///
-/// `ti` is a target that lives at least as long as this handle: the handle is owned by the
-/// target object, which the destructor drops before the core frees `ti`.
+/// `ti` is a target that lives at least as long as this handle: the handle is counted in
+/// `handles`, the live handles of `ti`, which the destructor waits to see at zero.
 pub struct TargetHandle {
     ti: NonNull<bindings::dm_target>,
+    handles: Arc<Handles>,
+}
+
+impl Drop for TargetHandle {
+    fn drop(&mut self) {
+        self.handles.put();
+    }
 }
 
 // SAFETY: Raising an event is allowed from any process context.
@@ -124,9 +176,11 @@ pub struct CtrError {
 ///
 /// # Invariants
 ///
-/// `ti` points to the `dm_target` of a running constructor callback.
+/// `ti` points to the `dm_target` of a running constructor callback; `handles` are its live
+/// handles.
 pub struct TargetContext<'a> {
     ti: NonNull<bindings::dm_target>,
+    handles: Arc<Handles>,
     _ctr_call: PhantomData<&'a mut bindings::dm_target>,
 }
 
@@ -173,15 +227,20 @@ impl TargetContext<'_> {
             bindings::dm_get_device(ti, name.as_ptr().cast(), mode, &mut dev)
         })?;
         let dev = NonNull::new(dev).ok_or(ENODEV)?;
-        // SAFETY: `dev` comes from a successful `dm_get_device(ti, ..)` and is handed over; the
-        // core frees `ti` only after the destructor, which drops the target and its devices.
-        Ok(unsafe { Device::from_raw(self.ti, dev) })
+        // SAFETY: `dev` comes from a successful `dm_get_device(ti, ..)` and is handed over;
+        // `handles` are the live handles of `ti`.
+        Ok(unsafe { Device::from_raw(self.ti, dev, self.handles.clone()) })
     }
 
-    /// A handle for raising events later; keep it inside the target object only.
+    /// A handle for raising events later. Keep it inside the target object: the destructor
+    /// waits for every handle to be dropped.
     pub fn handle(&self) -> TargetHandle {
-        // INVARIANT: The constructor stores the handle in the target, dropped before `ti`.
-        TargetHandle { ti: self.ti }
+        self.handles.get();
+        // INVARIANT: Counted in the live handles of `ti` just above.
+        TargetHandle {
+            ti: self.ti,
+            handles: self.handles.clone(),
+        }
     }
 
     /// Sets how many copies of each flush, discard and write-zeroes bio the target receives.
@@ -241,6 +300,12 @@ pub trait Target: Sized + Send + Sync {
         args: &[&str],
         data: &Self::Data,
     ) -> Result<Pin<KBox<Self>>, CtrError>;
+
+    /// What learns how the target's mirrored bios went ([`Bio::mirror`]).
+    type Mirror: MirrorDone;
+
+    /// The target's [`Target::Mirror`]. Called in completion context.
+    fn mirror_done(&self) -> &Self::Mirror;
 
     /// Maps a bio; called in any context, possibly concurrently, and must not sleep or allocate.
     fn map(&self, bio: Bio) -> MapResult;
@@ -311,15 +376,21 @@ unsafe fn collect_args<'a>(
     Ok(&words[..argc])
 }
 
+/// What `ti->private` holds: the target object, and the count of its target's handles.
+struct Owned<T> {
+    target: Pin<KBox<T>>,
+    handles: Arc<Handles>,
+}
+
 /// Returns the target object of `ti`.
 ///
 /// # Safety
 ///
 /// `ti` must be a target of type `T` whose constructor succeeded and whose destructor has not run.
 unsafe fn target_of<'a, T: Target>(ti: *mut bindings::dm_target) -> &'a T {
-    // SAFETY: The constructor stored a pinned `KBox<T>` in `private` that lives until the
-    // destructor; a shared reference does not move it.
-    unsafe { &*(*ti).private.cast::<T>() }
+    // SAFETY: The constructor stored a `KBox<Owned<T>>` in `private` that lives until the
+    // destructor; a shared reference does not move the pinned target.
+    unsafe { &(*(*ti).private.cast::<Owned<T>>()).target }
 }
 
 /// The trampolines the device-mapper core calls, one set per target type `T`.
@@ -339,13 +410,19 @@ impl<T: Target> Callbacks<T> {
         let Some(ti_ptr) = NonNull::new(ti) else {
             return EINVAL.to_errno();
         };
+        let Ok(handles) = Handles::new() else {
+            return ENOMEM.to_errno();
+        };
+        let context_handles = handles.clone();
         let mut words = [""; MAX_ARGS];
         // SAFETY: The core passes `argc` valid strings that live until the constructor returns.
         let result = match unsafe { collect_args(argc, argv, &mut words) } {
             Ok(args) => {
-                // INVARIANT: `ti` is the target of this running constructor call.
+                // INVARIANT: `ti` is the target of this running constructor call, and the
+                // handles are new, for it.
                 let mut context = TargetContext {
                     ti: ti_ptr,
+                    handles: handles.clone(),
                     _ctr_call: PhantomData,
                 };
                 // SAFETY: The core calls this constructor only for targets of the type that a
@@ -360,19 +437,26 @@ impl<T: Target> Callbacks<T> {
                 message: c"Invalid arguments (too many, or not UTF-8)",
             }),
         };
-        match result {
-            Ok(target) => {
+        let owned = result.and_then(|target| {
+            KBox::new(Owned { target, handles }, GFP_KERNEL).map_err(|_| CtrError {
+                code: ENOMEM,
+                message: c"Cannot allocate memory",
+            })
+        });
+        match owned {
+            Ok(owned) => {
                 // SAFETY: `ti` is valid; `private` belongs to the target and is read back by the
                 // other callbacks and freed by `dtr`. Every bio carries a `BioData`.
                 unsafe {
-                    // The box is never moved out of: `target_of` only borrows it and `dtr` drops
-                    // it in place.
-                    (*ti).private = KBox::into_raw(Pin::into_inner_unchecked(target)).cast();
+                    (*ti).private = KBox::into_raw(owned).cast();
                     (*ti).per_io_data_size = core::mem::size_of::<BioData>() as c_uint;
                 }
                 0
             }
             Err(e) => {
+                // A failed constructor dropped what it made; a handle it left elsewhere would
+                // outlive `ti`.
+                context_handles.wait_none_left();
                 // SAFETY: `ti` is valid; the core only reads `error`, and the message is static.
                 unsafe { (*ti).error = e.message.as_ptr().cast_mut().cast() };
                 e.code.to_errno()
@@ -386,8 +470,12 @@ impl<T: Target> Callbacks<T> {
     ///
     /// Called once per successful `ctr`, after all I/O to the target has completed.
     unsafe extern "C" fn dtr(ti: *mut bindings::dm_target) {
-        // SAFETY: `private` holds the `KBox<T>` made by `ctr`; this is its only release.
-        drop(unsafe { KBox::from_raw((*ti).private.cast::<T>()) });
+        // SAFETY: `private` holds the `KBox<Owned<T>>` made by `ctr`; this is its only release.
+        let owned = unsafe { KBox::from_raw((*ti).private.cast::<Owned<T>>()) };
+        let Owned { target, handles } = KBox::into_inner(owned);
+        drop(target);
+        // The core frees `ti` once this returns: no device or handle of it may be left.
+        handles.wait_none_left();
     }
 
     /// Called by the device-mapper core to map a bio.
@@ -396,13 +484,33 @@ impl<T: Target> Callbacks<T> {
     ///
     /// Called with a constructed target and a bio that is the target's until the call returns.
     unsafe extern "C" fn map(ti: *mut bindings::dm_target, bio: *mut bindings::bio) -> c_int {
-        let Some(bio) = NonNull::new(bio) else {
+        let (Some(bio), Some(target)) = (NonNull::new(bio), NonNull::new(ti)) else {
             return bindings::DM_MAPIO_KILL as c_int;
         };
         // SAFETY: The target is constructed; the bio is handed to the target by this call, and
-        // its per-bio data, sized for a `BioData` in `ctr`, is initialised by `from_map`.
-        let (target, bio) = unsafe { (target_of::<T>(ti), Bio::from_map(bio)) };
+        // its per-bio data, sized for a `BioData` in `ctr`, is initialised by `from_map`, with
+        // this target and the notifier of its type, which the core keeps until the bio ends.
+        let (target, bio) = unsafe {
+            (
+                target_of::<T>(ti),
+                Bio::from_map(bio, target, Self::notify_mirror),
+            )
+        };
         target.map(bio).into_raw()
+    }
+
+    /// Tells the target how a half or the whole of a mirrored bio went ([`Bio::mirror`]).
+    ///
+    /// # Safety
+    ///
+    /// `ti` is a constructed target of type `T` whose destructor has not run.
+    unsafe fn notify_mirror(ti: *mut bindings::dm_target, event: MirrorEvent) {
+        // SAFETY: Forwarded from the caller.
+        let mirror = unsafe { target_of::<T>(ti) }.mirror_done();
+        match event {
+            MirrorEvent::Dest { kind, dest, tag } => mirror.dest_done(kind, dest, tag),
+            MirrorEvent::Both { kind, origin, dest } => mirror.mirror_done(kind, origin, dest),
+        }
     }
 
     /// Called by the device-mapper core when a bio of the target ends (`clone_endio`).

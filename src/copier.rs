@@ -19,7 +19,7 @@ use crate::engine::state::{FailReason, State};
 use crate::engine::throttle::{GuestLoad, Pacer, RateController, RateMeter, TICK_NS};
 use crate::engine::tracker::{AfterBatch, Batch, CopyResult};
 use crate::engine::SECTOR_SIZE;
-use crate::migration::{new_bitmap_page, BitmapPage, Migrator};
+use crate::migration::{BitmapPage, Migrator};
 use core::sync::atomic::Ordering;
 use kernel::prelude::*;
 use kernel::sync::Arc;
@@ -75,15 +75,15 @@ impl Job {
 }
 
 /// A buffer with its I/O, and the batch it copies, if any.
-struct Slot {
-    io: IoBatch,
+struct Slot<'a> {
+    io: IoBatch<'a>,
     job: Option<Job>,
 }
 
 /// The copier's state between its steps.
 struct Copier<'a> {
     migrator: &'a Arc<Migrator>,
-    slots: KVec<Slot>,
+    slots: KVec<Slot<'a>>,
     /// Pages for the pending bitmap, allocated here, where the copier may sleep, and handed to
     /// the tracker under its spinlock when a batch reaches a part of the bitmap with none.
     pages: [Option<BitmapPage>; BITMAP_POOL],
@@ -299,7 +299,7 @@ impl Copier<'_> {
             return Start::Nothing;
         }
         for page in self.pages.iter_mut().filter(|p| p.is_none()) {
-            *page = new_bitmap_page().ok();
+            *page = BitmapPage::new().ok();
         }
         // With a full pool a batch always finds its pages (it reaches into two at most).
         let pool_short = self.pages.iter().any(Option::is_none);

@@ -226,6 +226,11 @@ impl Migrate {
 #[vtable]
 impl Target for Migrate {
     type Data = Arc<Mutex<Registry>>;
+    type Mirror = Migrator;
+
+    fn mirror_done(&self) -> &Migrator {
+        &self.migrator
+    }
 
     fn new(
         ti: &mut TargetContext<'_>,

@@ -48,7 +48,7 @@ impl Migrator {
                     store.pending_word(word)
                 });
             for _ in 0..needed {
-                let page = new_bitmap_page().map_err(|_| MetadataError::OutOfMemory)?;
+                let page = BitmapPage::new().map_err(|_| MetadataError::OutOfMemory)?;
                 pages
                     .push(Some(page), GFP_KERNEL)
                     .map_err(|_| MetadataError::OutOfMemory)?;

@@ -46,20 +46,38 @@ mod routing;
 
 pub(crate) use registry::{HandoverError, Membership, MigrationKey, Registry};
 
-/// A page of the pending bitmap: [`BITMAP_PAGE_WORDS`] words. It comes from `kmalloc`, not
-/// `vmalloc`: the tracker drops a page whose regions are all copied under the spinlock.
-pub(crate) type BitmapPage = KVec<u64>;
+/// A page of the pending bitmap: [`BITMAP_PAGE_WORDS`] words from `kmalloc`. The tracker drops
+/// a page whose regions are all copied under its spinlock, where `vfree` may not be called: a
+/// type of its own, made only by [`BitmapPage::new`], so that no page can come from `vmalloc`
+/// or have another length.
+pub(crate) struct BitmapPage(KVec<u64>);
+
+impl BitmapPage {
+    /// A new page, all zero.
+    pub(crate) fn new() -> Result<Self, kernel::alloc::AllocError> {
+        Ok(Self(KVec::from_elem(0u64, BITMAP_PAGE_WORDS, GFP_KERNEL)?))
+    }
+}
+
+impl core::ops::Deref for BitmapPage {
+    type Target = [u64];
+
+    fn deref(&self) -> &[u64] {
+        &self.0
+    }
+}
+
+impl core::ops::DerefMut for BitmapPage {
+    fn deref_mut(&mut self) -> &mut [u64] {
+        &mut self.0
+    }
+}
 
 /// The words of a page of the pending bitmap: 4 KiB, the bits of 32768 regions (2 GiB at 64 KiB).
 pub(crate) const BITMAP_PAGE_WORDS: usize = 512;
 
 /// The region tracker of the kernel: its chunk array from `kvmalloc`, pages from `kmalloc`.
 pub(crate) type KernelTracker = Tracker<KVVec<Chunk<BitmapPage>>, BitmapPage>;
-
-/// A new page of the pending bitmap.
-pub(crate) fn new_bitmap_page() -> Result<BitmapPage, kernel::alloc::AllocError> {
-    KVec::from_elem(0u64, BITMAP_PAGE_WORDS, GFP_KERNEL)
-}
 
 /// A held phase lock (`Migration::meta`).
 type MetaGuard<'a> = Guard<'a, Option<MetaStore>, MutexBackend>;

@@ -51,7 +51,7 @@ impl MirrorDone for Migrator {
 impl Migrator {
     /// Routes a bio by the tracker's decision; shared by `map` and the re-dispatch of deferred
     /// bios. Never sleeps under the lock.
-    pub(crate) fn dispatch(self: &Arc<Self>, mut bio: Bio) -> MapResult {
+    pub(crate) fn dispatch(self: &Arc<Self>, bio: Bio) -> MapResult {
         let migration = &*self.migration;
         let sectors = u64::from(bio.sectors());
         let kind = match bio.kind() {
@@ -88,8 +88,7 @@ impl Migrator {
         };
         if let Some(device) = device {
             bio.set_tag(0);
-            bio.remap(device, sector);
-            return MapResult::Remapped(bio);
+            return remapped(bio, device, sector);
         }
         let mut shared = migration.shared.lock();
         let Shared {
@@ -136,13 +135,11 @@ impl Migrator {
             }
             Route::Origin => {
                 drop(shared);
-                bio.remap(&self.origin, sector);
-                MapResult::Remapped(bio)
+                remapped(bio, &self.origin, sector)
             }
             Route::Destination => {
                 drop(shared);
-                bio.remap(&self.destination, sector);
-                MapResult::Remapped(bio)
+                remapped(bio, &self.destination, sector)
             }
             Route::Both => {
                 drop(shared);
@@ -150,7 +147,6 @@ impl Migrator {
                     (&self.origin, sector),
                     (&self.destination, sector),
                     &self.bios,
-                    self.clone(),
                 );
                 MapResult::Submitted
             }
@@ -200,6 +196,19 @@ impl Migrator {
                 MapResult::Kill(bio) => bio.endio(Status::IOERR),
                 MapResult::Submitted => {}
             }
+        }
+    }
+}
+
+/// The bio sent on to `device` at `sector`. A device the binding refuses (one not of the bio's
+/// target: never ours) fails the bio through `end_io`, which ends its accounting; a killed bio
+/// would skip `end_io`.
+fn remapped(mut bio: Bio, device: &Device, sector: u64) -> MapResult {
+    match bio.remap(device, sector) {
+        Ok(()) => MapResult::Remapped(bio),
+        Err(_) => {
+            bio.endio(Status::IOERR);
+            MapResult::Submitted
         }
     }
 }
