@@ -271,17 +271,24 @@ impl Bio {
     /// dropped, waits for them); a clone that cannot be made all the same (its integrity
     /// payload) fails its half with an I/O error. A device of another target fails the bio.
     pub fn mirror(self, origin: (&Device, u64), dest: (&Device, u64), bios: &BioSet) {
-        if !self.may_use(origin.0) || !self.may_use(dest.0) {
-            pr_err!("bio mirrored to a device of another target; failing it\n");
-            self.endio(Status::IOERR);
-            return;
-        }
+        let refused = !self.may_use(origin.0) || !self.may_use(dest.0);
         let data = self.data();
         data.remaining.store(2, Ordering::Relaxed);
         data.origin_status.store(Status::OK.0, Ordering::Relaxed);
         data.dest_status.store(Status::OK.0, Ordering::Relaxed);
         let empty = self.sectors() == 0;
         let parent = self.into_raw();
+        if refused {
+            pr_err!("bio mirrored to a device of another target; failing it\n");
+            // Both halves fail as if their devices had failed them: the target hears of the
+            // bio as of any mirrored one (what it counted at `map` is uncounted), and it ends.
+            for is_dest in [false, true] {
+                // SAFETY: `parent` was mirrored (the per-bio data set just above) and is ours;
+                // each half is done with once, and the parent ends after the second.
+                unsafe { half_done(parent, is_dest, Status::IOERR.0) };
+            }
+            return;
+        }
         let clones: [(&Device, u64, unsafe extern "C" fn(*mut bindings::bio), bool); 2] = [
             (origin.0, origin.1, origin_endio, false),
             (dest.0, dest.1, dest_endio, true),

@@ -129,7 +129,8 @@ impl<T: ThreadMain> Drop for KThread<T> {
             // The thread drops its own handle (it dropped the last reference to what owns
             // it): stopping it would wait for itself forever, and its function still borrows
             // the context. Leave both: the thread ends when its function returns, and the
-            // context stays, leaked, for the function to use until then.
+            // context is leaked for good, with all it holds (a target's destructor that waits
+            // for its devices then waits forever, visibly, instead of freeing what is in use).
             pr_warn!("kthread dropped by itself; leaving it to end on its own\n");
             // SAFETY: We hold a reference on the task (type invariant), dropped here once.
             unsafe { bindings::migrate_task_put(self.task.as_ptr()) };
