@@ -95,16 +95,22 @@ pub fn destinations(names: &[&str], to: &[PathBuf]) -> Result<Vec<PathBuf>> {
     }
 }
 
-/// What a destination is, to tell two apart: a device number, a file, or a path to create.
+/// What a destination is, to tell two apart: a device number, a file, a path to create, or an
+/// NBD export (its URL in the one spelling `NbdUrl` prints, so that `nbd://h/x` and
+/// `nbd://h:10809/x` are one destination).
 #[derive(Debug, PartialEq, Eq)]
 enum Identity {
     Device(u64),
     File(u64, u64),
     New(PathBuf),
+    Nbd(String),
 }
 
 fn identity(path: &Path) -> Identity {
     use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    if let Some(Ok(Some(url))) = path.to_str().map(crate::nbd::NbdUrl::parse) {
+        return Identity::Nbd(url.to_string());
+    }
     match std::fs::metadata(path) {
         Ok(m) if m.file_type().is_block_device() => Identity::Device(m.rdev()),
         Ok(m) => Identity::File(m.dev(), m.ino()),
@@ -330,6 +336,12 @@ mod tests {
         std::fs::write(&a, b"x").unwrap();
         assert_eq!(identity(&a), identity(&b), "an existing file");
         assert_ne!(identity(&a), identity(&dir.join("other.img")));
+        // One NBD export, spelt three ways; another port or export is another destination.
+        let nbd = |url: &str| identity(Path::new(url));
+        assert_eq!(nbd("nbd://Store/x"), nbd("nbd://store:10809/x"));
+        assert_eq!(nbd("nbd://[::1]/x"), nbd("nbd://[0:0::1]:10809/x"));
+        assert_ne!(nbd("nbd://store/x"), nbd("nbd://store:10810/x"));
+        assert_ne!(nbd("nbd://store/x"), nbd("nbd://store/y"));
         std::fs::remove_file(&a).unwrap();
     }
 

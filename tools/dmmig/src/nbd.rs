@@ -77,15 +77,43 @@ impl NbdUrl {
             ))
         };
         let (authority, export) = rest.split_once('/').unwrap_or((rest, ""));
-        let (host, port) = match authority.rsplit_once(':') {
-            Some((host, port)) => (
-                host,
-                port.parse::<u16>()
-                    .ok()
-                    .filter(|&p| p != 0)
-                    .ok_or_else(|| bad("the port is not a number from 1 to 65535"))?,
-            ),
-            None => (authority, DEFAULT_PORT),
+        // An IPv6 literal is written in brackets (RFC 3986), its colons not a port's.
+        let (host, port) = if let Some(bracketed) = authority.strip_prefix('[') {
+            let (host, after) = bracketed
+                .split_once(']')
+                .ok_or_else(|| bad("an IPv6 address without its closing ']'"))?;
+            if host.parse::<std::net::Ipv6Addr>().is_err() {
+                return Err(bad("the address in brackets is not an IPv6 address"));
+            }
+            match after {
+                "" => (host, None),
+                _ => (
+                    host,
+                    Some(
+                        after
+                            .strip_prefix(':')
+                            .ok_or_else(|| bad("text after the ']' that is not ':PORT'"))?,
+                    ),
+                ),
+            }
+        } else {
+            match authority.split_once(':') {
+                Some((_, port)) if port.contains(':') => {
+                    return Err(bad(
+                        "an IPv6 address must be in brackets: nbd://[ADDRESS]/EXPORT",
+                    ));
+                }
+                Some((host, port)) => (host, Some(port)),
+                None => (authority, None),
+            }
+        };
+        let port = match port {
+            Some(port) => port
+                .parse::<u16>()
+                .ok()
+                .filter(|&p| p != 0)
+                .ok_or_else(|| bad("the port is not a number from 1 to 65535"))?,
+            None => DEFAULT_PORT,
         };
         if host.is_empty() {
             return Err(bad("no host"));
@@ -102,8 +130,20 @@ impl NbdUrl {
 }
 
 impl std::fmt::Display for NbdUrl {
+    /// The URL in one spelling for each destination: the port always written, an IPv6 address
+    /// in brackets and lower case (as `Ipv6Addr` prints it), a host name in lower case. Two
+    /// URLs of the same destination print the same, which is how a multi-disk move sees them.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "nbd://{}:{}/{}", self.host, self.port, self.export)
+        match self.host.parse::<std::net::Ipv6Addr>() {
+            Ok(v6) => write!(f, "nbd://[{v6}]:{}/{}", self.port, self.export),
+            Err(_) => write!(
+                f,
+                "nbd://{}:{}/{}",
+                self.host.to_ascii_lowercase(),
+                self.port,
+                self.export
+            ),
+        }
     }
 }
 
@@ -133,9 +173,33 @@ impl Default for Timeouts {
     }
 }
 
+/// What a failed read or write of the handshake means, in words: the bare errors ("Resource
+/// temporarily unavailable", "failed to fill whole buffer") do not say what happened.
+fn handshake_error(e: &std::io::Error, timeout: Duration) -> String {
+    use std::io::ErrorKind;
+    match e.kind() {
+        ErrorKind::WouldBlock | ErrorKind::TimedOut => format!(
+            "the server accepted the connection but did not answer within {} s (is it an NBD \
+             server, and not busy with another client?)",
+            timeout.as_secs()
+        ),
+        ErrorKind::UnexpectedEof => {
+            "the server closed the connection during the handshake (it may serve one client at \
+             a time, or only the old-style handshake, or refuse this client)"
+                .to_string()
+        }
+        ErrorKind::ConnectionReset | ErrorKind::BrokenPipe => {
+            format!("the server dropped the connection during the handshake ({e})")
+        }
+        _ => format!("handshake: {e}"),
+    }
+}
+
 // The NBD protocol's handshake (doc/proto.md of the NBD project).
 const NBDMAGIC: u64 = 0x4e42_444d_4147_4943;
 const IHAVEOPT: u64 = 0x4948_4156_454f_5054;
+/// What an old-style server sends after `NBDMAGIC` (`cliserv_magic`).
+const OLDSTYLE_MAGIC: u64 = 0x0000_4202_8186_1253;
 const REPLY_MAGIC: u64 = 0x0003_e889_0455_65a9;
 const FLAG_FIXED_NEWSTYLE: u16 = 1 << 0;
 const FLAG_NO_ZEROES: u16 = 1 << 1;
@@ -209,7 +273,7 @@ pub fn negotiate(url: &NbdUrl, timeout: Duration, user_timeout: Duration) -> Res
             last.map_or("no address".to_string(), |e| e.to_string())
         ))
     })?;
-    let io = |e: std::io::Error| failed(format!("handshake: {e}"));
+    let io = |e: std::io::Error| failed(handshake_error(&e, timeout));
     stream.set_read_timeout(Some(timeout)).map_err(io)?;
     stream.set_write_timeout(Some(timeout)).map_err(io)?;
     stream.set_nodelay(true).map_err(io)?;
@@ -223,10 +287,15 @@ pub fn negotiate(url: &NbdUrl, timeout: Duration, user_timeout: Duration) -> Res
     if read_u64(&mut stream).map_err(io)? != NBDMAGIC {
         return Err(failed("not an NBD server (no NBDMAGIC)".into()));
     }
-    if read_u64(&mut stream).map_err(io)? != IHAVEOPT {
-        return Err(failed(
-            "the server speaks only the old-style handshake, which has no export names".into(),
-        ));
+    match read_u64(&mut stream).map_err(io)? {
+        IHAVEOPT => {}
+        OLDSTYLE_MAGIC => {
+            return Err(failed(
+                "the server speaks only the old-style handshake, which has no export names"
+                    .into(),
+            ))
+        }
+        _ => return Err(failed("not an NBD server (no IHAVEOPT after NBDMAGIC)".into())),
     }
     let server_flags = read_u16(&mut stream).map_err(io)?;
     if server_flags & FLAG_FIXED_NEWSTYLE == 0 {
@@ -953,14 +1022,132 @@ mod tests {
         assert_eq!(url.export, "vm1/root");
         assert_eq!(url.to_string(), "nbd://store:10810/vm1/root");
         assert_eq!(NbdUrl::parse("nbd://store").unwrap().unwrap().export, "");
+        // IPv6 literals, in brackets; printed in one spelling, with the port.
+        let url = NbdUrl::parse("nbd://[::1]/x").unwrap().unwrap();
+        assert_eq!((url.host.as_str(), url.port), ("::1", DEFAULT_PORT));
+        assert_eq!(url.to_string(), "nbd://[::1]:10809/x");
+        let url = NbdUrl::parse("nbd://[FE80:0::2]:10810/vm/a").unwrap().unwrap();
+        assert_eq!((url.port, url.export.as_str()), (10810, "vm/a"));
+        assert_eq!(url.to_string(), "nbd://[fe80::2]:10810/vm/a");
+        assert_eq!(
+            NbdUrl::parse(&url.to_string()).unwrap().unwrap().to_string(),
+            url.to_string()
+        );
         for bad in [
             "nbd:///x",
             "nbd://h:0/x",
             "nbd://h:99999/x",
             "nbd://h:port/x",
+            "nbd://::1/x",
+            "nbd://[::1/x",
+            "nbd://[::1]x/y",
+            "nbd://[nothost]/x",
+            "nbd://[]/x",
         ] {
             assert!(matches!(NbdUrl::parse(bad), Err(Error::Usage(_))), "{bad}");
         }
+    }
+
+    /// A server on `listener` that runs `serve` on its first connection.
+    fn fake_server(
+        listener: std::net::TcpListener,
+        serve: impl FnOnce(TcpStream) + Send + 'static,
+    ) -> std::thread::JoinHandle<()> {
+        std::thread::spawn(move || {
+            let (stream, _) = listener.accept().unwrap();
+            serve(stream);
+        })
+    }
+
+    /// A fixed-newstyle server that answers NBD_OPT_GO with a 1 MiB writable export.
+    fn serve_go(mut stream: TcpStream) {
+        let mut hello = Vec::new();
+        hello.extend_from_slice(&NBDMAGIC.to_be_bytes());
+        hello.extend_from_slice(&IHAVEOPT.to_be_bytes());
+        hello.extend_from_slice(&(FLAG_FIXED_NEWSTYLE | FLAG_NO_ZEROES).to_be_bytes());
+        stream.write_all(&hello).unwrap();
+        let _client_flags = read_u32(&mut stream).unwrap();
+        assert_eq!(read_u64(&mut stream).unwrap(), IHAVEOPT);
+        assert_eq!(read_u32(&mut stream).unwrap(), OPT_GO);
+        let len = read_u32(&mut stream).unwrap() as usize;
+        let mut data = vec![0u8; len];
+        stream.read_exact(&mut data).unwrap();
+        let reply = |kind: u32, payload: &[u8]| {
+            let mut msg = Vec::new();
+            msg.extend_from_slice(&REPLY_MAGIC.to_be_bytes());
+            msg.extend_from_slice(&OPT_GO.to_be_bytes());
+            msg.extend_from_slice(&kind.to_be_bytes());
+            msg.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+            msg.extend_from_slice(payload);
+            msg
+        };
+        let mut info = Vec::new();
+        info.extend_from_slice(&INFO_EXPORT.to_be_bytes());
+        info.extend_from_slice(&(1u64 << 20).to_be_bytes());
+        info.extend_from_slice(&1u16.to_be_bytes());
+        stream.write_all(&reply(REP_INFO, &info)).unwrap();
+        stream.write_all(&reply(REP_ACK, &[])).unwrap();
+    }
+
+    fn negotiate_with(
+        listener: std::net::TcpListener,
+        serve: impl FnOnce(TcpStream) + Send + 'static,
+    ) -> Result<Export> {
+        let addr = listener.local_addr().unwrap();
+        let server = fake_server(listener, serve);
+        let host = match addr.ip() {
+            std::net::IpAddr::V6(ip) => format!("[{ip}]"),
+            std::net::IpAddr::V4(ip) => ip.to_string(),
+        };
+        let url = NbdUrl::parse(&format!("nbd://{host}:{}/x", addr.port()))
+            .unwrap()
+            .unwrap();
+        let result = negotiate(&url, Duration::from_secs(1), Duration::from_secs(1));
+        // A client that never connected leaves the server in `accept`: a connection of ours
+        // lets it go on (and fail), so that the test fails rather than hangs.
+        let _ = TcpStream::connect(addr);
+        server.join().expect("the server failed: the client never spoke to it");
+        result
+    }
+
+    fn failure(result: Result<Export>) -> String {
+        match result {
+            Ok(_) => panic!("the handshake succeeded"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn negotiates_over_ipv6() {
+        let Ok(listener) = std::net::TcpListener::bind("[::1]:0") else {
+            eprintln!("no IPv6 loopback here: skipped");
+            return;
+        };
+        let export = negotiate_with(listener, serve_go).unwrap();
+        assert_eq!(export.size, 1 << 20);
+    }
+
+    #[test]
+    fn says_what_a_failed_handshake_means() {
+        let local = || std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let silent = failure(negotiate_with(local(), |stream| {
+            std::thread::sleep(Duration::from_millis(1500));
+            drop(stream);
+        }));
+        assert!(silent.contains("did not answer within 1 s"), "{silent}");
+        let closed = failure(negotiate_with(local(), drop));
+        assert!(closed.contains("closed the connection"), "{closed}");
+        let old = failure(negotiate_with(local(), |mut stream| {
+            let mut hello = NBDMAGIC.to_be_bytes().to_vec();
+            hello.extend_from_slice(&OLDSTYLE_MAGIC.to_be_bytes());
+            hello.extend_from_slice(&[0u8; 8 + 4 + 124]);
+            stream.write_all(&hello).unwrap();
+        }));
+        assert!(old.contains("old-style"), "{old}");
+        let other = failure(negotiate_with(local(), |mut stream| {
+            stream.write_all(b"SSH-2.0-OpenSSH_9.2\r\n").unwrap();
+        }));
+        assert!(other.contains("not an NBD server"), "{other}");
     }
 
     #[test]
