@@ -139,6 +139,10 @@ pub enum Command {
         /// is always refused: it is a device name that does not exist.
         #[arg(long)]
         allow_volatile: bool,
+        /// Overwrite a destination device that already holds a filesystem, partition table,
+        /// LVM, RAID, LUKS or swap signature (refused without it).
+        #[arg(long)]
+        force: bool,
         /// Do not draw the progress bar.
         #[arg(long)]
         no_progress: bool,

@@ -76,6 +76,7 @@ pub fn run(command: Command, json: bool) -> Result<()> {
             depth,
             keep_source,
             allow_volatile,
+            force,
             no_progress,
             metadata,
             no_metadata,
@@ -98,6 +99,7 @@ pub fn run(command: Command, json: bool) -> Result<()> {
                 no_metadata,
                 gate: None,
                 allow_volatile,
+                force,
             };
             let targets = crate::cli::move_targets(&devices, &to).map_err(Error::Usage)?;
             match targets.as_slice() {

@@ -11,4 +11,5 @@ pub mod migrate;
 pub mod multi;
 pub mod nbd;
 pub mod nodes;
+pub mod signature;
 pub mod table;

@@ -46,6 +46,9 @@ pub struct MoveOptions {
     /// Allow new images (and metadata files) in memory (tmpfs, ramfs): for test rigs only;
     /// also `DMMIG_ALLOW_VOLATILE=1`.
     pub allow_volatile: bool,
+    /// Overwrite a destination device that holds a filesystem, partition table or other
+    /// signature.
+    pub force: bool,
 }
 
 /// What `move` records for `recover`: enough to load the migrate table again after a reboot.
@@ -481,6 +484,7 @@ fn prepare_destination(
     bytes: u64,
     space: u64,
     allow_volatile: bool,
+    force: bool,
     created: &mut Created,
 ) -> Result<BlockDev> {
     match fs::metadata(dest) {
@@ -495,7 +499,7 @@ fn prepare_destination(
                 )));
             }
             // O_EXCL on a block device fails with EBUSY while anything holds it.
-            OpenOptions::new()
+            let mut file = OpenOptions::new()
                 .read(true)
                 .custom_flags(nix::libc::O_EXCL)
                 .open(dest)
@@ -505,6 +509,18 @@ fn prepare_destination(
                         dest.display()
                     ))
                 })?;
+            // Nor does anyone on this host have to hold a device for it to hold data: another
+            // host's, a VM's, or an old one nobody wiped.
+            let found = crate::signature::probe(&mut file).map_err(|e| {
+                Error::Failed(format!("cannot read destination {}: {e}", dest.display()))
+            })?;
+            if let (Some(what), false) = (found, force) {
+                return Err(Error::Usage(format!(
+                    "destination {} holds {what}, which the move would overwrite: check that \
+                     it is the device you mean, and wipe it (wipefs -a) or give --force",
+                    dest.display()
+                )));
+            }
             Ok(dev)
         }
         Ok(_) => Err(Error::Usage(format!(
@@ -782,7 +798,8 @@ pub fn run_move(
         let space = space_needed(&origin, bytes);
         let allow_volatile = opts.allow_volatile
             || std::env::var_os("DMMIG_ALLOW_VOLATILE").is_some_and(|v| v == "1");
-        let destination = prepare_destination(dest, bytes, space, allow_volatile, &mut created)?;
+        let destination =
+            prepare_destination(dest, bytes, space, allow_volatile, opts.force, &mut created)?;
         // And against the devices, as the constructor will.
         Geometry::validate(
             &options,
