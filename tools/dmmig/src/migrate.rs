@@ -321,9 +321,22 @@ fn attach_loop(image: &Path) -> Result<PathBuf> {
             .map_err(|e| Error::Failed(format!("no free loop device: {e}")))?;
         match device.attach_file(image) {
             Ok(()) => {
-                return device
+                let path = device
                     .path()
-                    .ok_or_else(|| Error::Failed("loop device has no path".into()))
+                    .ok_or_else(|| Error::Failed("loop device has no path".into()))?;
+                // Direct I/O, as `losetup --direct-io=on` (the README's own set-up): a VM with
+                // cache=none must not run through the host's page cache after its move, and
+                // writes acknowledged by the loop device are then in the image file, not in
+                // the cache. A filesystem that cannot do it for this file keeps it buffered.
+                if let Err(e) = device.set_direct_io(true) {
+                    eprintln!(
+                        "dmmig: {} cannot use direct I/O on {} ({e}); it goes through the page \
+                         cache",
+                        path.display(),
+                        image.display()
+                    );
+                }
+                return Ok(path);
             }
             Err(e) if e.raw_os_error() == Some(nix::libc::EBUSY) && tries < 20 => {
                 tries += 1;
