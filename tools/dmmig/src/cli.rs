@@ -97,8 +97,11 @@ pub enum Command {
     ///
     /// `dmmig move NAME DESTINATION`, or `dmmig move NAME... --to DIR|DEST...` for all of a VM's
     /// disks at once. A disk is a dm device that is one linear segment over its origin. A
-    /// destination is a block device or a new image file (created sparse, sized to the disk and
-    /// loop-attached); `--to DIR` makes DIR/NAME.img for each disk. Once a migrate target has
+    /// destination is a block device, a new image file (created sparse, sized to the disk and
+    /// loop-attached with direct I/O), or an NBD export, nbd://HOST[:PORT]/EXPORT (PORT 10809 by
+    /// default; an IPv6 address in brackets, nbd://[2001:db8::2]/EXPORT), attached as /dev/nbdN;
+    /// `--to DIR` makes DIR/NAME.img for each disk. A destination device that holds a filesystem,
+    /// partition table or volume signature is refused unless --force. Once a migrate target has
     /// switched, the table becomes a linear on the destination and the old loop device is
     /// detached and its image unlinked (unless --keep-source). On any failure, Ctrl-C or SIGTERM
     /// a disk that has not switched stays on its origin and what move created is removed. Several

@@ -291,11 +291,14 @@ pub fn negotiate(url: &NbdUrl, timeout: Duration, user_timeout: Duration) -> Res
         IHAVEOPT => {}
         OLDSTYLE_MAGIC => {
             return Err(failed(
-                "the server speaks only the old-style handshake, which has no export names"
-                    .into(),
+                "the server speaks only the old-style handshake, which has no export names".into(),
             ))
         }
-        _ => return Err(failed("not an NBD server (no IHAVEOPT after NBDMAGIC)".into())),
+        _ => {
+            return Err(failed(
+                "not an NBD server (no IHAVEOPT after NBDMAGIC)".into(),
+            ))
+        }
     }
     let server_flags = read_u16(&mut stream).map_err(io)?;
     if server_flags & FLAG_FIXED_NEWSTYLE == 0 {
@@ -1026,11 +1029,16 @@ mod tests {
         let url = NbdUrl::parse("nbd://[::1]/x").unwrap().unwrap();
         assert_eq!((url.host.as_str(), url.port), ("::1", DEFAULT_PORT));
         assert_eq!(url.to_string(), "nbd://[::1]:10809/x");
-        let url = NbdUrl::parse("nbd://[FE80:0::2]:10810/vm/a").unwrap().unwrap();
+        let url = NbdUrl::parse("nbd://[FE80:0::2]:10810/vm/a")
+            .unwrap()
+            .unwrap();
         assert_eq!((url.port, url.export.as_str()), (10810, "vm/a"));
         assert_eq!(url.to_string(), "nbd://[fe80::2]:10810/vm/a");
         assert_eq!(
-            NbdUrl::parse(&url.to_string()).unwrap().unwrap().to_string(),
+            NbdUrl::parse(&url.to_string())
+                .unwrap()
+                .unwrap()
+                .to_string(),
             url.to_string()
         );
         for bad in [
@@ -1106,7 +1114,9 @@ mod tests {
         // A client that never connected leaves the server in `accept`: a connection of ours
         // lets it go on (and fail), so that the test fails rather than hangs.
         let _ = TcpStream::connect(addr);
-        server.join().expect("the server failed: the client never spoke to it");
+        server
+            .join()
+            .expect("the server failed: the client never spoke to it");
         result
     }
 
