@@ -22,19 +22,73 @@ pub fn run(command: Command, json: bool) -> Result<()> {
         Command::Completions { shell } => return docs::completions(shell, &mut std::io::stdout()),
         Command::Manpages { dir } => return docs::manpages(&dir),
         Command::Nbd { action } => return nbd_command(action),
+        // It reads a file: no device-mapper either.
+        Command::Inspect { metadata } => return inspect(Output { json }, &metadata),
         command => command,
+    };
+    // The arguments are checked before the control device is opened: a usage error is one
+    // (exit 2) also for a user who may not open it (exit 4).
+    let mut table = match &command {
+        Command::Create {
+            table,
+            notable: false,
+            ..
+        }
+        | Command::Load { table, .. } => Some(read_table(table.clone())?),
+        _ => None,
+    };
+    let move_plan = match command {
+        Command::Move {
+            ref devices,
+            ref to,
+            switch_together,
+            max_rate,
+            min_rate,
+            region_size,
+            depth,
+            keep_source,
+            allow_volatile,
+            force,
+            no_progress,
+            ref metadata,
+            no_metadata,
+            nbd_timeout,
+            nbd_dead_conn_timeout,
+        } => {
+            let targets = crate::cli::move_targets(devices, to).map_err(Error::Usage)?;
+            let defaults = crate::nbd::Timeouts::default();
+            let options = MoveOptions {
+                nbd: crate::nbd::Timeouts {
+                    request_s: nbd_timeout.unwrap_or(defaults.request_s),
+                    dead_conn_s: nbd_dead_conn_timeout.unwrap_or(defaults.dead_conn_s),
+                },
+                max_rate,
+                min_rate,
+                region_size,
+                depth,
+                keep_source,
+                no_progress,
+                metadata: metadata.clone(),
+                no_metadata,
+                gate: None,
+                allow_volatile,
+                force,
+            };
+            crate::migrate::table_options(&options)?;
+            Some((targets, options, switch_together))
+        }
+        _ => None,
     };
     let dm = Dm::open()?;
     let out = Output { json };
     match command {
         Command::Ls => ls(&dm, out),
         Command::Info { name } => info(&dm, out, name.as_deref()),
-        Command::Create {
-            name,
-            table,
-            notable,
-        } => create(&dm, &name, table, notable),
-        Command::Load { name, table } => dm.load(&name, &read_table(table)?),
+        Command::Create { name, .. } => {
+            dm.create(&name, table.take().as_deref())?;
+            sync_node(&dm, &name)
+        }
+        Command::Load { name, .. } => dm.load(&name, &table.take().unwrap_or_default()),
         Command::Suspend { name, noflush } => dm.suspend(&name, noflush),
         Command::Resume { name } => resume(&dm, &name),
         Command::Remove { name } => remove(&dm, &name),
@@ -66,42 +120,9 @@ pub fn run(command: Command, json: bool) -> Result<()> {
             out.json_only(&serde_json::json!({ "name": name, "event_nr": event_nr }))
         }
         Command::Mknodes { name } => mknodes(&dm, name.as_deref()),
-        Command::Move {
-            devices,
-            to,
-            switch_together,
-            max_rate,
-            min_rate,
-            region_size,
-            depth,
-            keep_source,
-            allow_volatile,
-            force,
-            no_progress,
-            metadata,
-            no_metadata,
-            nbd_timeout,
-            nbd_dead_conn_timeout,
-        } => {
-            let defaults = crate::nbd::Timeouts::default();
-            let options = MoveOptions {
-                nbd: crate::nbd::Timeouts {
-                    request_s: nbd_timeout.unwrap_or(defaults.request_s),
-                    dead_conn_s: nbd_dead_conn_timeout.unwrap_or(defaults.dead_conn_s),
-                },
-                max_rate,
-                min_rate,
-                region_size,
-                depth,
-                keep_source,
-                no_progress,
-                metadata,
-                no_metadata,
-                gate: None,
-                allow_volatile,
-                force,
-            };
-            let targets = crate::cli::move_targets(&devices, &to).map_err(Error::Usage)?;
+        Command::Move { .. } => {
+            let (targets, options, switch_together) =
+                move_plan.ok_or_else(|| Error::Failed("the move was not planned".into()))?;
             match targets.as_slice() {
                 [(device, destination)] if !switch_together => {
                     do_move(out, device, destination, &options)
@@ -154,47 +175,52 @@ pub fn run(command: Command, json: bool) -> Result<()> {
             }
             Ok(())
         }
-        Command::Inspect { metadata } => {
-            let seen = crate::metadata::inspect(&metadata)?;
-            if json {
-                return out.print_json(&seen);
-            }
-            println!(
-                "{}: version {}, phase {}{}, generation {}",
-                seen.path,
-                seen.version,
-                seen.phase,
-                seen.fail_reason
-                    .as_deref()
-                    .map(|r| format!(" ({r})"))
-                    .unwrap_or_default(),
-                seen.generation
-            );
-            if seen.phase != "blank" {
-                println!(
-                    "{} regions of {} sectors: {} copied, {} dirty, {} to copy on recovery; \
-                     {} bad bitmap blocks",
-                    seen.regions,
-                    seen.region_sectors,
-                    seen.copied_regions,
-                    seen.dirty_regions,
-                    seen.to_copy_regions,
-                    seen.bad_blocks
-                );
-                println!(
-                    "target {} sectors, origin {} sectors, destination {} sectors",
-                    seen.target_sectors, seen.origin_sectors, seen.destination_sectors
-                );
-            }
-            Ok(())
-        }
         Command::Pause { name } => dm.message(&name, 0, "pause").map(drop),
         Command::Continue { name } => dm.message(&name, 0, "resume").map(drop),
         Command::Cancel { name } => dm.message(&name, 0, "cancel").map(drop),
         Command::Rate { name, kibps } => dm.message(&name, 0, &format!("rate {kibps}")).map(drop),
         // Carried out above, before the control device is opened.
-        Command::Completions { .. } | Command::Manpages { .. } | Command::Nbd { .. } => Ok(()),
+        Command::Completions { .. }
+        | Command::Manpages { .. }
+        | Command::Nbd { .. }
+        | Command::Inspect { .. } => Ok(()),
     }
+}
+
+/// `dmmig inspect`: what a metadata device or file holds.
+fn inspect(out: Output, metadata: &std::path::Path) -> Result<()> {
+    let seen = crate::metadata::inspect(metadata)?;
+    if out.json {
+        return out.print_json(&seen);
+    }
+    println!(
+        "{}: version {}, phase {}{}, generation {}",
+        seen.path,
+        seen.version,
+        seen.phase,
+        seen.fail_reason
+            .as_deref()
+            .map(|r| format!(" ({r})"))
+            .unwrap_or_default(),
+        seen.generation
+    );
+    if seen.phase != "blank" {
+        println!(
+            "{} regions of {} sectors: {} copied, {} dirty, {} to copy on recovery; \
+             {} bad bitmap blocks",
+            seen.regions,
+            seen.region_sectors,
+            seen.copied_regions,
+            seen.dirty_regions,
+            seen.to_copy_regions,
+            seen.bad_blocks
+        );
+        println!(
+            "target {} sectors, origin {} sectors, destination {} sectors",
+            seen.target_sectors, seen.origin_sectors, seen.destination_sectors
+        );
+    }
+    Ok(())
 }
 
 /// How results are printed.
@@ -347,11 +373,7 @@ fn whereabouts(name: &str, before: Option<&[crate::table::TableLine]>) -> String
 fn do_move(out: Output, device: &str, dest: &std::path::Path, options: &MoveOptions) -> Result<()> {
     let name = device_name(device)?;
     let before = Dm::open().ok().and_then(|dm| dm.table(name).ok());
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        signal_hook::flag::register(signal, stop.clone())
-            .map_err(|e| Error::Failed(format!("cannot handle signals: {e}")))?;
-    }
+    let stop = crate::signals::stop_flag()?;
     let summary = run_move(name, dest, options, stop).inspect_err(|e| {
         // Input errors are found before anything changes; say so only when the move had begun.
         if matches!(e, Error::Failed(_)) {
@@ -404,11 +426,7 @@ fn do_move_many(
     }
     let dests: Vec<_> = targets.iter().map(|(_, dest)| dest.clone()).collect();
     crate::multi::check_destinations(&Dm::open()?, &names, &dests)?;
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        signal_hook::flag::register(signal, stop.clone())
-            .map_err(|e| Error::Failed(format!("cannot handle signals: {e}")))?;
-    }
+    let stop = crate::signals::stop_flag()?;
     let before: Vec<_> = names
         .iter()
         .map(|name| Dm::open().ok().and_then(|dm| dm.table(name).ok()))
@@ -416,7 +434,9 @@ fn do_move_many(
     let outcomes = crate::multi::run_moves(&names, &dests, options, switch_together, stop);
     let mut first_error = None;
     let mut summaries = Vec::new();
-    for (name, outcome) in names.iter().zip(outcomes) {
+    // With --json, one entry per disk in order: its summary, or its error and where it is.
+    let mut entries = Vec::new();
+    for ((name, outcome), before) in names.iter().zip(outcomes).zip(&before) {
         match outcome {
             Ok(summary) => {
                 if !out.json {
@@ -435,10 +455,19 @@ fn do_move_many(
                             .unwrap_or_default()
                     );
                 }
+                entries.push(
+                    serde_json::to_value(&summary)
+                        .map_err(|e| Error::Failed(format!("cannot encode the summary: {e}")))?,
+                );
                 summaries.push(summary);
             }
             Err(e) => {
                 eprintln!("dmmig: {name}: {e}");
+                entries.push(serde_json::json!({
+                    "device": name,
+                    "error": e.to_string(),
+                    "where": whereabouts(name, before.as_deref()),
+                }));
                 // The cause, rather than a disk that was stopped because of it.
                 let stopped = |e: &Error| e.to_string().starts_with("interrupted");
                 if first_error
@@ -451,7 +480,7 @@ fn do_move_many(
         }
     }
     if out.json {
-        out.print_json(&summaries)?;
+        out.print_json(&entries)?;
     }
     match first_error {
         None => Ok(()),
@@ -472,11 +501,7 @@ fn do_move_many(
 
 fn do_recover(out: Output, device: &str, options: &RecoverOptions) -> Result<()> {
     let name = device_name(device)?;
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        signal_hook::flag::register(signal, stop.clone())
-            .map_err(|e| Error::Failed(format!("cannot handle signals: {e}")))?;
-    }
+    let stop = crate::signals::stop_flag()?;
     let summary = run_recover(name, options, stop)?;
     if out.json {
         return out.print_json(&summary);
@@ -577,16 +602,6 @@ fn read_table(table: Option<String>) -> Result<Vec<TableLine>> {
     TableLine::parse_table(&text)
 }
 
-fn create(dm: &Dm, name: &str, table: Option<String>, notable: bool) -> Result<()> {
-    let table = if notable {
-        None
-    } else {
-        Some(read_table(table)?)
-    };
-    dm.create(name, table.as_deref())?;
-    sync_node(dm, name)
-}
-
 fn resume(dm: &Dm, name: &str) -> Result<()> {
     dm.resume(name)?;
     sync_node(dm, name)
@@ -636,8 +651,14 @@ fn nbd_command(action: crate::cli::NbdCommand) -> Result<()> {
             timeout,
             dead_conn_timeout,
         } => {
+            let url = url(&text)?;
+            // Only root may hand the kernel an NBD socket: say so before the handshake, not
+            // after it, with the status of every other permission error.
+            if !nix::unistd::geteuid().is_root() {
+                return Err(Error::Permission("attaching an NBD device"));
+            }
             let (device, _keeper) = crate::nbd::connect(
-                &url(&text)?,
+                &url,
                 Timeouts {
                     request_s: timeout,
                     dead_conn_s: dead_conn_timeout,

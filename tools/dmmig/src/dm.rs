@@ -62,7 +62,7 @@ impl Dm {
         DM::new().map(|dm| Self { dm }).map_err(|e| {
             let text = e.to_string();
             if text.contains("ermission") || text.contains("EACCES") || text.contains("EPERM") {
-                Error::Permission
+                Error::Permission("opening /dev/mapper/control")
             } else {
                 Error::Failed(format!(
                     "cannot open /dev/mapper/control ({text}): is device-mapper (dm-mod) loaded?"

@@ -23,8 +23,8 @@ pub enum Error {
     Usage(String),
     #[error("no device-mapper device named '{0}' (see 'dmmig ls')")]
     NotFound(String),
-    #[error("permission denied opening /dev/mapper/control: run dmmig as root")]
-    Permission,
+    #[error("permission denied {0}: run dmmig as root")]
+    Permission(&'static str),
     #[error("{0}")]
     Failed(String),
 }
@@ -35,7 +35,7 @@ impl Error {
         ExitCode::from(match self {
             Self::Usage(_) => exit::USAGE,
             Self::NotFound(_) => exit::NOT_FOUND,
-            Self::Permission => exit::PERMISSION,
+            Self::Permission(_) => exit::PERMISSION,
             Self::Failed(_) => exit::FAILED,
         })
     }
@@ -58,7 +58,7 @@ pub fn dm_error(op: &str, name: &str, err: devicemapper::DmError) -> Error {
     use nix::errno::Errno;
     match ioctl_errno(&err) {
         Some(Errno::ENXIO | Errno::ENODEV) => Error::NotFound(name.to_string()),
-        Some(Errno::EACCES | Errno::EPERM) => Error::Permission,
+        Some(Errno::EACCES | Errno::EPERM) => Error::Permission("for device-mapper"),
         Some(errno) => Error::Failed(format!("{op} '{name}' failed: {}", errno.desc())),
         None => Error::Failed(format!("{op} '{name}' failed: {err}")),
     }

@@ -11,5 +11,6 @@ pub mod migrate;
 pub mod multi;
 pub mod nbd;
 pub mod nodes;
+pub mod signals;
 pub mod signature;
 pub mod table;

@@ -11,7 +11,11 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("dmmig: {e}");
-            e.exit_code()
+            // A command a signal stopped says so in its status, as one the signal killed would.
+            match dmmig::signals::received() {
+                Some(signal) => ExitCode::from(dmmig::signals::exit_status(signal)),
+                None => e.exit_code(),
+            }
         }
     }
 }

@@ -744,13 +744,10 @@ fn origin_path(origin: &BlockDev) -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(origin.number()))
 }
 
-/// Runs a whole move. `stop` is set by SIGINT/SIGTERM.
-pub fn run_move(
-    name: &str,
-    dest: &Path,
-    opts: &MoveOptions,
-    stop: Arc<AtomicBool>,
-) -> Result<Summary> {
+/// The migrate table's options of a move, checked as the kernel checks them, before anything is
+/// created (or the control device opened): a bad value is refused in the words the kernel
+/// would log.
+pub fn table_options(opts: &MoveOptions) -> Result<Options> {
     let options = Options {
         region_size: opts.region_size,
         copy_depth: opts.depth,
@@ -760,14 +757,23 @@ pub fn run_move(
         metadata: !opts.no_metadata,
         ..Options::default()
     };
-    // The kernel's own checks of the options, before anything is created: a bad value is
-    // refused here in the words the kernel would log.
     let mut words = String::from("origin destination");
     options
         .write(&mut words, "metadata")
         .map_err(|_| Error::Failed("table text".into()))?;
     TableArgs::parse(&words.split_whitespace().collect::<Vec<_>>())
         .map_err(|e| Error::Usage(format!("{e}")))?;
+    Ok(options)
+}
+
+/// Runs a whole move. `stop` is set by SIGINT, SIGTERM and SIGHUP.
+pub fn run_move(
+    name: &str,
+    dest: &Path,
+    opts: &MoveOptions,
+    stop: Arc<AtomicBool>,
+) -> Result<Summary> {
+    let options = table_options(opts)?;
     let dm = Dm::open()?;
     let info = dm.info(name)?;
     let _lock = lock(name)?;
