@@ -755,63 +755,87 @@ fn migration_state(kernel_name: &str) -> String {
         .unwrap_or_default()
 }
 
-/// How long a `cancel` may wait before the keeper stops waiting for it. The target answers at
-/// once unless the cancel waits for the migration's metadata lock, which a progress commit holds
-/// while it drains the mirrored writes and flushes the destination: I/O the dead connection
-/// holds. The switch needs that lock after its own destination flush, so while the cancel waits
-/// there, no switch can complete before the held I/O ends, and failing it (the disconnect) fails
-/// the migration onto the origin. The only other holder is a switch whose destination flush
-/// has succeeded, writing its phase to the local metadata device, which takes milliseconds; the
-/// state read meanwhile turns `switched` when it is done.
-const CANCEL_WAIT: Duration = Duration::from_secs(3);
+/// How many times the keeper asks for a cancel that neither took effect nor was refused by a
+/// switch (the control device could not be opened, the table was being reloaded), and how long
+/// it waits between two asks.
+const CANCEL_TRIES: u32 = 10;
+const CANCEL_RETRY: Duration = Duration::from_millis(200);
+
+/// How long one `cancel` may take before the keeper stops waiting for it. The target answers a
+/// cancel without waiting for the destination (it decides under a lock no device I/O is done
+/// under), so this only guards against a kernel that does not.
+const CANCEL_WAIT: Duration = Duration::from_secs(10);
 
 /// What one migration onto a dead device comes to.
 #[derive(Debug, PartialEq, Eq)]
 enum Verdict {
     /// Cancelled, or already failed or cancelled: its origin has every write.
     OnOrigin,
-    /// Switched: the device is its only copy.
+    /// Switched, or the migration is no longer on the device's user (the table became a
+    /// linear on it): the device is its only copy.
     Switched,
-    /// The cancel is held up behind I/O on the dead connection; no switch can complete first.
-    Stuck,
+    /// Neither could be confirmed. Not a reason to reconnect: a reconnect before the switch is
+    /// the one thing the keeper must not do. Disconnecting fails the destination's I/O, so an
+    /// unswitched migration fails onto its origin.
+    Unconfirmed,
 }
 
-/// Cancels the migration on dm device `name` (kernel name `kernel_name`; its `migrate` line
-/// starts at `sector`), and tells what became
-/// of it. The target decides atomically: it refuses `cancel` once switched.
-fn cancel_migration(kernel_name: &str, name: &str, sector: u64) -> Verdict {
+/// What a cancel's answer and the migration state read after it say; `None` if neither is
+/// conclusive, and the cancel is to be asked again. A refused cancel means a switch only if the
+/// state says so: it may have been refused for other reasons.
+fn judge(accepted: bool, state: &str) -> Option<Verdict> {
+    match state {
+        "switched" => Some(Verdict::Switched),
+        "failed" | "cancelled" => Some(Verdict::OnOrigin),
+        _ if accepted => Some(Verdict::OnOrigin),
+        _ => None,
+    }
+}
+
+/// The `migrate` line of dm device `name` whose destination is device `dev` (`major:minor`).
+fn migrate_line_onto(name: &str, dev: &str) -> Option<crate::table::TableLine> {
+    let dm = crate::dm::Dm::open().ok()?;
+    dm.table(name)
+        .ok()?
+        .into_iter()
+        .find(|line| line.target_type == "migrate" && line.params.split(' ').nth(1) == Some(dev))
+}
+
+/// Sends `cancel` to the `migrate` target at `sector` of dm device `name`; whether the target
+/// accepted it, or `None` if it did not answer within [`CANCEL_WAIT`].
+fn send_cancel(name: &str, sector: u64) -> Option<bool> {
     let (sender, receiver) = std::sync::mpsc::channel();
     let target = name.to_string();
-    // The cancel may block in the kernel (see CANCEL_WAIT): in a thread of its own, which the
-    // disconnect releases.
+    // In a thread of its own, so that a cancel that blocks cannot hold the keeper.
     std::thread::spawn(move || {
         let accepted = crate::dm::Dm::open()
             .and_then(|dm| dm.message(&target, sector, "cancel"))
             .is_ok();
         let _ = sender.send(accepted);
     });
-    let started = std::time::Instant::now();
-    loop {
-        match receiver.recv_timeout(Duration::from_millis(100)) {
-            Ok(true) => return Verdict::OnOrigin,
-            Ok(false) | Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
-                return match migration_state(kernel_name).as_str() {
-                    "failed" | "cancelled" => Verdict::OnOrigin,
-                    // Refused: switched. Anything else (the table changed meanwhile): the safe
-                    // side for data the device may hold alone is to keep it connected.
-                    _ => Verdict::Switched,
-                };
-            }
-            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
-                match migration_state(kernel_name).as_str() {
-                    "switched" => return Verdict::Switched,
-                    "failed" | "cancelled" => return Verdict::OnOrigin,
-                    _ if started.elapsed() >= CANCEL_WAIT => return Verdict::Stuck,
-                    _ => {}
-                }
-            }
+    receiver.recv_timeout(CANCEL_WAIT).ok()
+}
+
+/// Cancels the migration onto device `dev` on dm device `name` (kernel name `kernel_name`), and
+/// tells what became of it. The target decides atomically: it refuses `cancel` once switched.
+fn cancel_migration(kernel_name: &str, name: &str, dev: &str) -> Verdict {
+    for _ in 0..CANCEL_TRIES {
+        // Read again each time: the table may have been swapped to a linear on the device.
+        let Some(line) = migrate_line_onto(name, dev) else {
+            return match crate::dm::Dm::open().and_then(|dm| dm.table(name)) {
+                // No migrate line onto the device any more: whatever uses it now has no other
+                // copy to fall back on.
+                Ok(_) => Verdict::Switched,
+                Err(_) => Verdict::Unconfirmed,
+            };
+        };
+        let accepted = send_cancel(name, line.start);
+        if let Some(verdict) = judge(accepted == Some(true), &migration_state(kernel_name)) {
+            return verdict;
         }
+        std::thread::sleep(CANCEL_RETRY);
     }
+    Verdict::Unconfirmed
 }
 
 /// Decides what to do about the dead link of NBD device `index`, cancelling every migration
@@ -820,31 +844,20 @@ fn after_dead_link(index: u32) -> AfterDeadLink {
     let Ok(dev) = fs::read_to_string(format!("/sys/block/nbd{index}/dev")) else {
         return AfterDeadLink::Reconnect;
     };
-    let holders = dm_holders(index);
-    if holders.is_empty() {
-        return AfterDeadLink::Reconnect;
-    }
-    let Ok(dm) = crate::dm::Dm::open() else {
-        note(format_args!(
-            "nbd{index}: cannot open /dev/mapper/control to check its users; reconnecting"
-        ));
-        return AfterDeadLink::Reconnect;
-    };
+    let dev = dev.trim();
     let mut on_origin = Vec::new();
-    for (kernel_name, name) in holders {
-        let migrate_line = dm.table(&name).ok().and_then(|table| {
-            table.into_iter().find(|line| {
-                line.target_type == "migrate" && line.params.split(' ').nth(1) == Some(dev.trim())
-            })
-        });
-        let Some(line) = migrate_line else {
+    for (kernel_name, name) in dm_holders(index) {
+        // Only a migrate target may lose a write to a reconnect; a linear or anything else on
+        // the device is served by reconnecting.
+        if migrate_line_onto(&name, dev).is_none() && crate::dm::Dm::open().is_ok() {
             continue;
-        };
-        match cancel_migration(&kernel_name, &name, line.start) {
+        }
+        match cancel_migration(&kernel_name, &name, dev) {
             Verdict::OnOrigin => on_origin.push(name),
-            Verdict::Stuck => {
+            Verdict::Unconfirmed => {
                 note(format_args!(
-                    "nbd{index}: the cancel of {name} waits for I/O on the dead connection"
+                    "nbd{index}: could not confirm that {name} cancelled or switched; \
+                     disconnecting, which fails a migration that has not switched onto its origin"
                 ));
                 on_origin.push(name);
             }
@@ -1158,6 +1171,18 @@ mod tests {
             stream.write_all(b"SSH-2.0-OpenSSH_9.2\r\n").unwrap();
         }));
         assert!(other.contains("not an NBD server"), "{other}");
+    }
+
+    /// A refused cancel is a switch only when the state says so: a cancel that failed for any
+    /// other reason while the migration still copies is asked again, never taken for a switch.
+    #[test]
+    fn a_refused_cancel_is_not_taken_for_a_switch() {
+        assert_eq!(judge(false, "switched"), Some(Verdict::Switched));
+        assert_eq!(judge(true, "cancelled"), Some(Verdict::OnOrigin));
+        assert_eq!(judge(false, "failed"), Some(Verdict::OnOrigin));
+        for state in ["copying", "synced", "paused", "switching", ""] {
+            assert_eq!(judge(false, state), None, "{state}");
+        }
     }
 
     #[test]
