@@ -64,6 +64,10 @@ pub struct MoveRecord {
     pub origin: PathBuf,
     /// The destination, likewise.
     pub destination: PathBuf,
+    /// For an NBD destination, its URL: `destination` is then the `/dev/nbdN` it was attached
+    /// as, which a reboot disconnects, and `recover` attaches the URL again.
+    #[serde(default)]
+    pub destination_url: Option<String>,
     /// The metadata file or device.
     pub metadata: PathBuf,
     /// Whether `move` created the metadata (and removes it at the end).
@@ -789,6 +793,7 @@ pub fn run_move(
     let mut recorded = false;
     // An nbd:// destination is connected first, and is then a block device like any other.
     let nbd_device;
+    let mut dest_url = None;
     let dest = match dest
         .to_str()
         .map(crate::nbd::NbdUrl::parse)
@@ -800,6 +805,7 @@ pub fn run_move(
             (nbd_device, keeper) = crate::nbd::connect(&url, opts.nbd)?;
             created.nbd_keeper = Some(keeper);
             eprintln!("dmmig: {url} is {}", nbd_device.display());
+            dest_url = Some(url.to_string());
             created.nbd = Some(nbd_device.clone());
             nbd_device.as_path()
         }
@@ -858,6 +864,7 @@ pub fn run_move(
                 length: original.length,
                 origin: origin_path(&origin),
                 destination: dest.to_path_buf(),
+                destination_url: dest_url.clone(),
                 metadata: path,
                 metadata_created: created.meta_image.is_some(),
                 region_size: opts.region_size,
@@ -1118,6 +1125,27 @@ fn put_table(dm: &Dm, name: &str, table: &[TableLine]) -> Result<Duration> {
     }
 }
 
+/// The device of the NBD destination `url` of a move, recorded as `recorded`: that device if it
+/// is still connected to the URL, or a newly attached one (with its keeper) if not.
+fn reattach_nbd(url: &str, recorded: &Path) -> Result<PathBuf> {
+    let url = crate::nbd::NbdUrl::parse(url)?
+        .ok_or_else(|| Error::Failed(format!("the record's destination URL '{url}' is not one")))?;
+    let connected = crate::nbd::index_of(recorded)
+        .ok()
+        .and_then(crate::nbd::backend)
+        .is_some_and(|backend| backend == url.to_string());
+    if connected {
+        return Ok(recorded.to_path_buf());
+    }
+    let (device, _keeper) = crate::nbd::connect(&url, crate::nbd::Timeouts::default())?;
+    eprintln!(
+        "dmmig: {} is no longer {url}: attached it again as {}",
+        recorded.display(),
+        device.display()
+    );
+    Ok(device)
+}
+
 /// Finishes a move after a crash or reboot from what its metadata records: a switched move
 /// gets its linear table on the destination at once; any other loads the migrate table again,
 /// which resumes the copy where the metadata says, and then swaps. The old image is unlinked
@@ -1134,7 +1162,7 @@ pub fn run_recover(name: &str, opts: &RecoverOptions, stop: Arc<AtomicBool>) -> 
             })
     };
     let origin_path = pick(&opts.origin, "origin", |r| &r.origin)?;
-    let dest_path = pick(&opts.destination, "dest", |r| &r.destination)?;
+    let mut dest_path = pick(&opts.destination, "dest", |r| &r.destination)?;
     let meta_path = pick(&opts.metadata, "metadata", |r| &r.metadata)?;
     let record = record.ok();
     let inspection = crate::metadata::inspect(&meta_path)?;
@@ -1151,6 +1179,15 @@ pub fn run_recover(name: &str, opts: &RecoverOptions, stop: Arc<AtomicBool>) -> 
     };
     let dm = Dm::open()?;
     let _lock = lock(name)?;
+    // An NBD destination that a reboot disconnected is attached again from its URL (unless the
+    // user named the destination).
+    let url = record
+        .as_ref()
+        .filter(|_| opts.destination.is_none())
+        .and_then(|r| r.destination_url.as_deref());
+    if let Some(text) = url {
+        dest_path = reattach_nbd(text, &dest_path)?;
+    }
     let (destination, _) = open_device(&dest_path)?;
     if inspection.phase().is_some() && destination.sectors != inspection.destination_sectors {
         return Err(Error::Usage(format!(
@@ -1479,6 +1516,24 @@ mod tests {
             volatile_reason(Path::new("/devices"), ext4).is_none(),
             "not /dev itself"
         );
+    }
+
+    /// A record written before NBD URLs were recorded still reads, with no URL; a new one
+    /// keeps its URL.
+    #[test]
+    fn records_keep_an_nbd_url() {
+        let old = r#"{"name":"vm1","length":8,"origin":"/a.img","destination":"/dev/nbd0",
+            "metadata":"/m","metadata_created":true,"region_size":null,"depth":null,
+            "rate":null,"keep_source":false}"#;
+        let record: MoveRecord = serde_json::from_str(old).unwrap();
+        assert_eq!(record.destination_url, None);
+        let record = MoveRecord {
+            destination_url: Some("nbd://[::1]:10809/x".into()),
+            ..record
+        };
+        let text = serde_json::to_string(&record).unwrap();
+        let back: MoveRecord = serde_json::from_str(&text).unwrap();
+        assert_eq!(back.destination_url.as_deref(), Some("nbd://[::1]:10809/x"));
     }
 
     #[test]

@@ -1,23 +1,12 @@
-#!/bin/bash
 # SPDX-License-Identifier: GPL-2.0
-# A destination on another host: an NBD export served by qemu-nbd in a second network namespace,
-# reached over a veth pair whose link the test cuts. Every case runs guest-writer on the disk: a
-# verifying writer whose every 4 KiB block carries its index and a generation unique to each
-# write, so that a block holding older data than the last acknowledged write is a mismatch. It
-# verifies every block when it stops, and again on the server's own image where that is the copy.
-#  1. dmmig move to nbd://, the link cut during the copy: the keeper cancels the migration and
-#     disconnects the device; the move fails back onto the original table, quickly (not after
-#     the 20-s dead-connection timeout), and the disk has every write.
-#  2. The mirror phase (a migrate table with no_switch, in sync): the same, the state is
-#     'cancelled', the writer sees no error.
-#  3. dmmig move to nbd:// that completes; then the link is cut for longer than the request
-#     timeout under the writer: the keeper reconnects, the held writes complete, and the
-#     server's image holds every last write.
-#  4. A switched migrate table (before userspace swaps it): the keeper's cancel is refused, so it
-#     reconnects; the server's image holds every last write.
+# The NBD tests' shared set-up, sourced after lib.sh: an NBD export served by qemu-nbd in a
+# second network namespace, reached over a veth pair whose link a test cuts, and guest-writer on
+# the disk: a verifying writer whose every 4 KiB block carries its index and a generation unique
+# to each write, so that a block holding older data than the last acknowledged write is a
+# mismatch. It verifies every block when it stops, and again on the server's own image where
+# that is the copy.
 # Reconnecting before the switch would not be safe: a copy write from the dead connection could
 # reach the server after a newer mirrored write (see tools/dmmig/src/nbd.rs).
-. "$(dirname "$0")/lib.sh"
 DMMIG=${DMMIG:-$REPO_ROOT/target/debug/dmmig}
 WRITER_BIN=${WRITER_BIN:-$REPO_ROOT/target/debug/guest-writer}
 [ -x "$DMMIG" ] || skip "dmmig is not built ($DMMIG)"
@@ -212,82 +201,3 @@ end_on_server() {
 	verify_image "$1" "$SERVER_IMAGE"
 }
 
-# --- 1. A cut during the copy: the keeper cancels, the move fails onto the origin.
-serve one 32
-make_disk one
-original=$(dmsetup table "$DEV_PREFIX-one")
-start_writer one
-"$DMMIG" move "$DEV_PREFIX-one" "nbd://$server_ip/one" --max-rate 2048 --min-rate 0 --no-progress \
-	--nbd-timeout $nbd_timeout --nbd-dead-conn-timeout $dead_conn_timeout >"$TEST_TMP/move-one.log" 2>&1 &
-mover=$!
-wait_migrate_table "$DEV_PREFIX-one"
-wait_copied one 4
-cut_link
-cut_at=$SECONDS
-wait $mover && fail "the move succeeded with the link cut"
-# The held requests would fail on their own only after the request and dead-connection timeouts.
-[ $((SECONDS - cut_at)) -lt $dead_conn_timeout ] ||
-	fail "the move failed $((SECONDS - cut_at)) s after the cut: the keeper did not act"
-sed 's/^/# /' "$TEST_TMP/move-one.log"
-grep -q "the keeper gave up the migration" "$TEST_TMP/move-one.log" ||
-	{ log_since | grep -E 'dmmig|dm_migrate' | tail -8 | sed 's/^/# /'; false; } ||
-	fail "the keeper did not give up the migration (the NBD requests timed out instead?)"
-[ "$(dmsetup table "$DEV_PREFIX-one")" = "$original" ] ||
-	fail "one is not back on its origin: $(dmsetup table "$DEV_PREFIX-one")"
-[ -e "$DISK_IMAGE" ] || fail "the origin image of one is gone"
-moved_to one
-wait_keeper_gone one
-disconnected "$NBD"
-restore_link
-stop_writer one
-stop_server
-diag "1. the link cut during the copy: cancelled onto the origin, every block verified"
-
-# --- 2. The mirror phase: no_switch, in sync, under the writer.
-serve two 32
-make_disk two
-connect_export two
-dm_reload two "0 65536 migrate $DISK_ORIGIN $NBD 1 no_switch"
-wait_state two synced
-start_writer two
-sleep 2
-cut_link
-# Cancelled by the keeper, well before the held requests would fail on their own.
-wait_state two cancelled $((dead_conn_timeout / 2))
-wait_keeper_gone two
-restore_link
-sleep 1
-stop_writer two
-dm_reload two "0 65536 linear $DISK_ORIGIN 0"
-disconnected "$NBD"
-stop_server
-diag "2. the link cut in the mirror phase: cancelled, the origin has every write"
-
-# --- 3. After the move: the disk is a linear on the NBD device, its only copy.
-serve three 32
-make_disk three
-start_writer three
-"$DMMIG" move "$DEV_PREFIX-three" "nbd://$server_ip/three" --max-rate 8192 --min-rate 0 --no-progress \
-	--nbd-timeout $nbd_timeout --nbd-dead-conn-timeout $dead_conn_timeout >"$TEST_TMP/move-three.log" 2>&1 ||
-	{ sed 's/^/# /' "$TEST_TMP/move-three.log"; fail "the move to nbd:// failed"; }
-moved_to three
-[ "$(dmsetup table "$DEV_PREFIX-three")" = "0 65536 linear $(devnum "$NBD") 0" ] ||
-	fail "three is not on $NBD: $(dmsetup table "$DEV_PREFIX-three")"
-[ -e "$DISK_IMAGE" ] && fail "the old image of three is still there"
-sleep 1
-cut_and_reconnect "$NBD"
-end_on_server three "$NBD"
-diag "3. a cut of $((nbd_timeout + 3)) s after the move: reconnected, the server has every last write"
-
-# --- 4. A switched migration, before userspace swaps the table: the cancel is refused.
-serve four 32
-make_disk four
-connect_export four
-dm_reload four "0 65536 migrate $DISK_ORIGIN $NBD 0"
-wait_state four switched
-start_writer four
-cut_and_reconnect "$NBD"
-[ "$(migrate_state four)" = switched ] || fail "four is '$(migrate_state four)' after the reconnect"
-end_on_server four "$NBD"
-diag "4. a cut of $((nbd_timeout + 3)) s after the switch: reconnected, the server has every last write"
-pass
