@@ -278,11 +278,18 @@ pub enum NbdCommand {
         /// The device, e.g. /dev/nbd0.
         device: std::path::PathBuf,
     },
-    /// The keeper: connect, print the device, and reconnect it until it is disconnected.
-    #[command(hide = true)]
+    /// Keep an NBD device connected: reconnect it after a dead link once a migration onto it
+    /// has switched (or nothing else holds the data), give the migration up before. `move` and
+    /// `nbd connect` start one; run it with /dev/nbdN to give a device whose keeper died a new
+    /// one. It runs until the device is disconnected, and logs to the kernel log.
     Keep {
-        /// nbd://HOST[:PORT]/EXPORT.
+        /// nbd://HOST[:PORT]/EXPORT to attach, or /dev/nbdN to keep a device already attached.
+        #[arg(value_name = "URL|DEVICE")]
         url: String,
+        /// Be the keeper in this process (how `dmmig` starts one), instead of starting one in
+        /// the background and returning once it keeps the device.
+        #[arg(long, hide = true)]
+        foreground: bool,
         #[arg(long, value_name = "SECONDS", default_value_t = crate::nbd::DEFAULT_TIMEOUT_S)]
         timeout: u64,
         #[arg(long, value_name = "SECONDS", default_value_t = crate::nbd::DEFAULT_DEAD_CONN_TIMEOUT_S)]

@@ -672,14 +672,38 @@ fn nbd_command(action: crate::cli::NbdCommand) -> Result<()> {
             url: text,
             timeout,
             dead_conn_timeout,
+            foreground: false,
+        } => {
+            if !nix::unistd::geteuid().is_root() {
+                return Err(Error::Permission("keeping an NBD device"));
+            }
+            let (device, _keeper) = crate::nbd::start_keeper(
+                &text,
+                Timeouts {
+                    request_s: timeout,
+                    dead_conn_s: dead_conn_timeout,
+                },
+            )?;
+            println!("{}", device.display());
+            Ok(())
+        }
+        NbdCommand::Keep {
+            url: text,
+            timeout,
+            dead_conn_timeout,
+            foreground: true,
         } => {
             let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
             for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
                 signal_hook::flag::register(signal, stop.clone())
                     .map_err(|e| Error::Failed(format!("cannot handle signals: {e}")))?;
             }
+            // A hang-up of the terminal it was started from is no reason to stop keeping.
+            let hangups = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+            signal_hook::flag::register(signal_hook::consts::SIGHUP, hangups)
+                .map_err(|e| Error::Failed(format!("cannot handle signals: {e}")))?;
             crate::nbd::keep(
-                &url(&text)?,
+                &text,
                 Timeouts {
                     request_s: timeout,
                     dead_conn_s: dead_conn_timeout,

@@ -225,6 +225,14 @@ const EXAMPLES: &[(&str, &[(&str, &str)])] = &[
         )],
     ),
     (
+        "dmmig-nbd-keep",
+        &[(
+            "dmmig nbd keep /dev/nbd0",
+            "Give /dev/nbd0, whose keeper was killed, a new keeper; it runs in the background \
+             until the device is disconnected.",
+        )],
+    ),
+    (
         "dmmig-nbd-connect",
         &[(
             "dmmig nbd connect nbd://storage2/vm1-root",
@@ -261,9 +269,14 @@ mod tests {
                 "dmmig-nbd-{name}.8"
             );
         }
+        let keep = std::fs::read_to_string(dir.join("dmmig-nbd-keep.8")).unwrap();
         assert!(
-            !dir.join("dmmig-nbd-keep.8").exists(),
-            "a page for the hidden keeper"
+            keep.contains("/dev/nbdN"),
+            "dmmig-nbd-keep.8 says how to re-attach"
+        );
+        assert!(
+            !keep.contains("foreground"),
+            "dmmig-nbd-keep.8 shows the internal flag"
         );
         assert!(!main.contains("dmmig\\-help"), "dmmig.8 lists a help page");
         let mv = std::fs::read_to_string(dir.join("dmmig-move.8")).unwrap();

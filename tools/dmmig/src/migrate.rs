@@ -1003,6 +1003,27 @@ pub fn run_move(
         .or_else(|| destination.kernel_name().map(|n| format!("/dev/{n}")))
         .unwrap_or_else(|| destination.number());
     created.image = None;
+    // The disk now lives on the NBD device alone: it needs its keeper, which may have died
+    // meanwhile (killed, or stopped with the service that ran this move).
+    if let (Some(keeper), Some(device)) = (created.nbd_keeper.as_mut(), created.nbd.as_ref()) {
+        if matches!(keeper.try_wait(), Ok(Some(_))) {
+            match crate::nbd::attach_keeper(device) {
+                Ok(new_keeper) => {
+                    eprintln!(
+                        "dmmig: the keeper of {} had ended: started a new one",
+                        device.display()
+                    );
+                    *keeper = new_keeper;
+                }
+                Err(e) => eprintln!(
+                    "dmmig: the keeper of {} has ended and a new one did not start ({e}): run \
+                     'dmmig nbd keep {}', or a dead link will not be reconnected",
+                    device.display(),
+                    device.display()
+                ),
+            }
+        }
+    }
     let mut removed_image = None;
     if !opts.keep_source {
         if let Some(image) = origin.loop_backing_file() {

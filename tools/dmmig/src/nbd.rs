@@ -665,9 +665,26 @@ pub fn index_of(device: &Path) -> Result<u32> {
 
 /// Whether NBD device `index` is still the one this process connected: its `pid` file exists
 /// from the connect to the last disconnect, and holds the pid of the task that connected it.
-fn still_ours(index: u32) -> bool {
-    fs::read_to_string(format!("/sys/block/nbd{index}/pid"))
-        .is_ok_and(|pid| pid.trim() == std::process::id().to_string())
+/// Whether NBD device `index` is still the keeper's: connected, to `url`. The device's backend
+/// identifier is the URL the keeper set, the same in every PID namespace (its `pid` file holds
+/// the connecting task's pid in the initial namespace, which a keeper in a container does not
+/// know itself by).
+fn still_ours(index: u32, url: &NbdUrl) -> bool {
+    fs::metadata(format!("/sys/block/nbd{index}/pid")).is_ok()
+        && backend(index).is_some_and(|b| b == url.to_string())
+}
+
+/// Takes the keeper's lock of NBD device `index` (`/run/dmmig-nbdN.keeper`): one keeper per
+/// device, whoever started it.
+fn lock_keeper(index: u32) -> Result<nix::fcntl::Flock<fs::File>> {
+    let path = format!("/run/dmmig-nbd{index}.keeper");
+    let file = fs::File::create(&path)
+        .map_err(|e| Error::Failed(format!("cannot create the lock {path}: {e}")))?;
+    nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock).map_err(|_| {
+        Error::Usage(format!(
+            "/dev/nbd{index} already has a keeper (it holds {path})"
+        ))
+    })
 }
 
 /// Asks the kernel to disconnect NBD device `index`.
@@ -871,25 +888,61 @@ fn after_dead_link(index: u32) -> AfterDeadLink {
     }
 }
 
-/// `dmmig nbd keep`: connects `url` as a new NBD device, prints the device's path on stdout
-/// (the line its starter waits for), then keeps it connected until it is disconnected.
-pub fn keep(url: &NbdUrl, timeouts: Timeouts, stop: Arc<AtomicBool>) -> Result<()> {
+/// `dmmig nbd keep TARGET`: with a URL, connects it as a new NBD device; with a device
+/// (`/dev/nbdN`, already connected, whose keeper is gone), takes it over. Prints the device's
+/// path on stdout (the line its starter waits for), then keeps it connected until it is
+/// disconnected.
+pub fn keep(target: &str, timeouts: Timeouts, stop: Arc<AtomicBool>) -> Result<()> {
     // Subscribed before the connect: no dead link of the device can go unheard.
     let events = Genl::open()?;
     events.subscribe()?;
     let mut genl = Genl::open()?;
     let handshake_timeout = Duration::from_secs(timeouts.request_s.max(1));
     let user_timeout = timeouts.tcp_user_timeout();
-    let export = negotiate(url, handshake_timeout, user_timeout)?;
-    let size = export.size;
-    let index = kernel_connect(&mut genl, url, &export, timeouts)?;
-    drop(export);
+    let (url, index, size, _lock) = match NbdUrl::parse(target)? {
+        Some(url) => {
+            let export = negotiate(&url, handshake_timeout, user_timeout)?;
+            let size = export.size;
+            let index = kernel_connect(&mut genl, &url, &export, timeouts)?;
+            let lock = lock_keeper(index)?;
+            note(format_args!("nbd{index}: connected to {url}"));
+            (url, index, size, lock)
+        }
+        None => {
+            let index = index_of(Path::new(target))?;
+            let lock = lock_keeper(index)?;
+            let url = backend(index)
+                .filter(|_| fs::metadata(format!("/sys/block/nbd{index}/pid")).is_ok())
+                .and_then(|b| NbdUrl::parse(&b).ok().flatten())
+                .ok_or_else(|| {
+                    Error::Usage(format!(
+                        "{target} is not connected by dmmig (no nbd:// backend): nothing to keep"
+                    ))
+                })?;
+            let size = fs::read_to_string(format!("/sys/block/nbd{index}/size"))
+                .ok()
+                .and_then(|s| s.trim().parse::<u64>().ok())
+                .map_or(0, |sectors| sectors * 512);
+            note(format_args!("nbd{index}: keeping it connected to {url}"));
+            (url, index, size, lock)
+        }
+    };
     let mut stdout = std::io::stdout();
     let _ = writeln!(stdout, "{}", device_path(index).display());
     let _ = stdout.flush();
-    note(format_args!("nbd{index}: connected to {url}"));
+    let url = &url;
+    let stopped = || {
+        note(format_args!(
+            "nbd{index}: keeper stopped by a signal; the device stays connected with no keeper \
+             (a dead link is then not reconnected): run 'dmmig nbd keep /dev/nbd{index}'"
+        ));
+        Ok(())
+    };
     loop {
-        if stop.load(Ordering::Relaxed) || !still_ours(index) {
+        if stop.load(Ordering::Relaxed) {
+            return stopped();
+        }
+        if !still_ours(index, url) {
             return Ok(());
         }
         let messages = match events.receive() {
@@ -904,7 +957,7 @@ pub fn keep(url: &NbdUrl, timeouts: Timeouts, stop: Arc<AtomicBool>) -> Result<(
                 && m.cmd == NBD_CMD_LINK_DEAD
                 && attr_u32(&parse_attrs(&m.attrs), NBD_ATTR_INDEX) == Some(index)
         });
-        if !dead || !still_ours(index) {
+        if !dead || !still_ours(index, url) {
             continue;
         }
         if let AfterDeadLink::GiveUp(names) = after_dead_link(index) {
@@ -926,12 +979,15 @@ pub fn keep(url: &NbdUrl, timeouts: Timeouts, stop: Arc<AtomicBool>) -> Result<(
         std::thread::sleep(user_timeout);
         let mut tries = 0u64;
         loop {
-            if stop.load(Ordering::Relaxed) || !still_ours(index) {
+            if stop.load(Ordering::Relaxed) {
+                return stopped();
+            }
+            if !still_ours(index, url) {
                 return Ok(());
             }
             tries += 1;
             let attempt = negotiate(url, handshake_timeout, user_timeout).and_then(|export| {
-                if export.size != size {
+                if size != 0 && export.size != size {
                     return Err(Error::Failed(format!(
                         "the export's size changed from {size} to {} bytes",
                         export.size
@@ -965,16 +1021,39 @@ pub fn keep(url: &NbdUrl, timeouts: Timeouts, stop: Arc<AtomicBool>) -> Result<(
 /// until it has connected, so that nothing it writes later can hold up or break a caller that
 /// collects this process's output.
 pub fn connect(url: &NbdUrl, timeouts: Timeouts) -> Result<(PathBuf, std::process::Child)> {
+    start_keeper(&url.to_string(), timeouts)
+}
+
+/// Starts a keeper for NBD device `device`, already connected (its keeper died).
+pub fn attach_keeper(device: &Path) -> Result<std::process::Child> {
+    start_keeper(&device.to_string_lossy(), Timeouts::default()).map(|(_, keeper)| keeper)
+}
+
+/// Starts `dmmig nbd keep TARGET` and waits for the device it keeps. Under systemd the keeper
+/// runs in a scope unit of its own (`systemd-run --scope`), so that stopping or restarting the
+/// service that started it (its cgroup) does not stop the keeper; elsewhere, in a process group
+/// of its own.
+pub fn start_keeper(target: &str, timeouts: Timeouts) -> Result<(PathBuf, std::process::Child)> {
     use std::os::unix::process::CommandExt;
     use std::process::{Command, Stdio};
     let exe = std::env::current_exe()
         .map_err(|e| Error::Failed(format!("cannot find dmmig's own path: {e}")))?;
-    let mut child = Command::new(exe)
-        .args(["nbd", "keep", "--timeout"])
+    let mut command = if Path::new("/run/systemd/system").exists() {
+        let mut command = Command::new("systemd-run");
+        command
+            .args(["--scope", "--collect", "--quiet", "--description"])
+            .arg(format!("dmmig NBD keeper of {target}"))
+            .arg(exe);
+        command
+    } else {
+        Command::new(exe)
+    };
+    let mut child = command
+        .args(["nbd", "keep", "--foreground", "--timeout"])
         .arg(timeouts.request_s.to_string())
         .arg("--dead-conn-timeout")
         .arg(timeouts.dead_conn_s.to_string())
-        .arg(url.to_string())
+        .arg(target)
         .current_dir("/")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -998,7 +1077,7 @@ pub fn connect(url: &NbdUrl, timeouts: Timeouts) -> Result<(PathBuf, std::proces
             .collect::<Vec<_>>()
             .join("; ");
         return Err(Error::Failed(format!(
-            "cannot attach {url}: {}",
+            "cannot keep {target}: {}",
             if why.is_empty() {
                 status.map_or("the keeper failed".to_string(), |s| format!("keeper: {s}"))
             } else {
