@@ -665,6 +665,23 @@ pub fn index_of(device: &Path) -> Result<u32> {
 
 /// Whether NBD device `index` is still the one this process connected: its `pid` file exists
 /// from the connect to the last disconnect, and holds the pid of the task that connected it.
+/// Whether the connection of `stream`, a socket handed to the kernel, has ended: the kernel
+/// shuts a socket down when it calls the link dead, and the peer's close or a reset ends it too.
+fn hung_up(stream: &TcpStream) -> bool {
+    // A peek without waiting reads the end of the stream (0) or its error, and consumes
+    // nothing the kernel, which reads this socket, would miss.
+    let mut byte = [0u8; 1];
+    match recv(
+        stream.as_raw_fd(),
+        &mut byte,
+        MsgFlags::MSG_PEEK | MsgFlags::MSG_DONTWAIT,
+    ) {
+        Ok(0) => true,
+        Ok(_) | Err(nix::Error::EAGAIN | nix::Error::EINTR) => false,
+        Err(_) => true,
+    }
+}
+
 /// Whether NBD device `index` is still the keeper's: connected, to `url`. The device's backend
 /// identifier is the URL the keeper set, the same in every PID namespace (its `pid` file holds
 /// the connecting task's pid in the initial namespace, which a keeper in a container does not
@@ -899,11 +916,16 @@ pub fn keep(target: &str, timeouts: Timeouts, stop: Arc<AtomicBool>) -> Result<(
     let mut genl = Genl::open()?;
     let handshake_timeout = Duration::from_secs(timeouts.request_s.max(1));
     let user_timeout = timeouts.tcp_user_timeout();
+    // The socket the kernel was handed, watched for a hang-up: a LINK_DEAD can be lost (the
+    // group's socket overflowed, or the kernel could not allocate the event), the socket's end
+    // cannot. A keeper that took a device over has no such socket, and hears LINK_DEAD only.
+    let mut watched: Option<TcpStream>;
     let (url, index, size, _lock) = match NbdUrl::parse(target)? {
         Some(url) => {
             let export = negotiate(&url, handshake_timeout, user_timeout)?;
             let size = export.size;
             let index = kernel_connect(&mut genl, &url, &export, timeouts)?;
+            watched = Some(export.stream);
             let lock = lock_keeper(index)?;
             note(format_args!("nbd{index}: connected to {url}"));
             (url, index, size, lock)
@@ -924,6 +946,7 @@ pub fn keep(target: &str, timeouts: Timeouts, stop: Arc<AtomicBool>) -> Result<(
                 .and_then(|s| s.trim().parse::<u64>().ok())
                 .map_or(0, |sectors| sectors * 512);
             note(format_args!("nbd{index}: keeping it connected to {url}"));
+            watched = None;
             (url, index, size, lock)
         }
     };
@@ -947,16 +970,23 @@ pub fn keep(target: &str, timeouts: Timeouts, stop: Arc<AtomicBool>) -> Result<(
         }
         let messages = match events.receive() {
             Ok(m) => m,
-            // ENOBUFS: the socket overflowed and some multicast was lost. A lost LINK_DEAD only
-            // makes the kernel fail the held requests after the dead-connection timeout.
-            Err(nix::Error::EAGAIN | nix::Error::EINTR | nix::Error::ENOBUFS) => continue,
+            // ENOBUFS: the socket overflowed and some multicast was lost; the watched socket
+            // still tells a dead connection.
+            Err(nix::Error::EAGAIN | nix::Error::EINTR | nix::Error::ENOBUFS) => Vec::new(),
             Err(e) => return Err(Error::Failed(format!("netlink: {e}"))),
         };
-        let dead = messages.iter().any(|m| {
+        let link_dead = messages.iter().any(|m| {
             m.kind == events.family
                 && m.cmd == NBD_CMD_LINK_DEAD
                 && attr_u32(&parse_attrs(&m.attrs), NBD_ATTR_INDEX) == Some(index)
         });
+        let hung_up = !link_dead && watched.as_ref().is_some_and(hung_up);
+        if hung_up {
+            note(format_args!(
+                "nbd{index}: the connection to {url} hung up (no LINK_DEAD was heard)"
+            ));
+        }
+        let dead = link_dead || hung_up;
         if !dead || !still_ours(index, url) {
             continue;
         }
@@ -993,12 +1023,26 @@ pub fn keep(target: &str, timeouts: Timeouts, stop: Arc<AtomicBool>) -> Result<(
                         export.size
                     )));
                 }
-                kernel_reconfigure(&mut genl, index, url, &export)
+                kernel_reconfigure(&mut genl, index, url, &export)?;
+                Ok(export.stream)
             });
             match attempt {
-                Ok(()) => {
+                Ok(stream) => {
+                    // The dead connection's socket is let go only now, after the kernel has
+                    // the new one.
+                    watched = Some(stream);
                     note(format_args!(
                         "nbd{index}: reconnected to {url} (try {tries})"
+                    ));
+                    break;
+                }
+                // The kernel replaces only a connection it has called dead (ENOSPC otherwise):
+                // a hang-up seen before it did, or a second report of one dead link, finds the
+                // device served again.
+                Err(e) if e.to_string().contains(nix::Error::ENOSPC.desc()) => {
+                    note(format_args!(
+                        "nbd{index}: the kernel has no dead connection to replace; keeping the \
+                         one it has"
                     ));
                     break;
                 }
@@ -1250,6 +1294,23 @@ mod tests {
             stream.write_all(b"SSH-2.0-OpenSSH_9.2\r\n").unwrap();
         }));
         assert!(other.contains("not an NBD server"), "{other}");
+    }
+
+    /// The watched socket tells the end of its connection: the peer's close, or its own
+    /// shutdown (what the kernel does to a connection it calls dead).
+    #[test]
+    fn a_socket_that_ended_is_seen() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (server, _) = listener.accept().unwrap();
+        assert!(!hung_up(&client), "a live connection");
+        drop(server);
+        std::thread::sleep(Duration::from_millis(50));
+        assert!(hung_up(&client), "the peer closed");
+        let other = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (_server, _) = listener.accept().unwrap();
+        other.shutdown(std::net::Shutdown::Both).unwrap();
+        assert!(hung_up(&other), "shut down here");
     }
 
     /// A refused cancel is a switch only when the state says so: a cancel that failed for any
