@@ -32,6 +32,9 @@ _nullbs=()
 _log_mark=${KSFT_LOG_MARK:-}
 
 diag() { printf '# %s\n' "$*"; }
+# diag_file FILE: the lines of FILE as diagnostics; diag_lines: the same as a filter.
+diag_file() { sed 's/^/# /' "$1"; }
+diag_lines() { sed 's/^/# /'; }
 pass() { exit $KSFT_PASS; }
 fail() { diag "FAIL: $*"; exit $KSFT_FAIL; }
 skip() { diag "SKIP: $*"; exit $KSFT_SKIP; }
@@ -377,3 +380,9 @@ wait_field() {
 
 # Run alone, outside the runner, a test marks the kernel log itself where it begins.
 [ -n "$_log_mark" ] || log_mark
+
+# need_dmmig: DMMIG is the dmmig of this tree (or the one $DMMIG names); the test skips without it.
+need_dmmig() {
+	DMMIG=${DMMIG:-$REPO_ROOT/target/debug/dmmig}
+	[ -x "$DMMIG" ] || skip "dmmig is not built ($DMMIG)"
+}

@@ -63,7 +63,7 @@ serve() {
 	pid=$!
 	_qemu_nbd+=("$pid")
 	until ip netns exec "$ns" ss -ltn 2>/dev/null | grep -q "$server_ip:$port"; do
-		kill -0 "$pid" 2>/dev/null || { sed 's/^/# /' "$TEST_TMP/qemu-nbd-$1.log"; fail "qemu-nbd failed"; }
+		kill -0 "$pid" 2>/dev/null || { diag_file "$TEST_TMP/qemu-nbd-$1.log"; fail "qemu-nbd failed"; }
 		[ $((SECONDS - start)) -lt 30 ] || fail "qemu-nbd does not listen"
 		sleep 0.2
 	done
@@ -98,7 +98,7 @@ start_writer() {
 	"$WRITER_BIN" write "$(dm_path "$1")" "$CONTROL" >"$TEST_TMP/writer-$1.log" 2>&1 &
 	WRITER=$!
 	until grep -q 'writes=[1-9]' "$TEST_TMP/writer-$1.log"; do
-		kill -0 "$WRITER" 2>/dev/null || { sed 's/^/# /' "$TEST_TMP/writer-$1.log"; fail "the writer on $1 stopped"; }
+		kill -0 "$WRITER" 2>/dev/null || { diag_file "$TEST_TMP/writer-$1.log"; fail "the writer on $1 stopped"; }
 		[ $((SECONDS - start)) -lt 30 ] || fail "the writer on $1 does not write"
 		sleep 0.5
 	done
@@ -108,9 +108,9 @@ start_writer() {
 # fails on any I/O error or mismatch.
 stop_writer() {
 	printf stop | dd of="$CONTROL" bs=4096 conv=sync oflag=direct status=none
-	wait "$WRITER" || { sed 's/^/# /' "$TEST_TMP/writer-$1.log"; fail "the writer on $1 saw errors or mismatches"; }
+	wait "$WRITER" || { diag_file "$TEST_TMP/writer-$1.log"; fail "the writer on $1 saw errors or mismatches"; }
 	WRITER=
-	grep 'writer: result' "$TEST_TMP/writer-$1.log" | sed 's/^/# /'
+	grep 'writer: result' "$TEST_TMP/writer-$1.log" | diag_lines
 }
 
 # verify_image NAME IMAGE: every block of IMAGE holds what the writer last wrote there.
@@ -119,8 +119,8 @@ verify_image() {
 	dev=$(losetup -f --show "$2") || fail "losetup failed"
 	_loops+=("$dev")
 	"$WRITER_BIN" verify "$dev" "$CONTROL" >"$TEST_TMP/verify-$1.log" 2>&1 ||
-		{ sed 's/^/# /' "$TEST_TMP/verify-$1.log"; fail "$1: $2 does not hold every last write"; }
-	sed 's/^/# /' "$TEST_TMP/verify-$1.log"
+		{ diag_file "$TEST_TMP/verify-$1.log"; fail "$1: $2 does not hold every last write"; }
+	diag_file "$TEST_TMP/verify-$1.log"
 }
 
 # wait_copied NAME MIB: waits until the migration of NAME has copied at least MIB MiB.
@@ -141,7 +141,7 @@ count_log() { log_since | grep -c -- "$1"; }
 wait_log() {
 	local start=$SECONDS
 	until [ "$(count_log "$1")" -gt "$2" ]; do
-		[ $((SECONDS - start)) -lt "$3" ] || { log_since | grep dmmig | tail -5 | sed 's/^/# /'; fail "no '$1' in the kernel log"; }
+		[ $((SECONDS - start)) -lt "$3" ] || { log_since | grep dmmig | tail -5 | diag_lines; fail "no '$1' in the kernel log"; }
 		sleep 0.5
 	done
 }

@@ -33,7 +33,7 @@ diag "the control steps took $((SECONDS - start)) s of the ${hog_seconds} s wind
 release_cpus
 
 if log_since | grep -q "dm_put_device call missing"; then
-	log_since | grep "dm_put_device call missing" | sed 's/^/# /'
+	log_since | grep "dm_put_device call missing" | diag_lines
 	fail "a target was destroyed without putting its devices: its state leaked"
 fi
 # The devices are free: nothing holds the loop devices open.

@@ -6,8 +6,7 @@
 # ext4 filesystem (on a loop device of the VM's), which can do direct I/O; the test reads the
 # destination loop device's dio flag, and compares the image with the disk byte for byte.
 . "$(dirname "$0")/lib.sh"
-DMMIG=${DMMIG:-$REPO_ROOT/target/debug/dmmig}
-[ -x "$DMMIG" ] || skip "dmmig is not built ($DMMIG)"
+need_dmmig
 command -v mkfs.ext4 >/dev/null || skip "mkfs.ext4 is not installed"
 load_migrate
 make_loop fsdev 64 --direct-io=on

@@ -7,8 +7,7 @@
 # rolled back with nothing left behind (image, loop device, record); a multi-disk move's --json
 # lists every disk, a failed one with its error and where it is.
 . "$(dirname "$0")/lib.sh"
-DMMIG=${DMMIG:-$REPO_ROOT/target/debug/dmmig}
-[ -x "$DMMIG" ] || skip "dmmig is not built ($DMMIG)"
+need_dmmig
 load_migrate
 as_nobody() { setpriv --reuid=65534 --regid=65534 --clear-groups "$DMMIG" "$@"; }
 # exits WANT WHAT CMD...: CMD exits WANT.

@@ -3,8 +3,7 @@
 # dmmig move moves a loop-backed "guest disk" to a new image file under fio --verify=crc32c: the
 # old image is gone, the device is a linear on the new image, and every write verifies.
 . "$(dirname "$0")/lib.sh"
-DMMIG=${DMMIG:-$REPO_ROOT/target/debug/dmmig}
-[ -x "$DMMIG" ] || skip "dmmig is not built ($DMMIG)"
+need_dmmig
 command -v fio >/dev/null || skip "fio is not installed"
 load_migrate
 old_img=$TEST_TMP/old.img new_img=$TEST_TMP/new.img
@@ -30,9 +29,9 @@ after=$(writes)
 state=$(dmsetup status "$disk" | awk '$3 == "migrate" { print $4 }')
 diag "writes completed in 0.5 s of the copy: $((after - before)) (state '$state')"
 [ "$after" -gt "$before" ] && [ "$state" = copying ] || fail "the guest's writes did not overlap the copy"
-wait $mover || { sed 's/^/# /' "$TEST_TMP/move.log"; fail "dmmig move failed"; }
-sed 's/^/# /' "$TEST_TMP/move.log"
-wait $writer || { sed 's/^/# /' "$TEST_TMP/fio.log"; fail "fio failed during the move"; }
+wait $mover || { diag_file "$TEST_TMP/move.log"; fail "dmmig move failed"; }
+diag_file "$TEST_TMP/move.log"
+wait $writer || { diag_file "$TEST_TMP/fio.log"; fail "fio failed during the move"; }
 grep -q 'err= 0' "$TEST_TMP/fio.log" || fail "fio reported errors"
 [ -e "$old_img" ] && fail "the old image is still there"
 [ -e "$new_img.dmmig-meta" ] && fail "the metadata file is still there"

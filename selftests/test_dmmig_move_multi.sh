@@ -8,8 +8,7 @@
 # is back on its original linear table with every byte it had (compared) and nothing of the move
 # left behind.
 . "$(dirname "$0")/lib.sh"
-DMMIG=${DMMIG:-$REPO_ROOT/target/debug/dmmig}
-[ -x "$DMMIG" ] || skip "dmmig is not built ($DMMIG)"
+need_dmmig
 command -v fio >/dev/null || skip "fio is not installed"
 load_migrate
 
@@ -62,10 +61,10 @@ done
 ) >"$TEST_TMP/states" 2>/dev/null &
 sampler=$!
 "$DMMIG" move "${disks[@]/#/$DEV_PREFIX-}" --to "$TEST_TMP/new" --switch-together --no-progress \
-	--max-rate 24576 >"$TEST_TMP/move.log" 2>&1 || { sed 's/^/# /' "$TEST_TMP/move.log"; fail "dmmig move failed"; }
+	--max-rate 24576 >"$TEST_TMP/move.log" 2>&1 || { diag_file "$TEST_TMP/move.log"; fail "dmmig move failed"; }
 kill $sampler
 wait $sampler 2>/dev/null
-sed 's/^/# /' "$TEST_TMP/move.log"
+diag_file "$TEST_TMP/move.log"
 for w in "${writers[@]}"; do wait "$w" || fail "fio failed during the move"; done
 for d in "${disks[@]}"; do
 	grep -q 'err= 0' "$TEST_TMP/fio-$d.log" || fail "fio reported errors on $d"
@@ -119,8 +118,8 @@ rc=$?
 [ $rc -eq 2 ] && grep -q "is the disk" "$TEST_TMP/dup.log" ||
 	fail "a disk of the move as a destination: exit $rc, $(cat "$TEST_TMP/dup.log")"
 "$DMMIG" move "${disks[@]/#/$DEV_PREFIX-}" --to "$dest_a" "$dest_b" "$(dm_path bad)" --no-progress \
-	--max-rate 6144 >"$TEST_TMP/fail.log" 2>&1 && { sed 's/^/# /' "$TEST_TMP/fail.log"; fail "the move did not fail"; }
-sed 's/^/# /' "$TEST_TMP/fail.log"
+	--max-rate 6144 >"$TEST_TMP/fail.log" 2>&1 && { diag_file "$TEST_TMP/fail.log"; fail "the move did not fail"; }
+diag_file "$TEST_TMP/fail.log"
 # Each disk's whereabouts, as read back after the failure.
 for d in "${disks[@]}"; do
 	grep -q "$DEV_PREFIX-$d: the disk stays on its origin" "$TEST_TMP/fail.log" ||

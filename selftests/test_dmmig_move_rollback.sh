@@ -4,8 +4,7 @@
 # linear on its origin, the command fails, and every write of a verifying writer is on the origin.
 # Bad inputs fail with their messages and exit codes.
 . "$(dirname "$0")/lib.sh"
-DMMIG=${DMMIG:-$REPO_ROOT/target/debug/dmmig}
-[ -x "$DMMIG" ] || skip "dmmig is not built ($DMMIG)"
+need_dmmig
 command -v fio >/dev/null || skip "fio is not installed"
 load_migrate
 kmodprobe dm-flakey || skip "dm-flakey is not available"
@@ -21,7 +20,7 @@ fio --name=guest "${fio_job[@]}" --size=16M --offset_increment=16M --filename="/
 writer=$!
 "$DMMIG" move "$disk" "/dev/mapper/$DEV_PREFIX-flaky" --no-progress >"$TEST_TMP/move.log" 2>&1 &&
 	fail "move to a failing destination succeeded"
-sed 's/^/# /' "$TEST_TMP/move.log"
+diag_file "$TEST_TMP/move.log"
 grep -q 'stays on its origin' "$TEST_TMP/move.log" || fail "no rollback message"
 [ "$(dmsetup table "$disk")" = "0 $len linear $(devnum "$origin") 0" ] || fail "not rolled back: $(dmsetup table "$disk")"
 wait $writer || fail "fio failed"
@@ -67,7 +66,7 @@ for _ in $(seq 50); do [ "$(migrate_state disk)" = copying ] && break; sleep 0.2
 expect 2 "another dmmig move" move "$disk" "$TEST_TMP/z.img"
 kill -TERM $mover
 wait $mover && fail "an interrupted move exited 0"
-sed 's/^/# /' "$TEST_TMP/term.log"
+diag_file "$TEST_TMP/term.log"
 [ "$(dmsetup table "$disk")" = "0 $len linear $(devnum "$origin") 0" ] || fail "not rolled back after SIGTERM"
 [ -e "$TEST_TMP/y.img" ] && fail "the image of the interrupted move is still there"
 losetup -a | grep -q y.img && fail "the loop device of the interrupted move is still attached"

@@ -3,8 +3,7 @@
 # dmmig move to a new image keeps it sparse: a 1 GiB image holding 100 MiB of data moves into a
 # file with about 100 MiB allocated, byte-identical to the old image.
 . "$(dirname "$0")/lib.sh"
-DMMIG=${DMMIG:-$REPO_ROOT/target/debug/dmmig}
-[ -x "$DMMIG" ] || skip "dmmig is not built ($DMMIG)"
+need_dmmig
 load_migrate
 old_img=$TEST_TMP/old.img new_img=$TEST_TMP/new.img
 truncate -s 1G "$old_img"
@@ -19,8 +18,8 @@ len=$(sectors "$old")
 disk=$DEV_PREFIX-disk
 dmsetup create "$disk" --table "0 $len linear $old 0" || fail "create failed"
 "$DMMIG" move "$disk" "$new_img" --no-progress --keep-source >"$TEST_TMP/move.log" 2>&1 ||
-	{ sed 's/^/# /' "$TEST_TMP/move.log"; fail "dmmig move failed"; }
-sed 's/^/# /' "$TEST_TMP/move.log"
+	{ diag_file "$TEST_TMP/move.log"; fail "dmmig move failed"; }
+diag_file "$TEST_TMP/move.log"
 new=$(losetup -j "$new_img" | cut -d: -f1)
 [ -n "$new" ] || fail "the new image is not attached"
 _loops+=("$new")

@@ -4,8 +4,7 @@
 # origin, which misses the writes made since the switch: it finishes the move. dmmig is held
 # (SIGSTOP) while the target switches and a write lands on the destination alone.
 . "$(dirname "$0")/lib.sh"
-DMMIG=${DMMIG:-$REPO_ROOT/target/debug/dmmig}
-[ -x "$DMMIG" ] || skip "dmmig is not built ($DMMIG)"
+need_dmmig
 load_migrate
 make_loop old 16
 make_loop new 16
@@ -28,7 +27,7 @@ kill -TERM $mover
 kill -CONT $mover
 wait $mover
 rc=$?
-sed 's/^/# /' "$TEST_TMP/move.log"
+diag_file "$TEST_TMP/move.log"
 [ "$(dmsetup table "$disk")" = "0 $len linear $(devnum "$new") 0" ] ||
 	fail "not on the destination (rc $rc): $(dmsetup table "$disk")"
 [ $rc -eq 0 ] || fail "dmmig move exited $rc after finishing the move"

@@ -7,8 +7,7 @@
 # helper is pointed at /bin/false for the test, so that neither dmmig nor the kernel can load the
 # module; the module is loaded again at the end.
 . "$(dirname "$0")/lib.sh"
-DMMIG=${DMMIG:-$REPO_ROOT/target/debug/dmmig}
-[ -x "$DMMIG" ] || skip "dmmig is not built ($DMMIG)"
+need_dmmig
 load_migrate
 make_loop origin 8
 len=$(sectors "$origin")

@@ -6,8 +6,7 @@
 # one and removes the metadata and the record. A move that had switched gets its linear table on
 # the destination at once, also from paths given on the command line. Every write verifies.
 . "$(dirname "$0")/lib.sh"
-DMMIG=${DMMIG:-$REPO_ROOT/target/debug/dmmig}
-[ -x "$DMMIG" ] || skip "dmmig is not built ($DMMIG)"
+need_dmmig
 command -v fio >/dev/null || skip "fio is not installed"
 load_migrate
 old_img=$TEST_TMP/old.img new_img=$TEST_TMP/new.img
@@ -23,7 +22,7 @@ snapshot "/dev/mapper/$disk" "$TEST_TMP/disk1"
 "$DMMIG" move "$disk" "$new_img" --no-progress --rate 8192 >"$TEST_TMP/move.log" 2>&1 &
 mover=$!
 until [ "$(migrate_field disk 2 2>/dev/null | cut -d/ -f1)" -ge 256 ] 2>/dev/null; do
-	kill -0 $mover 2>/dev/null || { sed 's/^/# /' "$TEST_TMP/move.log"; fail "move ended early"; }
+	kill -0 $mover 2>/dev/null || { diag_file "$TEST_TMP/move.log"; fail "move ended early"; }
 	sleep 0.1
 done
 # The host goes down: dmmig dies, the device goes, the loop devices go.
@@ -35,13 +34,13 @@ for img in "$old_img" "$new_img" "$new_img.dmmig-meta"; do
 	losetup -j "$img" | cut -d: -f1 | xargs -r -n1 losetup -d
 done
 [ -f "$DMMIG_STATE_DIR/$disk.json" ] || fail "move left no record"
-"$DMMIG" inspect "$new_img.dmmig-meta" | sed 's/^/# /'
+"$DMMIG" inspect "$new_img.dmmig-meta" | diag_lines
 "$DMMIG" --json inspect "$new_img.dmmig-meta" >"$TEST_TMP/inspect.json" || fail "inspect failed"
 grep -q '"phase": "copying"' "$TEST_TMP/inspect.json" || fail "inspect: $(cat "$TEST_TMP/inspect.json")"
 log_mark
 "$DMMIG" recover "$disk" --no-progress >"$TEST_TMP/recover.log" 2>&1 ||
-	{ sed 's/^/# /' "$TEST_TMP/recover.log"; fail "dmmig recover failed"; }
-sed 's/^/# /' "$TEST_TMP/recover.log"
+	{ diag_file "$TEST_TMP/recover.log"; fail "dmmig recover failed"; }
+diag_file "$TEST_TMP/recover.log"
 resumed=$(log_since | sed -n 's/.*Metadata: resuming the copy, \([0-9]*\)\/.*/\1/p' | head -1)
 diag "copied $copied regions before the crash, resumed at ${resumed:-?}"
 [ -n "$resumed" ] && [ "$resumed" -ge $((copied - 64)) ] || fail "did not resume: $(log_since | tail -5)"
@@ -73,7 +72,7 @@ dmsetup remove "$disk" || fail "remove failed"
 losetup -d "$o" "$m"
 "$DMMIG" inspect "$meta" | grep -q "phase switched" || fail "inspect: $("$DMMIG" inspect "$meta")"
 "$DMMIG" recover "$disk" --origin "$old_img" --dest "$d" --metadata "$meta" --no-progress \
-	>"$TEST_TMP/recover2.log" 2>&1 || { sed 's/^/# /' "$TEST_TMP/recover2.log"; fail "recover failed"; }
+	>"$TEST_TMP/recover2.log" 2>&1 || { diag_file "$TEST_TMP/recover2.log"; fail "recover failed"; }
 [ "$(dmsetup table "$disk")" = "0 $len linear $(devnum "$d") 0" ] || fail "table: $(dmsetup table "$disk")"
 [ -e "$old_img" ] && fail "the old image is still there"
 fio_verify_only "/dev/mapper/$disk" 16 "$TEST_TMP/verify2.log"

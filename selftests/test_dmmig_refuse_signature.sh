@@ -6,8 +6,7 @@
 # untouched, and nothing is left behind. With --force the same move goes ahead, and the
 # destination then holds every byte of the disk.
 . "$(dirname "$0")/lib.sh"
-DMMIG=${DMMIG:-$REPO_ROOT/target/debug/dmmig}
-[ -x "$DMMIG" ] || skip "dmmig is not built ($DMMIG)"
+need_dmmig
 command -v mkfs.ext4 >/dev/null || skip "mkfs.ext4 is not installed"
 load_migrate
 make_loop origin 8

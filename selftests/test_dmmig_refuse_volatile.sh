@@ -7,8 +7,7 @@
 # usage error (exit 2) with its reason, and leaves the disk a linear on its origin with nothing
 # created: no file, no loop device, no record.
 . "$(dirname "$0")/lib.sh"
-DMMIG=${DMMIG:-$REPO_ROOT/target/debug/dmmig}
-[ -x "$DMMIG" ] || skip "dmmig is not built ($DMMIG)"
+need_dmmig
 load_migrate
 make_loop origin 8
 len=$(sectors "$origin")

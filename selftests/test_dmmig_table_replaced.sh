@@ -6,8 +6,7 @@
 # disk is on now, not claim that it "stays on its origin". It leaves the images in place: the
 # origin's and the new one.
 . "$(dirname "$0")/lib.sh"
-DMMIG=${DMMIG:-$REPO_ROOT/target/debug/dmmig}
-[ -x "$DMMIG" ] || skip "dmmig is not built ($DMMIG)"
+need_dmmig
 load_migrate
 make_loop origin 8
 make_loop other 8
@@ -31,14 +30,14 @@ while kill -0 "$mover" 2>/dev/null; do
 	if [ $((SECONDS - start)) -ge 20 ]; then
 		kill "$mover"
 		wait "$mover"
-		sed 's/^/# /' "$TEST_TMP/move.log"
+		diag_file "$TEST_TMP/move.log"
 		fail "dmmig went on following a migration that is gone"
 	fi
 	sleep 0.2
 done
 wait "$mover"
 rc=$?
-sed 's/^/# /' "$TEST_TMP/move.log"
+diag_file "$TEST_TMP/move.log"
 [ "$rc" = 1 ] || fail "dmmig exited $rc, not 1"
 grep -q "stays on its origin" "$TEST_TMP/move.log" && fail "dmmig claimed the disk stays on its origin"
 grep -qF "the disk is a linear on $(devnum "$other")" "$TEST_TMP/move.log" ||

@@ -3,8 +3,7 @@
 # dmmig create/load/suspend/resume/remove work, and its ls, info, status, table, message and wait
 # print what the real dmsetup prints for the same devices; --json parses; errors have their codes.
 . "$(dirname "$0")/lib.sh"
-DMMIG=${DMMIG:-$REPO_ROOT/target/debug/dmmig}
-[ -x "$DMMIG" ] || skip "dmmig is not built ($DMMIG)"
+need_dmmig
 load_migrate
 make_loop origin 16
 make_loop dest 16

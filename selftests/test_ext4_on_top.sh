@@ -31,7 +31,7 @@ dmsetup message "$name" 0 rate 0 || fail "rate failed"
 wait_state fs switched 300
 dmsetup remove "$name" || fail "remove failed"
 fsck.ext4 -fn "$dest" >"$TEST_TMP/fsck.log" 2>&1 || {
-	sed 's/^/# /' "$TEST_TMP/fsck.log"
+	diag_file "$TEST_TMP/fsck.log"
 	fail "fsck found errors on the destination"
 }
 mount -t ext4 -o ro "$dest" "$mnt" || fail "mount of the destination failed"

@@ -12,7 +12,7 @@ make_disk three
 start_writer three
 "$DMMIG" move "$DEV_PREFIX-three" "nbd://$server_ip/three" --max-rate 8192 --min-rate 0 --no-progress \
 	--nbd-timeout $nbd_timeout --nbd-dead-conn-timeout $dead_conn_timeout >"$TEST_TMP/move-three.log" 2>&1 ||
-	{ sed 's/^/# /' "$TEST_TMP/move-three.log"; fail "the move to nbd:// failed"; }
+	{ diag_file "$TEST_TMP/move-three.log"; fail "the move to nbd:// failed"; }
 moved_to three
 [ "$(dmsetup table "$DEV_PREFIX-three")" = "0 65536 linear $(devnum "$NBD") 0" ] ||
 	fail "three is not on $NBD: $(dmsetup table "$DEV_PREFIX-three")"

@@ -22,9 +22,9 @@ wait $mover && fail "the move succeeded with the link cut"
 # The held requests would fail on their own only after the request and dead-connection timeouts.
 [ $((SECONDS - cut_at)) -lt $dead_conn_timeout ] ||
 	fail "the move failed $((SECONDS - cut_at)) s after the cut: the keeper did not act"
-sed 's/^/# /' "$TEST_TMP/move-one.log"
+diag_file "$TEST_TMP/move-one.log"
 grep -q "the keeper gave up the migration" "$TEST_TMP/move-one.log" ||
-	{ log_since | grep -E 'dmmig|dm_migrate' | tail -8 | sed 's/^/# /'; false; } ||
+	{ log_since | grep -E 'dmmig|dm_migrate' | tail -8 | diag_lines; false; } ||
 	fail "the keeper did not give up the migration (the NBD requests timed out instead?)"
 [ "$(dmsetup table "$DEV_PREFIX-one")" = "$original" ] ||
 	fail "one is not back on its origin: $(dmsetup table "$DEV_PREFIX-one")"

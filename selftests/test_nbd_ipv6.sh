@@ -4,8 +4,7 @@
 # parses, the handshake and the kernel's connection go over IPv6, the disk ends as a linear on
 # the NBD device, and both it and the server's image hold every byte of the disk.
 . "$(dirname "$0")/lib.sh"
-DMMIG=${DMMIG:-$REPO_ROOT/target/debug/dmmig}
-[ -x "$DMMIG" ] || skip "dmmig is not built ($DMMIG)"
+need_dmmig
 command -v qemu-nbd >/dev/null || skip "qemu-nbd is not installed (Debian: qemu-utils)"
 [ -e /sys/block/nbd0 ] || kmodprobe nbd 2>/dev/null || [ -e /sys/block/nbd0 ] ||
 	skip "the kernel has no NBD client (CONFIG_BLK_DEV_NBD)"
@@ -36,7 +35,7 @@ disk=$DEV_PREFIX-disk
 dmsetup create "$disk" --table "0 $len linear $origin 0" || fail "create failed"
 "$DMMIG" move "$disk" "nbd://[::1]:$port/v6" --no-progress --keep-source >"$TEST_TMP/move.log" 2>&1 ||
 	fail "the move to nbd://[::1]:$port/v6 failed: $(cat "$TEST_TMP/move.log")"
-sed 's/^/# /' "$TEST_TMP/move.log"
+diag_file "$TEST_TMP/move.log"
 nbd=$(sed -n 's/.* is \(\/dev\/nbd[0-9]*\)$/\1/p' "$TEST_TMP/move.log")
 [ -b "$nbd" ] || fail "move printed no NBD device"
 grep -q "nbd://\[::1\]:$port/v6" "/sys/block/${nbd#/dev/}/backend" ||

@@ -23,7 +23,7 @@ done
 _nbd_devices+=("$NBD")
 sleep 3
 pgrep -f "dmmig nbd keep .*/pn\$" >/dev/null ||
-	{ log_since | grep dmmig | tail -3 | sed 's/^/# /'; fail "the keeper in a PID namespace exited"; }
+	{ log_since | grep dmmig | tail -3 | diag_lines; fail "the keeper in a PID namespace exited"; }
 dm_reload pn "0 65536 linear $NBD 0"
 start_writer pn
 sleep 1

@@ -35,8 +35,8 @@ done
 grep -q "nbd://$server_ip:$port/rec" "$DMMIG_STATE_DIR/$disk.json" ||
 	fail "the record does not hold the URL: $(cat "$DMMIG_STATE_DIR/$disk.json")"
 "$DMMIG" recover "$disk" --no-progress >"$TEST_TMP/recover.log" 2>&1 ||
-	{ sed 's/^/# /' "$TEST_TMP/recover.log"; fail "dmmig recover failed"; }
-sed 's/^/# /' "$TEST_TMP/recover.log"
+	{ diag_file "$TEST_TMP/recover.log"; fail "dmmig recover failed"; }
+diag_file "$TEST_TMP/recover.log"
 NBD=$(sed -n 's/.*attached it again as \(\/dev\/nbd[0-9]*\)$/\1/p' "$TEST_TMP/recover.log")
 [ -b "$NBD" ] || fail "recover did not attach the export again"
 _nbd_devices+=("$NBD")

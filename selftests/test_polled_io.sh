@@ -30,7 +30,7 @@ polled_fio() {
 		--group_reporting "$@"
 	local rc=$?
 	[ $rc -eq 137 ] && fail "polled writes did not complete within 240 s (fio killed)"
-	[ $rc -eq 0 ] || { sed 's/^/# /' "$log"; fail "polled fio failed (rc $rc)"; }
+	[ $rc -eq 0 ] || { diag_file "$log"; fail "polled fio failed (rc $rc)"; }
 	grep -q 'err= 0' "$log" || fail "fio reported errors"
 }
 

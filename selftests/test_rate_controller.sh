@@ -41,7 +41,7 @@ diag "under load: rate_kibps $loaded, rate_limit_kibps $loaded_limit"
 [ "$loaded" -gt 0 ] || stop_fail "the copy stopped under guest load"
 [ "$loaded_limit" -ge 2048 ] && [ "$loaded_limit" -lt "$max" ] ||
 	stop_fail "rate_limit_kibps under load: $loaded_limit"
-wait $loader || { sed 's/^/# /' "$TEST_TMP/fio.log"; fail "fio failed"; }
+wait $loader || { diag_file "$TEST_TMP/fio.log"; fail "fio failed"; }
 # Idle: the ceiling after two quiet intervals; the measured rate follows within its window.
 # A sample counts only if the copy was still going after it was read: rate_limit_kibps reads
 # 0 once the copy has ended, while rate_kibps still shows the last full second.

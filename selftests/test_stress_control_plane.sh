@@ -39,7 +39,7 @@ controller=$!
 job=(--bsrange=512-128k --numjobs=2 --iodepth=8)
 fio --name=stress "${fio_job[@]}" "${job[@]}" --size=32M --offset_increment=32M \
 	--filename="$(dm_path st)" --output="$TEST_TMP/fio.log" || {
-	sed 's/^/# /' "$TEST_TMP/fio.log"
+	diag_file "$TEST_TMP/fio.log"
 	fail "fio write+verify failed"
 }
 kill $controller
@@ -54,12 +54,12 @@ wait_state st switched 300
 dm_reload st "0 $len linear $dest 0"
 verify=(--name=stress "${fio_job[@]}" "${job[@]}" --size=32M --offset_increment=32M --verify_only)
 fio "${verify[@]}" --filename="$(dm_path st)" --output="$TEST_TMP/verify.log" || {
-	sed 's/^/# /' "$TEST_TMP/verify.log"
+	diag_file "$TEST_TMP/verify.log"
 	fail "the device does not verify after the move"
 }
 dmsetup remove "$name" || fail "remove failed"
 fio "${verify[@]}" --filename="$dest" --output="$TEST_TMP/verify-dest.log" || {
-	sed 's/^/# /' "$TEST_TMP/verify-dest.log"
+	diag_file "$TEST_TMP/verify-dest.log"
 	fail "the destination alone does not verify"
 }
 pass

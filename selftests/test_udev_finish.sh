@@ -7,8 +7,7 @@
 # loop device, metadata and record retired, as move would have). Every byte is compared, with
 # writes made during the copy.
 . "$(dirname "$0")/lib.sh"
-DMMIG=${DMMIG:-$REPO_ROOT/target/debug/dmmig}
-[ -x "$DMMIG" ] || skip "dmmig is not built ($DMMIG)"
+need_dmmig
 UDEVD=$(command -v systemd-udevd || echo /lib/systemd/systemd-udevd)
 [ -x "$UDEVD" ] || skip "systemd-udevd is not installed (Debian's udev package)"
 command -v udevadm >/dev/null || skip "udevadm is not installed"
