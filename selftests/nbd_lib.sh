@@ -27,12 +27,20 @@ dead_conn_timeout=20
 
 _nbd_devices=()
 _qemu_nbd=()
+# In the order they hold each other: the writer (waited for), the dm devices on the NBD
+# devices, the NBD devices (their keepers then exit), the servers.
 nbd_cleanup() {
-	local dev pid
+	local dev pid pass
+	[ -n "${WRITER:-}" ] && kill "$WRITER" 2>/dev/null && wait "$WRITER" 2>/dev/null
+	for pass in 1 2; do
+		for dev in $(test_devices); do
+			dmsetup resume "$dev" >/dev/null 2>&1
+			dmsetup remove "$dev" >/dev/null 2>&1
+		done
+	done
 	for dev in "${_nbd_devices[@]}"; do
 		"$DMMIG" nbd disconnect "$dev" >/dev/null 2>&1
 	done
-	[ -n "${WRITER:-}" ] && kill "$WRITER" 2>/dev/null
 	for pid in "${_qemu_nbd[@]}"; do
 		kill "$pid" 2>/dev/null
 	done

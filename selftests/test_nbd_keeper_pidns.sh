@@ -11,7 +11,7 @@ command -v unshare >/dev/null || skip "unshare is not installed"
 serve pn 32
 make_disk pn
 # The namespace's first process stays (sleep), so that the keeper is not killed with it.
-unshare -p -f sh -c "'$DMMIG' nbd connect nbd://$server_ip/pn --timeout $nbd_timeout \
+unshare -p -f --kill-child sh -c "'$DMMIG' nbd connect nbd://$server_ip/pn --timeout $nbd_timeout \
 	--dead-conn-timeout $dead_conn_timeout; exec sleep 1000" >"$TEST_TMP/connect.log" 2>&1 &
 # The namespace goes with its first process: killed with the servers at the end.
 _qemu_nbd+=($!)

@@ -568,6 +568,12 @@ impl Genl {
         Ok(parse_messages(&buf[..n]))
     }
 
+    /// Drops the messages already queued, without waiting.
+    fn drain(&self) {
+        let mut buf = vec![0u8; 65536];
+        while recv(self.fd.as_raw_fd(), &mut buf, MsgFlags::MSG_DONTWAIT).is_ok() {}
+    }
+
     /// Sends a command and waits for its acknowledgement; returns the reply's attributes (empty
     /// when the command has no reply but the acknowledgement).
     fn request(&mut self, cmd: u8, version: u8, attrs: &Attrs) -> Result<Vec<u8>> {
@@ -826,15 +832,6 @@ fn judge(accepted: bool, state: &str) -> Option<Verdict> {
     }
 }
 
-/// The `migrate` line of dm device `name` whose destination is device `dev` (`major:minor`).
-fn migrate_line_onto(name: &str, dev: &str) -> Option<crate::table::TableLine> {
-    let dm = crate::dm::Dm::open().ok()?;
-    dm.table(name)
-        .ok()?
-        .into_iter()
-        .find(|line| line.target_type == "migrate" && line.params.split(' ').nth(1) == Some(dev))
-}
-
 /// Sends `cancel` to the `migrate` target at `sector` of dm device `name`; whether the target
 /// accepted it, or `None` if it did not answer within [`CANCEL_WAIT`].
 fn send_cancel(name: &str, sector: u64) -> Option<bool> {
@@ -855,13 +852,28 @@ fn send_cancel(name: &str, sector: u64) -> Option<bool> {
 fn cancel_migration(kernel_name: &str, name: &str, dev: &str) -> Verdict {
     for _ in 0..CANCEL_TRIES {
         // Read again each time: the table may have been swapped to a linear on the device.
-        let Some(line) = migrate_line_onto(name, dev) else {
-            return match crate::dm::Dm::open().and_then(|dm| dm.table(name)) {
-                // No migrate line onto the device any more: whatever uses it now has no other
-                // copy to fall back on.
-                Ok(_) => Verdict::Switched,
-                Err(_) => Verdict::Unconfirmed,
-            };
+        let line = match crate::dm::Dm::open().and_then(|dm| dm.table(name)) {
+            Ok(table) => table.into_iter().find(|line| {
+                line.target_type == "migrate" && line.params.split(' ').nth(1) == Some(dev)
+            }),
+            // The table cannot be read: the migrate target's own sysfs still tells a switched
+            // (or ended) migration, and a holder without one is no migration at all.
+            Err(_) => {
+                let state = migration_state(kernel_name);
+                if state.is_empty() {
+                    return Verdict::Switched;
+                }
+                if let Some(verdict) = judge(false, &state) {
+                    return verdict;
+                }
+                std::thread::sleep(CANCEL_RETRY);
+                continue;
+            }
+        };
+        // No migrate line onto the device any more: whatever uses it now has no other copy to
+        // fall back on.
+        let Some(line) = line else {
+            return Verdict::Switched;
         };
         let accepted = send_cancel(name, line.start);
         if let Some(verdict) = judge(accepted == Some(true), &migration_state(kernel_name)) {
@@ -882,10 +894,8 @@ fn after_dead_link(index: u32) -> AfterDeadLink {
     let mut on_origin = Vec::new();
     for (kernel_name, name) in dm_holders(index) {
         // Only a migrate target may lose a write to a reconnect; a linear or anything else on
-        // the device is served by reconnecting.
-        if migrate_line_onto(&name, dev).is_none() && crate::dm::Dm::open().is_ok() {
-            continue;
-        }
+        // the device is served by reconnecting (cancel_migration tells them apart, also when
+        // the table cannot be read).
         match cancel_migration(&kernel_name, &name, dev) {
             Verdict::OnOrigin => on_origin.push(name),
             Verdict::Unconfirmed => {
@@ -909,13 +919,13 @@ fn after_dead_link(index: u32) -> AfterDeadLink {
 /// (`/dev/nbdN`, already connected, whose keeper is gone), takes it over. Prints the device's
 /// path on stdout (the line its starter waits for), then keeps it connected until it is
 /// disconnected.
-pub fn keep(target: &str, timeouts: Timeouts, stop: Arc<AtomicBool>) -> Result<()> {
+pub fn keep(target: &str, mut timeouts: Timeouts, stop: Arc<AtomicBool>) -> Result<()> {
     // Subscribed before the connect: no dead link of the device can go unheard.
     let events = Genl::open()?;
     events.subscribe()?;
     let mut genl = Genl::open()?;
-    let handshake_timeout = Duration::from_secs(timeouts.request_s.max(1));
-    let user_timeout = timeouts.tcp_user_timeout();
+    let mut handshake_timeout = Duration::from_secs(timeouts.request_s.max(1));
+    let mut user_timeout = timeouts.tcp_user_timeout();
     // The socket the kernel was handed, watched for a hang-up: a LINK_DEAD can be lost (the
     // group's socket overflowed, or the kernel could not allocate the event), the socket's end
     // cannot. A keeper that took a device over has no such socket, and hears LINK_DEAD only.
@@ -945,6 +955,17 @@ pub fn keep(target: &str, timeouts: Timeouts, stop: Arc<AtomicBool>) -> Result<(
                 .ok()
                 .and_then(|s| s.trim().parse::<u64>().ok())
                 .map_or(0, |sectors| sectors * 512);
+            // The device's own request timeout, not a default: the pause before a reconnect
+            // must cover the TCP user timeout of the socket it was connected with.
+            if let Some(ms) = fs::read_to_string(format!("/sys/block/nbd{index}/queue/io_timeout"))
+                .ok()
+                .and_then(|s| s.trim().parse::<u64>().ok())
+                .filter(|&ms| ms >= 1000)
+            {
+                timeouts.request_s = ms / 1000;
+                handshake_timeout = Duration::from_secs(timeouts.request_s);
+                user_timeout = timeouts.tcp_user_timeout();
+            }
             note(format_args!("nbd{index}: keeping it connected to {url}"));
             watched = None;
             (url, index, size, lock)
@@ -1031,18 +1052,12 @@ pub fn keep(target: &str, timeouts: Timeouts, stop: Arc<AtomicBool>) -> Result<(
                     // The dead connection's socket is let go only now, after the kernel has
                     // the new one.
                     watched = Some(stream);
+                    // A report of the death just handled that was still queued (LINK_DEAD
+                    // after the hang-up was seen, or the other way round) must not start a
+                    // second reconnect of a connection that works.
+                    events.drain();
                     note(format_args!(
                         "nbd{index}: reconnected to {url} (try {tries})"
-                    ));
-                    break;
-                }
-                // The kernel replaces only a connection it has called dead (ENOSPC otherwise):
-                // a hang-up seen before it did, or a second report of one dead link, finds the
-                // device served again.
-                Err(e) if e.to_string().contains(nix::Error::ENOSPC.desc()) => {
-                    note(format_args!(
-                        "nbd{index}: the kernel has no dead connection to replace; keeping the \
-                         one it has"
                     ));
                     break;
                 }

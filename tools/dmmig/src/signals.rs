@@ -26,11 +26,28 @@ pub fn stop_flag() -> Result<Arc<AtomicBool>> {
         .clone();
     let failed = |e: std::io::Error| Error::Failed(format!("cannot handle signals: {e}"));
     for signal in STOPPING {
+        // A signal the process was started ignoring (`nohup` ignores SIGHUP) stays ignored.
+        if ignored_at_start(signal) {
+            continue;
+        }
         signal_hook::flag::register(signal, stop.clone()).map_err(failed)?;
         signal_hook::flag::register_usize(signal, received.clone(), signal as usize)
             .map_err(failed)?;
     }
     Ok(stop)
+}
+
+/// Whether `signal` was ignored when the process started: its bit in the `SigIgn` mask of
+/// /proc/self/status (read before any handler of ours replaces the disposition).
+fn ignored_at_start(signal: i32) -> bool {
+    let Ok(status) = std::fs::read_to_string("/proc/self/status") else {
+        return false;
+    };
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("SigIgn:"))
+        .and_then(|mask| u64::from_str_radix(mask.trim(), 16).ok())
+        .is_some_and(|mask| mask & (1 << (signal - 1)) != 0)
 }
 
 /// The stopping signal received since [`stop_flag`], if any.
@@ -50,6 +67,10 @@ mod tests {
 
     #[test]
     fn a_stopping_signal_sets_the_flag_and_the_status() {
+        if ignored_at_start(signal_hook::consts::SIGHUP) {
+            eprintln!("started with SIGHUP ignored (nohup): skipped");
+            return;
+        }
         let stop = stop_flag().unwrap();
         assert_eq!(received(), None);
         signal_hook::low_level::raise(signal_hook::consts::SIGHUP).unwrap();
