@@ -3,7 +3,7 @@
 //! Block devices held open by a target.
 
 use super::bindings;
-use super::target::Handles;
+use super::handle::Handles;
 use core::ptr::NonNull;
 use kernel::sync::Arc;
 

@@ -22,6 +22,7 @@ pub mod bio;
 pub mod copy;
 pub mod device;
 pub mod event;
+pub mod handle;
 pub mod kthread;
 pub mod memalloc;
 pub mod sysfs;
