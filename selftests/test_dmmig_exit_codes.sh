@@ -19,7 +19,7 @@ exits() {
 	diag "$what -> $rc: $(head -c 300 "$TEST_TMP/out.log")"
 	[ "$rc" = "$want" ] || fail "$what exited $rc, not $want: $(cat "$TEST_TMP/out.log")"
 }
-exits 2 "create with a bad table, not root" as_nobody create x --table "0 8 no-such-target"
+exits 2 "create with a bad table line, not root" as_nobody create x --table "zero eight linear"
 exits 2 "move with a bad option value, not root" as_nobody move x "$TEST_TMP/x.img" --region-size 3
 make_metadata meta
 cp "$meta" "$TEST_TMP/meta.img" && chmod 644 "$TEST_TMP/meta.img" && chmod 755 "$TEST_TMP"

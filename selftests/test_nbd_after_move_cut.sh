@@ -4,7 +4,7 @@
 # than the request timeout under the writer: the keeper reconnects, the held writes complete,
 # and the server's image holds every last write.
 . "$(dirname "$0")/lib.sh"
-. "$(dirname "$0")/nbd_lib.sh"
+. "$SELFTEST_DIR/nbd_lib.sh"
 
 # --- 3. After the move: the disk is a linear on the NBD device, its only copy.
 serve three 32

@@ -4,7 +4,7 @@
 # migration and disconnects the device; dmmig move fails back onto the original table, quickly
 # (not after the 20-s dead-connection timeout), and the disk has every write.
 . "$(dirname "$0")/lib.sh"
-. "$(dirname "$0")/nbd_lib.sh"
+. "$SELFTEST_DIR/nbd_lib.sh"
 
 # --- 1. A cut during the copy: the keeper cancels, the move fails onto the origin.
 serve one 32

@@ -5,7 +5,7 @@
 # by the pid in /sys/block/nbdN/pid (the initial namespace's), so it stays; a link cut under the
 # writer is then reconnected, and the server's image holds every last write.
 . "$(dirname "$0")/lib.sh"
-. "$(dirname "$0")/nbd_lib.sh"
+. "$SELFTEST_DIR/nbd_lib.sh"
 command -v unshare >/dev/null || skip "unshare is not installed"
 
 serve pn 32

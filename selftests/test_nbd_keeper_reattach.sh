@@ -6,7 +6,7 @@
 # and the server's image holds every last write of the writer. A keeper stopped by SIGTERM says
 # so in the kernel log and leaves the device connected.
 . "$(dirname "$0")/lib.sh"
-. "$(dirname "$0")/nbd_lib.sh"
+. "$SELFTEST_DIR/nbd_lib.sh"
 
 serve ka 32
 make_disk ka

@@ -4,7 +4,7 @@
 # no_switch, in sync, under the writer): the keeper cancels, the state is 'cancelled', the
 # writer sees no error, and the origin has every write.
 . "$(dirname "$0")/lib.sh"
-. "$(dirname "$0")/nbd_lib.sh"
+. "$SELFTEST_DIR/nbd_lib.sh"
 
 # --- 2. The mirror phase: no_switch, in sync, under the writer.
 serve two 32

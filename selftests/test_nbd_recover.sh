@@ -6,7 +6,7 @@
 # the URL again, resumes the copy onto it, and swaps the disk to a linear on the new device;
 # the disk, and then the server's own image, hold every byte the disk held.
 . "$(dirname "$0")/lib.sh"
-. "$(dirname "$0")/nbd_lib.sh"
+. "$SELFTEST_DIR/nbd_lib.sh"
 
 serve rec 32
 make_disk rec

@@ -3,7 +3,7 @@
 # A switched migrate table onto an NBD destination (nbd_lib.sh), before userspace swaps it: the
 # keeper's cancel is refused, so it reconnects; the server's image holds every last write.
 . "$(dirname "$0")/lib.sh"
-. "$(dirname "$0")/nbd_lib.sh"
+. "$SELFTEST_DIR/nbd_lib.sh"
 
 # --- 4. A switched migration, before userspace swaps the table: the cancel is refused.
 serve four 32
