@@ -26,8 +26,10 @@ pub fn stop_flag() -> Result<Arc<AtomicBool>> {
         .clone();
     let failed = |e: std::io::Error| Error::Failed(format!("cannot handle signals: {e}"));
     for signal in STOPPING {
-        // A signal the process was started ignoring (`nohup` ignores SIGHUP) stays ignored.
-        if ignored_at_start(signal) {
+        // A hang-up the process was started ignoring (under `nohup`) stays ignored. SIGINT and
+        // SIGTERM always stop: a shell starts background commands with SIGINT ignored, and a
+        // `kill -INT` of one is still meant.
+        if signal == signal_hook::consts::SIGHUP && ignored_at_start(signal) {
             continue;
         }
         signal_hook::flag::register(signal, stop.clone()).map_err(failed)?;
