@@ -637,6 +637,29 @@ fn mknodes(dm: &Dm, name: Option<&str>) -> Result<()> {
     }
 }
 
+/// Starts a keeper of `target` (an NBD URL to attach, or a device to keep), in the background,
+/// and prints the device it keeps. Only root may hand the kernel an NBD socket: that is said
+/// before any handshake, with the status of every other permission error.
+fn start_keeper(
+    target: &str,
+    what: &'static str,
+    timeout: u64,
+    dead_conn_timeout: u64,
+) -> Result<()> {
+    if !nix::unistd::geteuid().is_root() {
+        return Err(Error::Permission(what));
+    }
+    let (device, _keeper) = crate::nbd::start_keeper(
+        target,
+        crate::nbd::Timeouts {
+            request_s: timeout,
+            dead_conn_s: dead_conn_timeout,
+        },
+    )?;
+    println!("{}", device.display());
+    Ok(())
+}
+
 /// `dmmig nbd ...`: attach and detach NBD exports.
 fn nbd_command(action: crate::cli::NbdCommand) -> Result<()> {
     use crate::cli::NbdCommand;
@@ -651,21 +674,14 @@ fn nbd_command(action: crate::cli::NbdCommand) -> Result<()> {
             timeout,
             dead_conn_timeout,
         } => {
+            // Checked before the handshake: a bad URL is a usage error.
             let url = url(&text)?;
-            // Only root may hand the kernel an NBD socket: say so before the handshake, not
-            // after it, with the status of every other permission error.
-            if !nix::unistd::geteuid().is_root() {
-                return Err(Error::Permission("attaching an NBD device"));
-            }
-            let (device, _keeper) = crate::nbd::connect(
-                &url,
-                Timeouts {
-                    request_s: timeout,
-                    dead_conn_s: dead_conn_timeout,
-                },
-            )?;
-            println!("{}", device.display());
-            Ok(())
+            start_keeper(
+                &url.to_string(),
+                "attaching an NBD device",
+                timeout,
+                dead_conn_timeout,
+            )
         }
         NbdCommand::Disconnect { device } => crate::nbd::disconnect(crate::nbd::index_of(&device)?),
         NbdCommand::Keep {
@@ -673,20 +689,7 @@ fn nbd_command(action: crate::cli::NbdCommand) -> Result<()> {
             timeout,
             dead_conn_timeout,
             foreground: false,
-        } => {
-            if !nix::unistd::geteuid().is_root() {
-                return Err(Error::Permission("keeping an NBD device"));
-            }
-            let (device, _keeper) = crate::nbd::start_keeper(
-                &text,
-                Timeouts {
-                    request_s: timeout,
-                    dead_conn_s: dead_conn_timeout,
-                },
-            )?;
-            println!("{}", device.display());
-            Ok(())
-        }
+        } => start_keeper(&text, "keeping an NBD device", timeout, dead_conn_timeout),
         NbdCommand::Keep {
             url: text,
             timeout,
