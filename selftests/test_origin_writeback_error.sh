@@ -24,9 +24,13 @@ mkdir -p "$mnt"
 mount -t ext4 "$(dm_path fsdev)" "$mnt" || fail "mount failed"
 head -c $((8 << 20)) /dev/urandom >"$mnt/origin.img" && sync || fail "cannot write the image"
 origin=$(losetup -f --show "$mnt/origin.img") || fail "losetup failed"
+# The filesystem goes before lib.sh's cleanup, which cannot remove a mounted fsdev: first what
+# holds the image (the migrate device, then the loop device), then the mount.
 cleanup_fs() {
+	dmsetup resume "$DEV_PREFIX-fsdev" 2>/dev/null
+	dmsetup remove "$DEV_PREFIX-mig" 2>/dev/null
 	losetup -d "$origin" 2>/dev/null
-	umount "$mnt" 2>/dev/null
+	umount "$mnt" 2>/dev/null || umount -l "$mnt" 2>/dev/null
 }
 trap 'cleanup_fs; cleanup' EXIT
 len=$(sectors "$origin")
@@ -46,7 +50,10 @@ fsync_dev "$dev" || fail "a flush failed before any error"
 # The flakey device fails every write from now on; the guest's write goes to the page cache.
 flakey "0 $rawlen flakey $raw 0 0 1 1 error_writes"
 log_mark
-head -c $((64 << 10)) /dev/urandom | dd of="$dev" bs=64k seek=100 oflag=direct status=none ||
+# iflag=fullblock: a short read from the pipe would make dd write a short last block, for which
+# it turns O_DIRECT off and calls fsync at the end; that fsync would take the error itself.
+head -c $((64 << 10)) /dev/urandom |
+	dd of="$dev" bs=64k count=1 seek=100 iflag=fullblock oflag=direct status=none ||
 	fail "the guest's write failed at once"
 start=$SECONDS
 until log_since | grep -qF "Flushing the origin failed"; do
