@@ -107,6 +107,32 @@ pub fn write_table(
     options.write(w, metadata)
 }
 
+/// The parameters of a `migrate` table line, displayed as [`write_table`] writes them: what a
+/// tool that builds a table (dmmig) loads is then the same text the target prints back.
+#[derive(Debug, Clone, Copy)]
+pub struct TableParams<'a> {
+    /// The origin, `major:minor` or a path.
+    pub origin: &'a str,
+    /// The destination, `major:minor` or a path.
+    pub destination: &'a str,
+    /// The metadata device, when `options.metadata` is set.
+    pub metadata: &'a str,
+    /// The options.
+    pub options: &'a Options,
+}
+
+impl fmt::Display for TableParams<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write_table(
+            f,
+            self.origin,
+            self.destination,
+            self.metadata,
+            self.options,
+        )
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,6 +1,7 @@
 //! Table lines: `<start> <length> <target type> <parameters>`, as dmsetup reads and prints them.
 
 use crate::error::{Error, Result};
+use dm_migrate_engine::status::TableParams;
 use serde::Serialize;
 use std::fmt;
 
@@ -58,6 +59,28 @@ impl TableLine {
         Ok(lines)
     }
 
+    /// A `linear` line of `length` sectors from sector 0 onto the start of `device`
+    /// (`major:minor` or a path).
+    pub fn linear(length: u64, device: &str) -> Self {
+        Self {
+            start: 0,
+            length,
+            target_type: "linear".into(),
+            params: format!("{device} 0"),
+        }
+    }
+
+    /// A `migrate` line of `length` sectors from sector 0, its parameters written by the
+    /// engine as the target prints them back.
+    pub fn migrate(length: u64, params: &TableParams<'_>) -> Self {
+        Self {
+            start: 0,
+            length,
+            target_type: "migrate".into(),
+            params: params.to_string(),
+        }
+    }
+
     /// The tuple the devicemapper crate loads.
     pub fn to_dm(&self) -> (u64, u64, String, String) {
         (
@@ -108,6 +131,39 @@ mod tests {
             line.to_string(),
             "0 16384 migrate /dev/loop0 /dev/loop1 2 region_size 256"
         );
+    }
+
+    #[test]
+    fn builds_lines_the_target_reads_back() {
+        assert_eq!(
+            TableLine::linear(2048, "7:1").to_string(),
+            "0 2048 linear 7:1 0"
+        );
+        let options = dm_migrate_engine::table::Options {
+            metadata: true,
+            max_rate: Some(512),
+            no_switch: true,
+            ..Default::default()
+        };
+        let params = TableParams {
+            origin: "7:0",
+            destination: "7:1",
+            metadata: "7:2",
+            options: &options,
+        };
+        let line = TableLine::migrate(2048, &params);
+        assert_eq!(
+            line.to_string(),
+            "0 2048 migrate 7:0 7:1 5 metadata 7:2 max_rate 512 no_switch"
+        );
+        // What the constructor parses from it is what was given.
+        let words: Vec<&str> = line.params.split(' ').collect();
+        let parsed = dm_migrate_engine::table::TableArgs::parse(&words).unwrap();
+        assert_eq!(
+            (parsed.origin, parsed.destination, parsed.metadata),
+            ("7:0", "7:1", Some("7:2"))
+        );
+        assert_eq!(parsed.options, options);
     }
 
     #[test]

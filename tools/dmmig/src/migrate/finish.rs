@@ -75,12 +75,7 @@ pub fn run_finish(name: &str) -> Result<Finish> {
         .ok()
         .filter(|r| same_device(&r.destination, &destination));
     let started = Instant::now();
-    let linear = TableLine {
-        start: 0,
-        length: line.length,
-        target_type: "linear".into(),
-        params: format!("{} 0", destination.number()),
-    };
+    let linear = TableLine::linear(line.length, &destination.number());
     let pause = swap_table(&dm, name, &[linear])?;
     let seconds = started.elapsed().as_secs_f64();
     let mut removed_image = None;

@@ -23,6 +23,7 @@ use crate::dm::Dm;
 use crate::error::{Error, Result};
 use crate::table::TableLine;
 use devices::{prepare_destination, prepare_metadata, space_needed, BlockDev, Created};
+use dm_migrate_engine::status::TableParams;
 use dm_migrate_engine::table::{Geometry, Options, TableArgs};
 use dm_migrate_engine::SECTOR_SIZE;
 use record::lock;
@@ -258,22 +259,22 @@ pub fn run_move(
         };
         let metadata_number = metadata.map_or(String::new(), |m| m.number());
         // The migrate table of the move, with `options`.
-        let migrate_line = |options: &Options| -> Result<TableLine> {
-            let mut params = format!("{} {}", origin.number(), destination.number());
-            options
-                .write(&mut params, &metadata_number)
-                .map_err(|_| Error::Failed("table text".into()))?;
-            Ok(TableLine {
-                start: 0,
-                length: original.length,
-                target_type: "migrate".into(),
-                params,
-            })
+        let (origin_number, destination_number) = (origin.number(), destination.number());
+        let migrate_line = |options: &Options| {
+            TableLine::migrate(
+                original.length,
+                &TableParams {
+                    origin: &origin_number,
+                    destination: &destination_number,
+                    metadata: &metadata_number,
+                    options,
+                },
+            )
         };
         let started = Instant::now();
         // A table the kernel refuses was never loaded: nothing uses the destination, and all
         // that move created is undone. Once loaded, the inactive table holds it.
-        dm.load(name, &[migrate_line(&options)?])?;
+        dm.load(name, &[migrate_line(&options)])?;
         destination_in_use = true;
         let mut longest = activate(&dm, name)?;
         let outcome = match &opts.gate {
@@ -301,7 +302,7 @@ pub fn run_move(
                     let switching = migrate_line(&Options {
                         no_switch: false,
                         ..options
-                    })?;
+                    });
                     longest = longest.max(swap_table(&dm, name, &[switching])?);
                     wait_for_switch(&dm, name, opts.no_progress, bytes, &stop)
                 }),
@@ -329,10 +330,7 @@ pub fn run_move(
                 }
             }
         }
-        let linear = TableLine {
-            params: format!("{} 0", destination.number()),
-            ..original.clone()
-        };
+        let linear = TableLine::linear(original.length, &destination.number());
         longest = longest.max(swap_table(&dm, name, &[linear])?);
         // No table uses the metadata any more.
         created.remove_metadata(false);

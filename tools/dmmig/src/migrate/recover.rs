@@ -8,6 +8,7 @@ use super::Summary;
 use crate::dm::Dm;
 use crate::error::{Error, Result};
 use crate::table::TableLine;
+use dm_migrate_engine::status::TableParams;
 use dm_migrate_engine::table::Options;
 use dm_migrate_engine::SECTOR_SIZE;
 use std::fs;
@@ -117,25 +118,19 @@ pub fn run_recover(name: &str, opts: &RecoverOptions, stop: Arc<AtomicBool>) -> 
             metadata: true,
             ..Options::default()
         };
-        let mut params = format!("{} {}", origin.number(), destination.number());
-        options
-            .write(&mut params, &meta.number())
-            .map_err(|_| Error::Failed("table text".into()))?;
-        let migrate = TableLine {
-            start: 0,
+        let migrate = TableLine::migrate(
             length,
-            target_type: "migrate".into(),
-            params,
-        };
+            &TableParams {
+                origin: &origin.number(),
+                destination: &destination.number(),
+                metadata: &meta.number(),
+                options: &options,
+            },
+        );
         longest = put_table(&dm, name, &[migrate])?;
         if let Err(e) = wait_for_switch(&dm, name, opts.no_progress, length * SECTOR_SIZE, &stop) {
             if let Holder::Origin = settle(&dm, name)? {
-                let linear = TableLine {
-                    start: 0,
-                    length,
-                    target_type: "linear".into(),
-                    params: format!("{} 0", origin.number()),
-                };
+                let linear = TableLine::linear(length, &origin.number());
                 swap_table(&dm, name, &[linear])?;
                 eprintln!("dmmig: the recovered migration ended on the origin: '{name}' is on it");
                 // Over, as a rolled-back move: nothing may resume from this metadata later.
@@ -149,12 +144,7 @@ pub fn run_recover(name: &str, opts: &RecoverOptions, stop: Arc<AtomicBool>) -> 
             }
         }
     }
-    let linear = TableLine {
-        start: 0,
-        length,
-        target_type: "linear".into(),
-        params: format!("{} 0", destination.number()),
-    };
+    let linear = TableLine::linear(length, &destination.number());
     longest = longest.max(put_table(&dm, name, &[linear])?);
     let seconds = started.elapsed().as_secs_f64();
     // The move is done: retire the record and the metadata, then the origin, as `move` would

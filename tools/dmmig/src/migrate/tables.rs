@@ -62,7 +62,9 @@ pub(super) fn check_live_table(dm: &Dm, name: &str, destination: &BlockDev) -> R
         [line] if line.target_type == "migrate" => {
             line.params.split(' ').nth(1) == Some(dest.as_str())
         }
-        [line] if line.target_type == "linear" => line.params == format!("{dest} 0"),
+        [line] if line.target_type == "linear" => {
+            line.params == TableLine::linear(line.length, &dest).params
+        }
         _ => false,
     };
     if ours {
