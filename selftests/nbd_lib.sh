@@ -6,7 +6,7 @@
 # mismatch. It verifies every block when it stops, and again on the server's own image where
 # that is the copy.
 # Reconnecting before the switch would not be safe: a copy write from the dead connection could
-# reach the server after a newer mirrored write (see tools/dmmig/src/nbd.rs).
+# reach the server after a newer mirrored write (see tools/dmmig/src/nbd/mod.rs).
 DMMIG=${DMMIG:-$REPO_ROOT/target/debug/dmmig}
 WRITER_BIN=${WRITER_BIN:-$REPO_ROOT/target/debug/guest-writer}
 [ -x "$DMMIG" ] || skip "dmmig is not built ($DMMIG)"
