@@ -105,6 +105,17 @@ make_metadata() {
 		fail "cannot zero ${!var}"
 }
 
+# image_disk NAME IMAGE [losetup options...]: a "guest disk" as a host has one: attaches the image
+# file IMAGE (which the test made) to a loop device, stores the device path in DISK_LOOP and
+# creates the linear dm device NAME over all of it. Cleanup removes both, as make_loop's devices.
+image_disk() {
+	local name=$1 image=$2
+	shift 2
+	DISK_LOOP=$(losetup -f --show "$@" "$image") || fail "losetup $image failed"
+	_loops+=("$DISK_LOOP")
+	dm_create "$name" "0 $(sectors "$DISK_LOOP") linear $DISK_LOOP 0" || fail "create $name failed"
+}
+
 # make_nullb VAR SIZE_MIB [ATTR=VALUE...]: creates a memory-backed null_blk device through configfs
 # (multi-queue, with one poll queue unless the attributes say otherwise), fills it with random
 # bytes and stores its path in VAR. null_blk completes bios from its own queues, so unlike brd it
@@ -233,6 +244,35 @@ dm_path() { echo "/dev/mapper/$DEV_PREFIX-$1"; }
 # dm_sysfs NAME: the sysfs folder of a dm device made by dm_create.
 dm_sysfs() {
 	echo "/sys/block/$(dmsetup info -c --noheadings -o blkdevname "$DEV_PREFIX-$1")"
+}
+
+# dm_events NAME: the event count of a dm device made by dm_create (the one `dmsetup wait` takes).
+dm_events() { dmsetup info -c --noheadings -o events "$DEV_PREFIX-$1"; }
+
+# flakey_create NAME DEV UP DOWN [FEATURES...]: creates a dm-flakey device NAME over all of DEV,
+# available UP seconds and then failing DOWN seconds, over and over; FEATURES (error_writes,
+# error_reads...) say how it fails, and without them it fails all I/O.
+flakey_create() {
+	local name=$1 dev=$2 table
+	shift 2
+	table="0 $(sectors "$dev") flakey $dev 0 $1 $2"
+	shift 2
+	[ $# -eq 0 ] || table+=" $# $*"
+	dm_create "$name" "$table" || fail "cannot create the flakey device $name: $table"
+}
+
+# flakey_set NAME DEV UP DOWN [FEATURES...]: gives the dm device NAME the dm-flakey table
+# flakey_create would make (load, suspend, resume); a test fails if any step does. The suspend is
+# --nolockfs: a filesystem on NAME is not frozen, which would write its page cache back first.
+flakey_set() {
+	local name=$1 dev=$2 table
+	shift 2
+	table="0 $(sectors "$dev") flakey $dev 0 $1 $2"
+	shift 2
+	[ $# -eq 0 ] || table+=" $# $*"
+	dmsetup load "$DEV_PREFIX-$name" --table "$table" || fail "cannot load into $name: $table"
+	dmsetup suspend --nolockfs "$DEV_PREFIX-$name" || fail "cannot suspend $name"
+	dmsetup resume "$DEV_PREFIX-$name" || fail "cannot resume $name"
 }
 
 # log_mark: marks the kernel log, so that log_since prints only what was logged after the mark.

@@ -87,12 +87,10 @@ stop_server() {
 # make_disk NAME: 32 MiB of zeros (the writer checks that blocks it never wrote read as zeros) on
 # a loop device under a linear dm device.
 make_disk() {
-	local image=$TEST_TMP/$1.img dev
+	local image=$TEST_TMP/$1.img
 	truncate -s 32M "$image"
-	dev=$(losetup -f --show --direct-io=on "$image") || fail "losetup failed"
-	_loops+=("$dev")
-	dm_create "$1" "0 $(sectors "$dev") linear $dev 0"
-	DISK_ORIGIN=$dev
+	image_disk "$1" "$image" --direct-io=on
+	DISK_ORIGIN=$DISK_LOOP
 	DISK_IMAGE=$image
 }
 

@@ -32,7 +32,7 @@ make_metadata meta
 len=$(sectors "$origin")
 for stack in slow fast; do
 	disk_var=${stack}_disk
-	dm_create "$stack-flaky" "0 $len flakey ${!disk_var} 0 3 1 1 error_writes" || fail "flakey failed"
+	flakey_create "$stack-flaky" "${!disk_var}" 3 1 error_writes
 	delay_ms=60000
 	[ "$stack" = fast ] && delay_ms=200
 	flaky=$(dm_path "$stack-flaky")

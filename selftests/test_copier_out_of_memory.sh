@@ -34,7 +34,7 @@ echo 0 >$fault/fail_page_alloc/min-order
 [ -z "$(copier_pids)" ] || fail "a copier thread of another device is still running"
 dmsetup create "$DEV_PREFIX-oom" --notable || fail "create failed"
 dmsetup load "$DEV_PREFIX-oom" --table "0 $len migrate $origin $dest" || fail "load failed"
-event=$(dmsetup info -c --noheadings -o events "$DEV_PREFIX-oom")
+event=$(dm_events oom)
 trap 'stop_injecting; cleanup' EXIT
 # mark_copiers: makes the copier threads' allocations fail from now on.
 mark_copiers() {
@@ -58,7 +58,7 @@ release_cpus
 wait_state oom failed 60
 stop_injecting
 [ "$(migrate_field oom 8)" = out_of_memory ] || fail "reason: $(dmsetup status "$DEV_PREFIX-oom")"
-[ "$(dmsetup info -c --noheadings -o events "$DEV_PREFIX-oom")" = $((event + 1)) ] ||
+[ "$(dm_events oom)" = $((event + 1)) ] ||
 	fail "expected exactly one event for the failure"
 head -c $((1 << 20)) /dev/urandom >"$TEST_TMP/d"
 dd if="$TEST_TMP/d" of="$(dm_path oom)" bs=64k oflag=direct status=none || fail "write failed"

@@ -10,16 +10,16 @@ kmodprobe dm-flakey || skip "dm-flakey is not available"
 make_loop origin 64
 make_loop disk 64
 len=$(sectors "$origin")
-dmsetup create "$DEV_PREFIX-bad" --table "0 $len flakey $disk 0 0 1 1 error_writes" || fail "flakey failed"
+flakey_create bad "$disk" 0 1 error_writes
 dm_create mig "0 $len migrate $origin $(dm_path bad)" || fail "create failed"
 fio_verify_write "$(dm_path mig)" 64 "$TEST_TMP/fio.log"
 wait_state mig failed 60
 [ "$(migrate_field mig 8)" = destination_write_error ] || fail "reason: $(dmsetup status "$DEV_PREFIX-mig")"
 [ "$(migrate_field mig 7)" -gt 0 ] || fail "no error counted"
-events=$(dmsetup info -c --noheadings -o events "$DEV_PREFIX-mig")
+events=$(dm_events mig)
 dmsetup message "$DEV_PREFIX-mig" 0 cancel || fail "cancel after the failure was refused"
 [ "$(migrate_state mig)" = failed ] || fail "cancel changed the state: $(migrate_state mig)"
-[ "$(dmsetup info -c --noheadings -o events "$DEV_PREFIX-mig")" = "$events" ] ||
+[ "$(dm_events mig)" = "$events" ] ||
 	fail "cancel after the failure raised an event"
 fio_verify_only "$(dm_path mig)" 64 "$TEST_TMP/verify.log"
 dmsetup remove "$DEV_PREFIX-mig" || fail "remove failed"

@@ -10,11 +10,11 @@ kmodprobe dm-flakey || skip "dm-flakey is not available"
 make_loop origin 64
 make_loop disk 64
 len=$(sectors "$origin")
-dmsetup create "$DEV_PREFIX-flaky" --table "0 $len flakey $disk 0 3600 0" || fail "flakey failed"
+flakey_create flaky "$disk" 3600 0
 dm_create mig "0 $len migrate $origin $(dm_path flaky) 1 no_switch" || fail "create failed"
 wait_state mig synced 120
 # Now every destination write fails.
-dm_reload flaky "0 $len flakey $disk 0 0 1 1 error_writes"
+flakey_set flaky "$disk" 0 1 error_writes
 fio_verify_write "$(dm_path mig)" 64 "$TEST_TMP/fio.log"
 wait_state mig failed 30
 [ "$(migrate_field mig 8)" = destination_write_error ] || fail "reason: $(dmsetup status "$DEV_PREFIX-mig")"

@@ -8,11 +8,9 @@ command -v fio >/dev/null || skip "fio is not installed"
 load_migrate
 old_img=$TEST_TMP/old.img new_img=$TEST_TMP/new.img
 head -c $((64 << 20)) /dev/urandom >"$old_img"
-old=$(losetup -f --show "$old_img") || fail "losetup failed"
-_loops+=("$old")
-len=$(sectors "$old")
+image_disk disk "$old_img"
+len=$(sectors "$DISK_LOOP")
 disk=$DEV_PREFIX-disk
-dmsetup create "$disk" --table "0 $len linear $old 0" || fail "create failed"
 # 2 MiB/s per job: the writes go on for 8 s, longer than the move's copy (4 s at 16 MiB/s).
 fio --name=guest "${fio_job[@]}" --size=16M --offset_increment=16M --filename="/dev/mapper/$disk" \
 	--rate=2m --output="$TEST_TMP/fio.log" &

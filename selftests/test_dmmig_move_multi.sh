@@ -15,12 +15,10 @@ load_migrate
 # make_disk NAME [MIB]: an image of MIB (32) MiB of random bytes on a loop device under a linear
 # dm device $DEV_PREFIX-NAME; sets ORIGIN_<NAME> and IMAGE_<NAME>.
 make_disk() {
-	local image=$TEST_TMP/$1.img dev
+	local image=$TEST_TMP/$1.img
 	head -c $((${2:-32} << 20)) /dev/urandom >"$image"
-	dev=$(losetup -f --show --direct-io=on "$image") || fail "losetup failed"
-	_loops+=("$dev")
-	dmsetup create "$DEV_PREFIX-$1" --table "0 $(sectors "$dev") linear $dev 0" || fail "create $1 failed"
-	printf -v "ORIGIN_$1" '%s' "$dev"
+	image_disk "$1" "$image" --direct-io=on
+	printf -v "ORIGIN_$1" '%s' "$DISK_LOOP"
 	printf -v "IMAGE_$1" '%s' "$image"
 }
 

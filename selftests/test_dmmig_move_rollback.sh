@@ -14,7 +14,7 @@ make_loop small 8
 len=$(sectors "$origin")
 disk=$DEV_PREFIX-disk
 dmsetup create "$disk" --table "0 $len linear $origin 0" || fail "create failed"
-dmsetup create "$DEV_PREFIX-flaky" --table "0 $len flakey $bad 0 0 1 1 error_writes" || fail "flakey failed"
+flakey_create flaky "$bad" 0 1 error_writes
 fio --name=guest "${fio_job[@]}" --size=16M --offset_increment=16M --filename="/dev/mapper/$disk" \
 	--output="$TEST_TMP/fio.log" &
 writer=$!

@@ -12,11 +12,8 @@ for i in $(seq 0 9); do
 	head -c $((10 << 20)) /dev/urandom |
 		dd of="$old_img" bs=1M seek=$((i * 100 + 7)) conv=notrunc status=none
 done
-old=$(losetup -f --show "$old_img") || fail "losetup failed"
-_loops+=("$old")
-len=$(sectors "$old")
+image_disk disk "$old_img"
 disk=$DEV_PREFIX-disk
-dmsetup create "$disk" --table "0 $len linear $old 0" || fail "create failed"
 "$DMMIG" move "$disk" "$new_img" --no-progress --keep-source >"$TEST_TMP/move.log" 2>&1 ||
 	{ diag_file "$TEST_TMP/move.log"; fail "dmmig move failed"; }
 diag_file "$TEST_TMP/move.log"

@@ -11,11 +11,9 @@ command -v fio >/dev/null || skip "fio is not installed"
 load_migrate
 old_img=$TEST_TMP/old.img new_img=$TEST_TMP/new.img
 head -c $((64 << 20)) /dev/urandom >"$old_img"
-old=$(losetup -f --show "$old_img") || fail "losetup failed"
-_loops+=("$old")
-len=$(sectors "$old")
+image_disk disk "$old_img"
+len=$(sectors "$DISK_LOOP")
 disk=$DEV_PREFIX-disk
-dmsetup create "$disk" --table "0 $len linear $old 0" || fail "create failed"
 fio_verify_write "/dev/mapper/$disk" 64 "$TEST_TMP/fio.log"
 # fio's verify accepts any intact block of any fio run; the bytes themselves are the disk.
 snapshot "/dev/mapper/$disk" "$TEST_TMP/disk1"

@@ -34,7 +34,7 @@ same "table" table "$b"
 same "status" status "$a"
 same "status" status "$b"
 same "message" message "$b" 0 depth 8
-events=$(dmsetup info -c --noheadings -o events "$b")
+events=$(dm_events b)
 "$DMMIG" message "$b" 0 rate 0 && "$DMMIG" continue "$b" || fail "message failed"
 timeout 60 "$DMMIG" wait "$b" "$events" >/dev/null || fail "dmmig wait did not return on the switch"
 [ "$(migrate_state b)" = switched ] || fail "dmmig wait returned before the switch: $(migrate_state b)"

@@ -13,7 +13,7 @@ make_loop odisk 1
 make_loop disk 1
 len=$(sectors "$odisk")
 dm_create origin "0 $len delay $odisk 0 0 $odisk 0 0 $odisk 0 3000" || fail "origin failed"
-dm_create dst "0 $len flakey $disk 0 3600 0" || fail "flakey failed"
+flakey_create dst "$disk" 3600 0
 # 1 KiB/s: the copier copies its first batch (regions 0-7) and waits.
 dm_create mig "0 $len migrate $(dm_path origin) $(dm_path dst) 4 copy_depth 1 rate 1" ||
 	fail "create failed"
@@ -22,7 +22,7 @@ wait_field mig 2 "8/16" 30
 # Region 0 is copied: this write is mirrored, and both halves land.
 head -c 4096 /dev/urandom >"$TEST_TMP/w"
 dd if="$TEST_TMP/w" of="$dev" bs=4k oflag=direct status=none || fail "write failed"
-dm_reload dst "0 $len flakey $disk 0 0 1 1 error_writes"
+flakey_set dst "$disk" 0 1 error_writes
 # The flush's destination half fails at once; its origin half waits 3 s in dm-delay.
 python3 -c 'import os, sys; os.fsync(os.open(sys.argv[1], os.O_WRONLY))' "$dev" &
 flusher=$!
@@ -33,7 +33,7 @@ until [ "$(dmsetup status "$DEV_PREFIX-origin" | awk '{ print $6 }')" = 1 ]; do
 	sleep 0.05
 done
 sleep 0.2
-dm_reload dst "0 $len flakey $disk 0 3600 0"
+flakey_set dst "$disk" 3600 0
 # The last round (regions 8-15) copies now, to a healthy destination, and the target is in sync
 # well before the flush's origin half lands.
 dmsetup message "$DEV_PREFIX-mig" 0 rate 0 || fail "rate 0 failed"

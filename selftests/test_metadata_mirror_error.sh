@@ -18,8 +18,7 @@ dm_create ld "0 $len linear $dest 0" || fail "cannot create the destination"
 table="0 $len migrate $(dm_path lo) $(dm_path ld) 4 metadata $meta copy_depth 1"
 dm_create mig "$table" || fail "create failed"
 wait_field mig 2 "8/256" 20
-dmsetup load "$DEV_PREFIX-ld" --table "0 $len flakey $dest 0 0 1 1 error_writes" &&
-	dmsetup suspend "$DEV_PREFIX-ld" && dmsetup resume "$DEV_PREFIX-ld" || fail "cannot fail writes"
+flakey_set ld "$dest" 0 1 error_writes
 # Region 0 is copied: this write is mirrored, and only its origin half lands.
 head -c 4096 /dev/urandom >"$TEST_TMP/block"
 dd if="$TEST_TMP/block" of="$(dm_path mig)" bs=4096 oflag=direct status=none ||

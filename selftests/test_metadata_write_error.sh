@@ -16,9 +16,7 @@ dm_create mig "0 $len migrate $origin $dest 6 metadata $(dm_path md) commit_inte
 	fail "create failed"
 until [ "$(migrate_field mig 2 | cut -d/ -f1)" -ge 64 ]; do sleep 0.1; done
 # Writes to copied regions wait for intent bits, which from now on cannot be written.
-dmsetup load "$DEV_PREFIX-md" --table "0 $mlen flakey $meta 0 0 1 1 error_writes" &&
-	dmsetup suspend "$DEV_PREFIX-md" && dmsetup resume "$DEV_PREFIX-md" ||
-	fail "cannot make the metadata device fail"
+flakey_set md "$meta" 0 1 error_writes
 fio_verify_write "$(dm_path mig)" 32 "$TEST_TMP/fio.log"
 wait_state mig failed 30
 [ "$(migrate_field mig 8)" = metadata_write_error ] ||

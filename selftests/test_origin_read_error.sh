@@ -10,14 +10,13 @@ kmodprobe dm-flakey || skip "dm-flakey is not available"
 make_loop disk 16
 make_loop dest 16
 len=$(sectors "$disk")
-dmsetup create "$DEV_PREFIX-badread" --table "0 $len flakey $disk 0 0 1 1 error_reads" ||
-	fail "flakey failed"
+flakey_create badread "$disk" 0 1 error_reads
 dm_create mig "0 $len migrate $(dm_path badread) $dest 2 copy_depth 2" || fail "create failed"
-event=$(dmsetup info -c --noheadings -o events "$DEV_PREFIX-mig")
+event=$(dm_events mig)
 wait_state mig failed 60
 [ "$(migrate_field mig 8)" = origin_read_error ] || fail "reason: $(dmsetup status "$DEV_PREFIX-mig")"
 [ "$(migrate_field mig 7)" = 10 ] || fail "errors: $(migrate_field mig 7), expected 2 batches x 5 reads"
-[ "$(dmsetup info -c --noheadings -o events "$DEV_PREFIX-mig")" = $((event + 1)) ] ||
+[ "$(dm_events mig)" = $((event + 1)) ] ||
 	fail "expected exactly one event for the failure"
 [ "$(migrate_field mig 2)" = "0/$((len / 128))" ] || fail "regions copied from a failing origin"
 snapshot "$dest" "$TEST_TMP/dest"

@@ -16,8 +16,7 @@ kmodprobe dm-flakey || skip "dm-flakey is not available"
 make_loop raw 64
 make_loop dest 8
 make_metadata meta
-rawlen=$(sectors "$raw")
-dm_create fsdev "0 $rawlen flakey $raw 0 3600 0" || fail "flakey failed"
+flakey_create fsdev "$raw" 3600 0
 mkfs.ext4 -q -F -O ^has_journal "$(dm_path fsdev)" || fail "mkfs failed"
 mnt=$TEST_TMP/mnt
 mkdir -p "$mnt"
@@ -40,15 +39,10 @@ dm_create mig "0 $len migrate $origin $dest 6 metadata $meta commit_interval 100
 dev=$(dm_path mig)
 sleep 1
 fsync_dev() { python3 -c 'import os, sys; fd = os.open(sys.argv[1], os.O_WRONLY); os.fsync(fd)' "$1"; }
-# flakey TABLE: swaps the flakey table without freezing the filesystem on it (a freeze would
-# write the page cache back first, or fail on the failing device).
-flakey() {
-	dmsetup load "$DEV_PREFIX-fsdev" --table "$1" && dmsetup suspend --nolockfs "$DEV_PREFIX-fsdev" &&
-		dmsetup resume "$DEV_PREFIX-fsdev" || fail "flakey reload failed: $1"
-}
 fsync_dev "$dev" || fail "a flush failed before any error"
-# The flakey device fails every write from now on; the guest's write goes to the page cache.
-flakey "0 $rawlen flakey $raw 0 0 1 1 error_writes"
+# The flakey device fails every write from now on; the guest's write goes to the page cache
+# (flakey_set does not freeze the filesystem, which would write the page cache back first).
+flakey_set fsdev "$raw" 0 1 error_writes
 log_mark
 # iflag=fullblock: a short read from the pipe would make dd write a short last block, for which
 # it turns O_DIRECT off and calls fsync at the end; that fsync would take the error itself.
@@ -61,7 +55,7 @@ until log_since | grep -qF "Flushing the origin failed"; do
 		fail "no commit's origin flush failed: $(dmsetup status "$DEV_PREFIX-mig")"
 	sleep 0.2
 done
-flakey "0 $rawlen flakey $raw 0 3600 0"
+flakey_set fsdev "$raw" 3600 0
 if fsync_dev "$dev" 2>/dev/null; then
 	fail "the guest's flush succeeded after the origin lost a write-back to a commit's flush"
 fi

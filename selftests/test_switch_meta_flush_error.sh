@@ -16,7 +16,7 @@ make_loop disk 1
 make_metadata meta
 len=$(sectors "$odisk")
 dm_create origin "0 $len delay $odisk 0 0 $odisk 0 0 $odisk 0 3000" || fail "origin failed"
-dm_create dst "0 $len flakey $disk 0 3600 0" || fail "flakey failed"
+flakey_create dst "$disk" 3600 0
 # 1 KiB/s: the copier copies its first batch (regions 0-7) and waits.
 dm_create mig "0 $len migrate $(dm_path origin) $(dm_path dst) 8 metadata $meta commit_interval 100 copy_depth 1 rate 1" ||
 	fail "create failed"
@@ -40,9 +40,9 @@ dmsetup message "$DEV_PREFIX-mig" 0 rate 0 || fail "rate 0 failed"
 sleep 1
 [ "$(migrate_state mig)" = synced ] || fail "not waiting to switch: $(dmsetup status "$DEV_PREFIX-mig")"
 # The commit's destination flush comes next, and fails.
-dm_reload dst "0 $len flakey $disk 0 0 1 1 error_writes"
+flakey_set dst "$disk" 0 1 error_writes
 sleep 2.5
-dm_reload dst "0 $len flakey $disk 0 3600 0"
+flakey_set dst "$disk" 3600 0
 start=$SECONDS
 until state=$(migrate_state mig); [ "$state" = switched ] || [ "$state" = failed ]; do
 	[ $((SECONDS - start)) -lt 30 ] || fail "no end state: $(dmsetup status "$DEV_PREFIX-mig")"

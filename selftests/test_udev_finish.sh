@@ -77,11 +77,8 @@ diag "plain dmsetup migration: finished by udev onto $(devnum "$dest")"
 # 2. dmmig move killed mid-copy: udev finishes it and retires the old image.
 old_img=$TEST_TMP/old.img new_img=$TEST_TMP/new.img
 head -c $((32 << 20)) /dev/urandom >"$old_img"
-old=$(losetup -f --show --direct-io=on "$old_img") || fail "losetup failed"
-_loops+=("$old")
-len=$(sectors "$old")
+image_disk moved "$old_img" --direct-io=on
 disk=$DEV_PREFIX-moved
-dmsetup create "$disk" --table "0 $len linear $old 0" || fail "create failed"
 "$DMMIG" move "$disk" "$new_img" --no-progress --max-rate 2048 >"$TEST_TMP/move.log" 2>&1 &
 mover=$!
 wait_migrate_table "$disk"

@@ -6,7 +6,7 @@ load_migrate
 make_loop origin 16
 make_loop dest 16
 dm_create ev "0 $(sectors "$origin") migrate $origin $dest 2 rate 1" || fail "create failed"
-events=$(dmsetup info -c --noheadings -o events "$DEV_PREFIX-ev")
+events=$(dm_events ev)
 dmsetup wait "$DEV_PREFIX-ev" "$events" &
 waiter=$!
 sleep 1
@@ -17,5 +17,5 @@ for _ in $(seq 100); do kill -0 $waiter 2>/dev/null || break; sleep 0.2; done
 kill -0 $waiter 2>/dev/null && { kill $waiter; fail "dmsetup wait did not return on the switch"; }
 wait $waiter || fail "dmsetup wait failed"
 [ "$(migrate_state ev)" = switched ] || fail "event without switch: $(migrate_state ev)"
-[ "$(dmsetup info -c --noheadings -o events "$DEV_PREFIX-ev")" -gt "$events" ] || fail "event count unchanged"
+[ "$(dm_events ev)" -gt "$events" ] || fail "event count unchanged"
 pass

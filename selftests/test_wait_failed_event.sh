@@ -11,10 +11,10 @@ dmmig=$REPO_ROOT/target/debug/dmmig
 make_loop origin 8
 make_loop disk 8
 len=$(sectors "$origin")
-dmsetup create "$DEV_PREFIX-flaky" --table "0 $len flakey $disk 0 3600 0" || fail "flakey failed"
+flakey_create flaky "$disk" 3600 0
 dm_create mig "0 $len migrate $origin $(dm_path flaky) 1 no_switch" || fail "create failed"
 wait_state mig synced 60
-event=$(dmsetup info -c --noheadings -o events "$DEV_PREFIX-mig")
+event=$(dm_events mig)
 timeout 20 dmsetup wait "$DEV_PREFIX-mig" "$event" &
 waiter=$!
 timeout 20 "$dmmig" wait "$DEV_PREFIX-mig" "$event" >/dev/null &
@@ -28,7 +28,7 @@ writer() {
 writer &
 writer_pid=$!
 sleep 0.5
-dm_reload flaky "0 $len flakey $disk 0 0 1 1 error_writes"
+flakey_set flaky "$disk" 0 1 error_writes
 wait $waiter || fail "dmsetup wait did not return: no event for the failure"
 wait "$dmmig_waiter" || fail "dmmig wait did not return"
 sleep 0.5
@@ -37,7 +37,7 @@ kill $writer_pid
 wait $writer_pid 2>/dev/null
 [ "$(migrate_state mig)" = failed ] || fail "state: $(dmsetup status "$DEV_PREFIX-mig")"
 [ "$(migrate_field mig 8)" = destination_write_error ] || fail "reason: $(migrate_field mig 8)"
-events=$(dmsetup info -c --noheadings -o events "$DEV_PREFIX-mig")
+events=$(dm_events mig)
 [ "$events" = $((event + 1)) ] || fail "events: $events, expected $((event + 1))"
 same_bytes "$origin" "$TEST_TMP/d" $((1 << 20))
 pass
