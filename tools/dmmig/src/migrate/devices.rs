@@ -2,6 +2,7 @@
 //! what `move` created and undoes.
 
 use super::record::state_dir;
+use super::retire::MetadataLeft;
 use crate::error::{Error, Result};
 use dm_migrate_engine::table::DeviceGeometry;
 use dm_migrate_engine::SECTOR_SIZE;
@@ -123,6 +124,24 @@ impl Created {
         if let Some(file) = self.meta_image.take() {
             let _ = fs::remove_file(file);
         }
+    }
+
+    /// The metadata of a move that has finished, for [`super::retire::retire`]: a file `move`
+    /// made (removed there) or a device it was given (kept, switched).
+    pub(super) fn take_metadata(&mut self) -> Option<MetadataLeft> {
+        let loop_dev = self.meta_loop.take();
+        if let Some(path) = self.meta_image.take() {
+            return Some(MetadataLeft {
+                path,
+                loop_dev,
+                created: true,
+            });
+        }
+        self.meta_given.take().map(|path| MetadataLeft {
+            path,
+            loop_dev: None,
+            created: false,
+        })
     }
 
     pub(super) fn undo(&mut self) {

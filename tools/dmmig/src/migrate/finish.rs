@@ -1,7 +1,8 @@
 //! `dmmig finish`: finishes a switched migration nobody is watching.
 
-use super::devices::{detach, loop_of, same_device, same_file, BlockDev};
-use super::record::{lock, state_dir, MoveRecord};
+use super::devices::{same_device, same_file, BlockDev};
+use super::record::{lock, MoveRecord};
+use super::retire::{retire, MetadataLeft, OldImage};
 use super::tables::swap_table;
 use super::Summary;
 use crate::dm::Dm;
@@ -9,8 +10,7 @@ use crate::error::{Error, Result};
 use crate::table::TableLine;
 use dm_migrate_engine::state::{Progress, State};
 use dm_migrate_engine::SECTOR_SIZE;
-use std::fs::{self, File};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 /// What `finish` did.
@@ -78,37 +78,28 @@ pub fn run_finish(name: &str) -> Result<Finish> {
     let linear = TableLine::linear(line.length, &destination.number());
     let pause = swap_table(&dm, name, &[linear])?;
     let seconds = started.elapsed().as_secs_f64();
-    let mut removed_image = None;
-    if let Some(record) = &record {
-        // The old image first, then the metadata, then the record: a crash in between leaves
-        // the record and the switched metadata, with which `recover` keeps the disk on the
-        // destination (it needs no origin); never an old image without a record, which a boot
-        // script could bring the disk back on.
-        let image = origin.loop_backing_file();
-        if !record.keep_source
-            && image
-                .as_deref()
-                .is_some_and(|i| same_file(i, &record.origin))
-        {
-            if let Some(kname) = origin.kernel_name() {
-                detach(Path::new(&format!("/dev/{kname}")));
-            }
-            if fs::remove_file(&record.origin).is_ok() {
-                removed_image = Some(record.origin.display().to_string());
-            }
-        }
-        if let Some(dev) = loop_of(&record.metadata) {
-            detach(&dev);
-        }
-        if record.metadata_created {
-            let _ = fs::remove_file(&record.metadata);
-        }
-        MoveRecord::remove(name);
-        sync_dir(&state_dir());
-        if let Some(dir) = record.origin.parent() {
-            sync_dir(dir);
-        }
-    }
+    // Only what the record of this very move names is retired, in retire's order. The old
+    // image is the record's origin only if the origin's loop device is attached to it.
+    let removed_image = record.as_ref().and_then(|record| {
+        let is_recorded_image = origin
+            .loop_backing_file()
+            .as_deref()
+            .is_some_and(|i| same_file(i, &record.origin));
+        let old = is_recorded_image.then(|| OldImage {
+            file: record.origin.clone(),
+            loop_dev: origin
+                .kernel_name()
+                .map(|kname| PathBuf::from(format!("/dev/{kname}"))),
+            remove: !record.keep_source,
+            attached_here: false,
+        });
+        let metadata = MetadataLeft {
+            path: record.metadata.clone(),
+            loop_dev: None,
+            created: record.metadata_created,
+        };
+        retire(name, true, old, Some(metadata))
+    });
     Ok(Finish::Done(Summary {
         device: name.to_string(),
         destination: destination
@@ -159,9 +150,4 @@ pub fn spawn_finish(name: &str) -> Result<()> {
         .spawn()
         .map(drop)
         .map_err(failed)
-}
-
-/// Makes the removals in folder `dir` durable, as far as it can.
-fn sync_dir(dir: &Path) {
-    let _ = File::open(dir).and_then(|d| d.sync_all());
 }

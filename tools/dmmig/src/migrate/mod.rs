@@ -10,6 +10,7 @@ mod finish;
 mod gate;
 mod record;
 mod recover;
+mod retire;
 mod tables;
 mod watch;
 
@@ -27,8 +28,8 @@ use dm_migrate_engine::status::TableParams;
 use dm_migrate_engine::table::{Geometry, Options, TableArgs};
 use dm_migrate_engine::SECTOR_SIZE;
 use record::lock;
+use retire::{retire, OldImage};
 use serde::Serialize;
-use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
@@ -332,9 +333,6 @@ pub fn run_move(
         }
         let linear = TableLine::linear(original.length, &destination.number());
         longest = longest.max(swap_table(&dm, name, &[linear])?);
-        // No table uses the metadata any more.
-        created.remove_metadata(false);
-        MoveRecord::remove(name);
         let seconds = started.elapsed().as_secs_f64();
         Ok((destination, seconds, longest))
     })();
@@ -401,19 +399,16 @@ pub fn run_move(
             }
         }
     }
-    let mut removed_image = None;
-    if !opts.keep_source {
-        if let Some(image) = origin.loop_backing_file() {
-            if let Some(kname) = origin.kernel_name() {
-                if let Ok(l) = loopdev::LoopDevice::open(format!("/dev/{kname}")) {
-                    let _ = l.detach();
-                }
-            }
-            if fs::remove_file(&image).is_ok() {
-                removed_image = Some(image.display().to_string());
-            }
-        }
-    }
+    // The old image, the record and the metadata go in the one order of retire.rs.
+    let old = origin.loop_backing_file().map(|file| OldImage {
+        file,
+        loop_dev: origin
+            .kernel_name()
+            .map(|kname| PathBuf::from(format!("/dev/{kname}"))),
+        remove: !opts.keep_source,
+        attached_here: false,
+    });
+    let removed_image = retire(name, recorded, old, created.take_metadata());
     Ok(Summary {
         device: name.to_string(),
         destination: dest_name,

@@ -1,7 +1,8 @@
 //! `dmmig recover`: finishes a move after a crash or reboot.
 
-use super::devices::{detach, loop_of, open_device, retire_metadata};
+use super::devices::{open_device, retire_metadata};
 use super::record::{lock, MoveRecord};
+use super::retire::{retire, MetadataLeft, OldImage};
 use super::tables::{check_live_table, put_table, swap_table};
 use super::watch::{settle, wait_for_switch, Holder};
 use super::Summary;
@@ -147,26 +148,23 @@ pub fn run_recover(name: &str, opts: &RecoverOptions, stop: Arc<AtomicBool>) -> 
     let linear = TableLine::linear(length, &destination.number());
     longest = longest.max(put_table(&dm, name, &[linear])?);
     let seconds = started.elapsed().as_secs_f64();
-    // The move is done: retire the record and the metadata, then the origin, as `move` would
-    // have (in that order: a recover after a crash in between needs no origin once switched).
-    MoveRecord::remove(name);
-    if let Some(dev) = meta_loop.or_else(|| loop_of(&meta_path)) {
-        detach(&dev);
-    }
-    if record.as_ref().is_some_and(|r| r.metadata_created) {
-        let _ = fs::remove_file(&meta_path);
-    }
+    // The move is done: retired as `move` and `finish` do (see retire.rs for the order). The
+    // origin's loop device is detached also when the image is kept if this recovery attached it.
     let keep_source = record.as_ref().is_some_and(|r| r.keep_source);
-    let mut removed_image = None;
-    if let Some(dev) = origin_loop.or_else(|| loop_of(&origin_path)) {
-        detach(&dev);
-    }
-    if !keep_source
-        && fs::metadata(&origin_path).is_ok_and(|m| m.is_file())
-        && fs::remove_file(&origin_path).is_ok()
-    {
-        removed_image = Some(origin_path.display().to_string());
-    }
+    let old = fs::metadata(&origin_path)
+        .is_ok_and(|m| m.is_file())
+        .then(|| OldImage {
+            file: origin_path.clone(),
+            attached_here: origin_loop.is_some(),
+            loop_dev: origin_loop,
+            remove: !keep_source,
+        });
+    let metadata = MetadataLeft {
+        path: meta_path.clone(),
+        created: record.as_ref().is_some_and(|r| r.metadata_created),
+        loop_dev: meta_loop,
+    };
+    let removed_image = retire(name, true, old, Some(metadata));
     Ok(Summary {
         device: name.to_string(),
         destination: dest_path.display().to_string(),
