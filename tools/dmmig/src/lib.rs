@@ -6,6 +6,7 @@ pub mod commands;
 pub mod dm;
 pub mod docs;
 pub mod error;
+pub mod giveup;
 pub mod metadata;
 pub mod migrate;
 pub mod multi;

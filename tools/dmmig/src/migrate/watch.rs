@@ -3,7 +3,8 @@
 
 use crate::dm::Dm;
 use crate::error::{Error, Result};
-use dm_migrate_engine::state::{Progress, State};
+pub(super) use crate::giveup::Holder;
+use crate::giveup::{give_up, GivenUp};
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -16,41 +17,22 @@ pub(super) fn counter(dir: &Path, file: &str) -> Option<String> {
         .map(|s| s.trim().to_string())
 }
 
-/// Which device holds every write of a migration that `move` gives up on.
-pub(super) enum Holder {
-    Origin,
-    Destination,
-}
-
-/// Ends a migration that `move` gives up on (interrupted, failed), for good, and says which
-/// device holds every write. A cancelled, failed or cancelled-again migration keeps everything
-/// on the origin and can no longer switch; the kernel refuses `cancel` only once the target has
-/// switched, and then only the destination has the writes made since. Rolling back to the
-/// origin without this would lose them if the switch came just before.
+/// Ends a migration that `move` or `recover` gives up on (interrupted, failed), for good, and
+/// says which device holds every write, through the one give-up path ([`give_up`]). A
+/// cancelled, failed or cancelled-again migration keeps everything on the origin and can no
+/// longer switch; the kernel refuses `cancel` only once the target has switched, and then only
+/// the destination has the writes made since. Rolling back to the origin without this would
+/// lose them if the switch came just before.
 pub(super) fn settle(dm: &Dm, name: &str) -> Result<Holder> {
-    if dm.message(name, 0, "cancel").is_ok() {
-        return Ok(Holder::Origin);
-    }
-    if let Some(line) = dm
-        .table(name)?
-        .first()
-        .filter(|l| l.target_type != "migrate")
-    {
-        return Err(Error::Failed(format!(
-            "the disk runs a '{}' table now, not the migration: nothing is changed or removed",
-            line.target_type
-        )));
-    }
-    let status = dm.status(name)?;
-    let line = status
-        .first()
-        .map(|line| line.params.as_str())
-        .unwrap_or_default();
-    match Progress::parse_info(line).map(|p| p.state) {
-        Some(State::Switched) => Ok(Holder::Destination),
-        Some(State::Failed(_) | State::Cancelled) => Ok(Holder::Origin),
-        _ => Err(Error::Failed(format!(
-            "cannot stop the migration (status '{line}'): the disk is left on the migrate table"
+    let info = dm.info(name)?;
+    match give_up(name, &format!("dm-{}", info.minor), None) {
+        GivenUp::Holder(holder) => Ok(holder),
+        GivenUp::Replaced(target_type) => Err(Error::Failed(format!(
+            "the disk runs a '{target_type}' table now, not the migration: nothing is changed \
+             or removed"
+        ))),
+        GivenUp::Unconfirmed(state) => Err(Error::Failed(format!(
+            "cannot stop the migration (state '{state}'): the disk is left on the migrate table"
         ))),
     }
 }

@@ -51,10 +51,3 @@ pub(super) fn dm_holders(index: u32) -> Vec<(String, String)> {
         })
         .collect()
 }
-
-/// The state of the migration on dm device `kernel_name` (its sysfs `migrate/state`).
-pub(super) fn migration_state(kernel_name: &str) -> String {
-    fs::read_to_string(format!("/sys/block/{kernel_name}/migrate/state"))
-        .map(|s| s.trim().to_string())
-        .unwrap_or_default()
-}

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use nix::sys::socket::{recv, MsgFlags};
 
-use super::device::{backend, device_path, dm_holders, index_of, migration_state, still_ours};
+use super::device::{backend, device_path, dm_holders, index_of, still_ours};
 use super::handshake::negotiate;
 use super::netlink::{
     attr_u32, disconnect, kernel_connect, kernel_reconfigure, parse_attrs, Genl, NBD_ATTR_INDEX,
@@ -21,6 +21,7 @@ use super::netlink::{
 use super::url::NbdUrl;
 use super::Timeouts;
 use crate::error::{Error, Result};
+use crate::giveup::{give_up, GivenUp, Holder};
 
 /// Whether NBD device `index` is still the one this process connected: its `pid` file exists
 /// from the connect to the last disconnect, and holds the pid of the task that connected it.
@@ -76,95 +77,6 @@ enum AfterDeadLink {
     Reconnect,
 }
 
-/// How many times the keeper asks for a cancel that neither took effect nor was refused by a
-/// switch (the control device could not be opened, the table was being reloaded), and how long
-/// it waits between two asks.
-const CANCEL_TRIES: u32 = 10;
-const CANCEL_RETRY: Duration = Duration::from_millis(200);
-
-/// How long one `cancel` may take before the keeper stops waiting for it. The target answers a
-/// cancel without waiting for the destination (it decides under a lock no device I/O is done
-/// under), so this only guards against a kernel that does not.
-const CANCEL_WAIT: Duration = Duration::from_secs(10);
-
-/// What one migration onto a dead device comes to.
-#[derive(Debug, PartialEq, Eq)]
-enum Verdict {
-    /// Cancelled, or already failed or cancelled: its origin has every write.
-    OnOrigin,
-    /// Switched, or the migration is no longer on the device's user (the table became a
-    /// linear on it): the device is its only copy.
-    Switched,
-    /// Neither could be confirmed. Not a reason to reconnect: a reconnect before the switch is
-    /// the one thing the keeper must not do. Disconnecting fails the destination's I/O, so an
-    /// unswitched migration fails onto its origin.
-    Unconfirmed,
-}
-
-/// What a cancel's answer and the migration state read after it say; `None` if neither is
-/// conclusive, and the cancel is to be asked again. A refused cancel means a switch only if the
-/// state says so: it may have been refused for other reasons.
-fn judge(accepted: bool, state: &str) -> Option<Verdict> {
-    match state {
-        "switched" => Some(Verdict::Switched),
-        "failed" | "cancelled" => Some(Verdict::OnOrigin),
-        _ if accepted => Some(Verdict::OnOrigin),
-        _ => None,
-    }
-}
-
-/// Sends `cancel` to the `migrate` target at `sector` of dm device `name`; whether the target
-/// accepted it, or `None` if it did not answer within [`CANCEL_WAIT`].
-fn send_cancel(name: &str, sector: u64) -> Option<bool> {
-    let (sender, receiver) = std::sync::mpsc::channel();
-    let target = name.to_string();
-    // In a thread of its own, so that a cancel that blocks cannot hold the keeper.
-    std::thread::spawn(move || {
-        let accepted = crate::dm::Dm::open()
-            .and_then(|dm| dm.message(&target, sector, "cancel"))
-            .is_ok();
-        let _ = sender.send(accepted);
-    });
-    receiver.recv_timeout(CANCEL_WAIT).ok()
-}
-
-/// Cancels the migration onto device `dev` on dm device `name` (kernel name `kernel_name`), and
-/// tells what became of it. The target decides atomically: it refuses `cancel` once switched.
-fn cancel_migration(kernel_name: &str, name: &str, dev: &str) -> Verdict {
-    for _ in 0..CANCEL_TRIES {
-        // Read again each time: the table may have been swapped to a linear on the device.
-        let line = match crate::dm::Dm::open().and_then(|dm| dm.table(name)) {
-            Ok(table) => table.into_iter().find(|line| {
-                line.target_type == "migrate" && line.params.split(' ').nth(1) == Some(dev)
-            }),
-            // The table cannot be read: the migrate target's own sysfs still tells a switched
-            // (or ended) migration, and a holder without one is no migration at all.
-            Err(_) => {
-                let state = migration_state(kernel_name);
-                if state.is_empty() {
-                    return Verdict::Switched;
-                }
-                if let Some(verdict) = judge(false, &state) {
-                    return verdict;
-                }
-                std::thread::sleep(CANCEL_RETRY);
-                continue;
-            }
-        };
-        // No migrate line onto the device any more: whatever uses it now has no other copy to
-        // fall back on.
-        let Some(line) = line else {
-            return Verdict::Switched;
-        };
-        let accepted = send_cancel(name, line.start);
-        if let Some(verdict) = judge(accepted == Some(true), &migration_state(kernel_name)) {
-            return verdict;
-        }
-        std::thread::sleep(CANCEL_RETRY);
-    }
-    Verdict::Unconfirmed
-}
-
 /// Decides what to do about the dead link of NBD device `index`, cancelling every migration
 /// onto it that has not switched.
 fn after_dead_link(index: u32) -> AfterDeadLink {
@@ -175,18 +87,23 @@ fn after_dead_link(index: u32) -> AfterDeadLink {
     let mut on_origin = Vec::new();
     for (kernel_name, name) in dm_holders(index) {
         // Only a migrate target may lose a write to a reconnect; a linear or anything else on
-        // the device is served by reconnecting (cancel_migration tells them apart, also when
-        // the table cannot be read).
-        match cancel_migration(&kernel_name, &name, dev) {
-            Verdict::OnOrigin => on_origin.push(name),
-            Verdict::Unconfirmed => {
+        // the device is served by reconnecting (give_up tells them apart, also when the table
+        // cannot be read). A migration that switched, or a table that is no longer one onto
+        // the device, has no other copy to fall back on.
+        match give_up(&name, &kernel_name, Some(dev)) {
+            GivenUp::Holder(Holder::Origin) => on_origin.push(name),
+            // Not a reason to reconnect: a reconnect before the switch is the one thing the
+            // keeper must not do. Disconnecting fails the destination's I/O, so an unswitched
+            // migration fails onto its origin.
+            GivenUp::Unconfirmed(state) => {
                 note(format_args!(
-                    "nbd{index}: could not confirm that {name} cancelled or switched; \
-                     disconnecting, which fails a migration that has not switched onto its origin"
+                    "nbd{index}: could not confirm that {name} cancelled or switched (state \
+                     '{state}'); disconnecting, which fails a migration that has not switched \
+                     onto its origin"
                 ));
                 on_origin.push(name);
             }
-            Verdict::Switched => {}
+            GivenUp::Holder(Holder::Destination) | GivenUp::Replaced(_) => {}
         }
     }
     if on_origin.is_empty() {
@@ -447,17 +364,5 @@ mod tests {
         let (_server, _) = listener.accept().unwrap();
         other.shutdown(std::net::Shutdown::Both).unwrap();
         assert!(hung_up(&other), "shut down here");
-    }
-
-    /// A refused cancel is a switch only when the state says so: a cancel that failed for any
-    /// other reason while the migration still copies is asked again, never taken for a switch.
-    #[test]
-    fn a_refused_cancel_is_not_taken_for_a_switch() {
-        assert_eq!(judge(false, "switched"), Some(Verdict::Switched));
-        assert_eq!(judge(true, "cancelled"), Some(Verdict::OnOrigin));
-        assert_eq!(judge(false, "failed"), Some(Verdict::OnOrigin));
-        for state in ["copying", "synced", "paused", "switching", ""] {
-            assert_eq!(judge(false, state), None, "{state}");
-        }
     }
 }
