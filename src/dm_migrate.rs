@@ -40,7 +40,7 @@ use dm::target::{
     CtrError, DeviceVisitor, MapResult, Registration, StatusType, Target, TargetContext,
 };
 use engine::message::{Message, MessageError};
-use engine::status::write_table;
+use engine::status::{write_table, SysfsFile};
 use engine::table::{DeviceGeometry, Geometry, TableArgs, TableError};
 use engine::tracker::Handover;
 use engine::writer::SliceWriter;
@@ -120,35 +120,28 @@ fn geometry_of(device: &Device) -> DeviceGeometry {
 /// `/sys/block/dm-N/migrate/<file>`: one value per file, documented in
 /// `Documentation/dm-migrate.rst`.
 impl SysfsShow for Migrator {
-    const FILES: &'static [&'static CStr] = &[
-        c"state",
-        c"total_bytes",
-        c"copied_bytes",
-        c"pending_regions",
-        c"inflight",
-        c"rate_kibps",
-        c"errors",
-        c"rate_limit_kibps",
-        c"zeroed_bytes",
-    ];
+    const FILES: &'static [&'static CStr] = &SysfsFile::C_NAMES;
 
     fn show(&self, index: usize, out: &mut SliceWriter<'_>) {
         let progress = self.progress();
         let region_bytes = self.geometry.region_sectors * SECTOR_SIZE;
         let total_bytes = self.geometry.target_sectors * SECTOR_SIZE;
-        let _ = match index {
-            0 => writeln!(out, "{}", progress.state_word()),
-            1 => writeln!(out, "{total_bytes}"),
-            2 => writeln!(
+        let Some(&file) = SysfsFile::ALL.get(index) else {
+            return;
+        };
+        let _ = match file {
+            SysfsFile::State => writeln!(out, "{}", progress.state_word()),
+            SysfsFile::TotalBytes => writeln!(out, "{total_bytes}"),
+            SysfsFile::CopiedBytes => writeln!(
                 out,
                 "{}",
                 (progress.copied_regions * region_bytes).min(total_bytes)
             ),
-            3 => writeln!(out, "{}", progress.pending_regions),
-            4 => writeln!(out, "{}", progress.inflight_regions),
-            5 => writeln!(out, "{}", progress.rate_kibps),
-            6 => writeln!(out, "{}", progress.errors),
-            7 => writeln!(
+            SysfsFile::PendingRegions => writeln!(out, "{}", progress.pending_regions),
+            SysfsFile::Inflight => writeln!(out, "{}", progress.inflight_regions),
+            SysfsFile::RateKibps => writeln!(out, "{}", progress.rate_kibps),
+            SysfsFile::Errors => writeln!(out, "{}", progress.errors),
+            SysfsFile::RateLimitKibps => writeln!(
                 out,
                 "{}",
                 if progress.state == engine::state::State::Copying {
@@ -157,7 +150,7 @@ impl SysfsShow for Migrator {
                     0
                 }
             ),
-            _ => writeln!(out, "{}", progress.zeroed_bytes),
+            SysfsFile::ZeroedBytes => writeln!(out, "{}", progress.zeroed_bytes),
         };
     }
 }

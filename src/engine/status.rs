@@ -24,7 +24,66 @@
 use super::state::FailReason;
 use super::state::{Progress, State};
 use super::table::{parse_u64, Options};
+use core::ffi::CStr;
 use core::fmt;
+
+/// The files of `/sys/block/dm-N/migrate/`, one value each, documented in
+/// `Documentation/dm-migrate.rst`: the one list the target shows and dmmig reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SysfsFile {
+    /// The state word, as in the INFO line.
+    State,
+    /// The bytes the migration covers.
+    TotalBytes,
+    /// The bytes copied (regions copied times the region size, at most the total).
+    CopiedBytes,
+    /// The regions still to copy.
+    PendingRegions,
+    /// The regions being copied.
+    Inflight,
+    /// The copy's rate, KiB/s.
+    RateKibps,
+    /// The I/O errors seen.
+    Errors,
+    /// The adaptive rate's current limit, KiB/s (0 unless copying).
+    RateLimitKibps,
+    /// The bytes of the copy written as write-zeroes.
+    ZeroedBytes,
+}
+
+impl SysfsFile {
+    /// Every file, in the order the target creates them.
+    pub const ALL: [SysfsFile; 9] = [
+        SysfsFile::State,
+        SysfsFile::TotalBytes,
+        SysfsFile::CopiedBytes,
+        SysfsFile::PendingRegions,
+        SysfsFile::Inflight,
+        SysfsFile::RateKibps,
+        SysfsFile::Errors,
+        SysfsFile::RateLimitKibps,
+        SysfsFile::ZeroedBytes,
+    ];
+
+    /// The file names, in the order of [`SysfsFile::ALL`], as the kernel's sysfs takes them.
+    pub const C_NAMES: [&'static CStr; 9] = [
+        c"state",
+        c"total_bytes",
+        c"copied_bytes",
+        c"pending_regions",
+        c"inflight",
+        c"rate_kibps",
+        c"errors",
+        c"rate_limit_kibps",
+        c"zeroed_bytes",
+    ];
+
+    /// The file's name.
+    pub fn name(self) -> &'static str {
+        // The names are ASCII literals: the conversion cannot fail.
+        Self::C_NAMES[self as usize].to_str().unwrap_or("")
+    }
+}
 
 impl Progress {
     /// Writes the INFO status line.
@@ -136,6 +195,16 @@ impl fmt::Display for TableParams<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sysfs_files_are_named_in_order() {
+        for (index, file) in SysfsFile::ALL.iter().enumerate() {
+            assert_eq!(*file as usize, index);
+        }
+        assert_eq!(SysfsFile::State.name(), "state");
+        assert_eq!(SysfsFile::CopiedBytes.name(), "copied_bytes");
+        assert_eq!(SysfsFile::ZeroedBytes.name(), "zeroed_bytes");
+    }
     use crate::engine::table::TableArgs;
     use crate::engine::writer::SliceWriter;
     use core::fmt::Write;

@@ -8,8 +8,8 @@
 //! So a refusal counts as a switch only when the state reads `switched`, and an unconfirmed
 //! outcome is never taken for either.
 
+use crate::counters::{self, SysfsFile};
 use crate::dm::Dm;
-use std::fs;
 use std::time::Duration;
 
 /// How many times a cancel that neither took effect nor was refused by a switch is asked, and
@@ -57,9 +57,7 @@ pub fn judge(accepted: bool, state: &str) -> Option<Holder> {
 /// The state of the migration on dm device `kernel_name` (`dm-N`, its sysfs `migrate/state`),
 /// empty when it runs none.
 pub fn migration_state(kernel_name: &str) -> String {
-    fs::read_to_string(format!("/sys/block/{kernel_name}/migrate/state"))
-        .map(|s| s.trim().to_string())
-        .unwrap_or_default()
+    counters::read(&counters::dir_of_kernel_name(kernel_name), SysfsFile::State).unwrap_or_default()
 }
 
 /// Sends `cancel` to the target at `sector` of dm device `name`; whether the target accepted

@@ -3,6 +3,7 @@
 
 pub mod cli;
 pub mod commands;
+pub mod counters;
 pub mod dm;
 pub mod docs;
 pub mod error;

@@ -8,6 +8,7 @@
 //! newest writes. With `--switch-together` no disk may switch before every disk is in sync, so a
 //! failure during the copy leaves every disk on its origin.
 
+use crate::counters::{self, SysfsFile};
 use crate::dm::Dm;
 use crate::error::{Error, Result};
 use crate::migrate::{run_move, MoveOptions, Summary, SwitchGate};
@@ -212,22 +213,16 @@ fn draw_progress(names: &[&str], done: &AtomicBool) {
         "           total {bar:24} {bytes}/{total_bytes} {binary_bytes_per_sec} ETA {eta}",
     ));
     // The sysfs folder of a disk is read again each round: its migrate table comes and goes.
-    let counter = |name: &str, file: &str| -> Option<String> {
+    let counter = |name: &str, file: SysfsFile| -> Option<String> {
         let info = dm.info(name).ok()?;
-        let path = Path::new("/sys/dev/block")
-            .join(format!("{}:{}", info.major, info.minor))
-            .join("migrate")
-            .join(file);
-        std::fs::read_to_string(path)
-            .ok()
-            .map(|s| s.trim().to_string())
+        counters::read(&counters::dir_of(info.major, info.minor), file)
     };
     while !done.load(Ordering::Relaxed) {
         let mut sum = 0;
         for ((name, bar), &bytes) in names.iter().zip(&bars).zip(&sizes) {
-            let state = counter(name, "state");
+            let state = counter(name, SysfsFile::State);
             let copied = match state.as_deref() {
-                Some(_) => counter(name, "copied_bytes")
+                Some(_) => counter(name, SysfsFile::CopiedBytes)
                     .and_then(|s| s.parse().ok())
                     .unwrap_or(0),
                 // No migrate table: not loaded yet, or finished (a linear on the destination).

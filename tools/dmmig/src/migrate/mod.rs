@@ -20,6 +20,7 @@ pub use gate::SwitchGate;
 pub use record::{state_dir, MoveRecord};
 pub use recover::{run_recover, RecoverOptions};
 
+use crate::counters::SysfsFile;
 use crate::dm::Dm;
 use crate::error::{Error, Result};
 use crate::table::TableLine;
@@ -284,11 +285,8 @@ pub fn run_move(
             // without no_switch: the target switches at once, as each disk of the move does.
             Some(gate) => wait_for_state(&dm, name, opts.no_progress, bytes, &stop, "synced")
                 .and_then(|()| {
-                    let sysfs = PathBuf::from(format!(
-                        "/sys/dev/block/{}:{}/migrate",
-                        info.major, info.minor
-                    ));
-                    let in_sync = || counter(&sysfs, "state").as_deref() == Some("synced");
+                    let sysfs = crate::counters::dir_of(info.major, info.minor);
+                    let in_sync = || counter(&sysfs, SysfsFile::State).as_deref() == Some("synced");
                     gate.pass(&stop, &in_sync)?;
                     // Once more just before the reload: a failed or cancelled copy must not be
                     // started again (an identical reload retries it) while the others switch.

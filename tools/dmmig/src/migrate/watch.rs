@@ -1,21 +1,16 @@
 //! Following a migration: its sysfs counters, the progress bar, waiting for a state, and
 //! settling one that is given up.
 
+use crate::counters::SysfsFile;
 use crate::dm::Dm;
 use crate::error::{Error, Result};
 pub(super) use crate::giveup::Holder;
 use crate::giveup::{give_up, GivenUp};
-use std::fs;
-use std::path::{Path, PathBuf};
+
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-/// Reads one sysfs counter of a migrate device.
-pub(super) fn counter(dir: &Path, file: &str) -> Option<String> {
-    fs::read_to_string(dir.join(file))
-        .ok()
-        .map(|s| s.trim().to_string())
-}
+pub(super) use crate::counters::read as counter;
 
 /// Ends a migration that `move` or `recover` gives up on (interrupted, failed), for good, and
 /// says which device holds every write, through the one give-up path ([`give_up`]). A
@@ -60,16 +55,13 @@ pub(super) fn wait_for_state(
     want: &str,
 ) -> Result<()> {
     let info = dm.info(name)?;
-    let sysfs = PathBuf::from(format!(
-        "/sys/dev/block/{}:{}/migrate",
-        info.major, info.minor
-    ));
+    let sysfs = crate::counters::dir_of(info.major, info.minor);
     let bar = progress_bar(no_progress, bytes);
     let outcome = loop {
         if stop.load(Ordering::Relaxed) {
             break Err(Error::Failed("interrupted".into()));
         }
-        let Some(state) = counter(&sysfs, "state") else {
+        let Some(state) = counter(&sysfs, SysfsFile::State) else {
             // The counters are there while the migrate table is live and resumed. Without
             // them, a table that is no longer `migrate` was swapped in by someone else: there
             // is no migration to follow (and no telling what it did).
@@ -85,10 +77,10 @@ pub(super) fn wait_for_state(
             continue;
         };
         if let Some(bar) = &bar {
-            let copied = counter(&sysfs, "copied_bytes")
+            let copied = counter(&sysfs, SysfsFile::CopiedBytes)
                 .and_then(|s| s.parse().ok())
                 .unwrap_or(0);
-            let rate = counter(&sysfs, "rate_kibps").unwrap_or_default();
+            let rate = counter(&sysfs, SysfsFile::RateKibps).unwrap_or_default();
             bar.set_position(copied);
             bar.set_message(format!("{state} {rate} KiB/s"));
         }
