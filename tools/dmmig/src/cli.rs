@@ -121,51 +121,8 @@ pub enum Command {
         /// disk's copy is loaded with no_switch and reloaded without it at the end).
         #[arg(long)]
         switch_together: bool,
-        /// The copy rate's ceiling in KiB/s (0: unlimited, the default).
-        #[arg(long = "max-rate", visible_alias = "rate")]
-        max_rate: Option<u64>,
-        /// The adaptive copy rate's floor in KiB/s: the copy takes what the guest leaves, and
-        /// never less than this (default 10240; 0: no adaptation, always --max-rate).
-        #[arg(long)]
-        min_rate: Option<u64>,
-        /// Region size in 512-byte sectors (a power of two).
-        #[arg(long)]
-        region_size: Option<u64>,
-        /// Copy batches in flight, 1 to 16.
-        #[arg(long, value_parser = clap::value_parser!(u32).range(1..=16))]
-        depth: Option<u32>,
-        /// Keep the old image file and its loop device.
-        #[arg(long)]
-        keep_source: bool,
-        /// Allow a new image or metadata file on a filesystem in memory (tmpfs, ramfs), which a
-        /// reboot loses: for test rigs only (also DMMIG_ALLOW_VOLATILE=1). A new file under /dev
-        /// is always refused: it is a device name that does not exist.
-        #[arg(long)]
-        allow_volatile: bool,
-        /// Overwrite a destination device that already holds a filesystem, partition table,
-        /// LVM, RAID, LUKS or swap signature (refused without it).
-        #[arg(long)]
-        force: bool,
-        /// Do not draw the progress bar.
-        #[arg(long)]
-        no_progress: bool,
-        /// Keep the migration's state on this device (or new file) instead of a file next to
-        /// the new image (or in the state folder, /var/lib/dmmig or $DMMIG_STATE_DIR).
-        #[arg(long, conflicts_with = "no_metadata")]
-        metadata: Option<std::path::PathBuf>,
-        /// No metadata device: a host crash during the move loses its progress, and one after
-        /// the switch needs the admin to put the disk on the destination.
-        #[arg(long)]
-        no_metadata: bool,
-        /// For an nbd:// destination: seconds an NBD request may take before the connection is
-        /// called dead (default 10). Before the switch a dead connection cancels the migration,
-        /// which leaves the disk on its origin; after it, the connection is reconnected.
-        #[arg(long, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..))]
-        nbd_timeout: Option<u64>,
-        /// For an nbd:// destination: seconds the kernel holds requests for a reconnect after
-        /// the switch before it fails them (default 30).
-        #[arg(long, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..))]
-        nbd_dead_conn_timeout: Option<u64>,
+        #[command(flatten)]
+        options: crate::migrate::MoveOptions,
     },
     /// Finish a move after a crash or reboot: resume the copy from the metadata, or swap to the
     /// destination if it had switched; then retire the old image as move would.
@@ -380,15 +337,18 @@ mod tests {
             devices,
             to,
             switch_together,
-            max_rate: rate,
-            min_rate,
-            region_size,
-            depth,
-            keep_source,
-            no_progress,
-            metadata,
-            no_metadata,
-            ..
+            options:
+                crate::migrate::MoveOptions {
+                    max_rate: rate,
+                    min_rate,
+                    region_size,
+                    depth,
+                    keep_source,
+                    no_progress,
+                    metadata,
+                    no_metadata,
+                    ..
+                },
         } = cli.command
         else {
             panic!()

@@ -42,38 +42,10 @@ pub fn run(command: Command, json: bool) -> Result<()> {
             ref devices,
             ref to,
             switch_together,
-            max_rate,
-            min_rate,
-            region_size,
-            depth,
-            keep_source,
-            allow_volatile,
-            force,
-            no_progress,
-            ref metadata,
-            no_metadata,
-            nbd_timeout,
-            nbd_dead_conn_timeout,
+            ref options,
         } => {
             let targets = crate::cli::move_targets(devices, to).map_err(Error::Usage)?;
-            let defaults = crate::nbd::Timeouts::default();
-            let options = MoveOptions {
-                nbd: crate::nbd::Timeouts {
-                    request_s: nbd_timeout.unwrap_or(defaults.request_s),
-                    dead_conn_s: nbd_dead_conn_timeout.unwrap_or(defaults.dead_conn_s),
-                },
-                max_rate,
-                min_rate,
-                region_size,
-                depth,
-                keep_source,
-                no_progress,
-                metadata: metadata.clone(),
-                no_metadata,
-                gate: None,
-                allow_volatile,
-                force,
-            };
+            let options = options.clone();
             crate::migrate::table_options(&options)?;
             Some((targets, options, switch_together))
         }

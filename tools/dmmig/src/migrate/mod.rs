@@ -38,36 +38,70 @@ use std::time::Instant;
 use tables::{activate, ensure_migrate_target, swap_table};
 use watch::{counter, settle, wait_for_state, wait_for_switch, Holder};
 
-/// Options of `dmmig move`.
-#[derive(Debug, Clone, Default)]
+/// Options of `dmmig move`: the command line's (their doc comments are its help) and what a
+/// multi-disk move adds.
+#[derive(Debug, Clone, Default, clap::Args)]
 pub struct MoveOptions {
-    /// The copy rate's ceiling in KiB/s (0: none).
+    /// The copy rate's ceiling in KiB/s (0: unlimited, the default).
+    #[arg(long = "max-rate", visible_alias = "rate")]
     pub max_rate: Option<u64>,
-    /// The adaptive copy rate's floor in KiB/s.
+    /// The adaptive copy rate's floor in KiB/s: the copy takes what the guest leaves, and
+    /// never less than this (default 10240; 0: no adaptation, always --max-rate).
+    #[arg(long)]
     pub min_rate: Option<u64>,
-    /// Region size in sectors.
+    /// Region size in 512-byte sectors (a power of two).
+    #[arg(long)]
     pub region_size: Option<u64>,
-    /// Copy batches in flight.
+    /// Copy batches in flight, 1 to 16.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=16))]
     pub depth: Option<u32>,
     /// Keep the old image file and its loop device.
+    #[arg(long)]
     pub keep_source: bool,
-    /// Print no progress bar.
+    /// Allow a new image or metadata file on a filesystem in memory (tmpfs, ramfs), which a
+    /// reboot loses: for test rigs only (also DMMIG_ALLOW_VOLATILE=1). A new file under /dev
+    /// is always refused: it is a device name that does not exist.
+    #[arg(long)]
+    pub allow_volatile: bool,
+    /// Overwrite a destination device that already holds a filesystem, partition table,
+    /// LVM, RAID, LUKS or swap signature (refused without it).
+    #[arg(long)]
+    pub force: bool,
+    /// Do not draw the progress bar.
+    #[arg(long)]
     pub no_progress: bool,
-    /// The metadata device or file to use instead of the default one.
+    /// Keep the migration's state on this device (or new file) instead of a file next to
+    /// the new image (or in the state folder, /var/lib/dmmig or $DMMIG_STATE_DIR).
+    #[arg(long, conflicts_with = "no_metadata")]
     pub metadata: Option<PathBuf>,
-    /// Run without a metadata device: a crash then loses the copy's progress.
+    /// No metadata device: a host crash during the move loses its progress, and one after
+    /// the switch needs the admin to put the disk on the destination.
+    #[arg(long)]
     pub no_metadata: bool,
+    /// For an nbd:// destination: seconds an NBD request may take before the connection is
+    /// called dead (default 10). Before the switch a dead connection cancels the migration,
+    /// which leaves the disk on its origin; after it, the connection is reconnected.
+    #[arg(long, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..))]
+    pub nbd_timeout: Option<u64>,
+    /// For an nbd:// destination: seconds the kernel holds requests for a reconnect after
+    /// the switch before it fails them (default 30).
+    #[arg(long, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..))]
+    pub nbd_dead_conn_timeout: Option<u64>,
     /// Several disks switching together: the migration is loaded with `no_switch`, waits in
     /// sync at this gate until every disk of the move is, and only then may switch.
+    #[arg(skip)]
     pub gate: Option<Arc<SwitchGate>>,
-    /// The NBD client's timeouts, for an nbd:// destination.
-    pub nbd: crate::nbd::Timeouts,
-    /// Allow new images (and metadata files) in memory (tmpfs, ramfs): for test rigs only;
-    /// also `DMMIG_ALLOW_VOLATILE=1`.
-    pub allow_volatile: bool,
-    /// Overwrite a destination device that holds a filesystem, partition table or other
-    /// signature.
-    pub force: bool,
+}
+
+impl MoveOptions {
+    /// The NBD client's timeouts, for an nbd:// destination: the defaults where none was given.
+    pub fn nbd_timeouts(&self) -> crate::nbd::Timeouts {
+        let defaults = crate::nbd::Timeouts::default();
+        crate::nbd::Timeouts {
+            request_s: self.nbd_timeout.unwrap_or(defaults.request_s),
+            dead_conn_s: self.nbd_dead_conn_timeout.unwrap_or(defaults.dead_conn_s),
+        }
+    }
 }
 
 /// What `move` reports at the end.
@@ -184,7 +218,7 @@ pub fn run_move(
     {
         Some(url) => {
             let keeper;
-            (nbd_device, keeper) = crate::nbd::connect(&url, opts.nbd)?;
+            (nbd_device, keeper) = crate::nbd::connect(&url, opts.nbd_timeouts())?;
             created.nbd_keeper = Some(keeper);
             eprintln!("dmmig: {url} is {}", nbd_device.display());
             dest_url = Some(url.to_string());
