@@ -247,9 +247,13 @@ pub enum NbdCommand {
         /// the background and returning once it keeps the device.
         #[arg(long, hide = true)]
         foreground: bool,
-        #[arg(long, value_name = "SECONDS", default_value_t = crate::nbd::DEFAULT_TIMEOUT_S)]
+        /// Seconds an NBD request may take before the connection is called dead.
+        #[arg(long, value_name = "SECONDS", default_value_t = crate::nbd::DEFAULT_TIMEOUT_S,
+              value_parser = clap::value_parser!(u64).range(1..))]
         timeout: u64,
-        #[arg(long, value_name = "SECONDS", default_value_t = crate::nbd::DEFAULT_DEAD_CONN_TIMEOUT_S)]
+        /// Seconds the kernel holds requests for a reconnect before it fails them.
+        #[arg(long, value_name = "SECONDS", default_value_t = crate::nbd::DEFAULT_DEAD_CONN_TIMEOUT_S,
+              value_parser = clap::value_parser!(u64).range(1..))]
         dead_conn_timeout: u64,
     },
 }

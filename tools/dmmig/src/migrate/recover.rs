@@ -35,7 +35,8 @@ fn reattach_nbd(url: &str, recorded: &Path) -> Result<PathBuf> {
     let connected = crate::nbd::index_of(recorded)
         .ok()
         .and_then(crate::nbd::backend)
-        .is_some_and(|backend| backend == url.to_string());
+        .and_then(|backend| crate::nbd::BackendId::parse(&backend))
+        .is_some_and(|backend| backend.url.to_string() == url.to_string());
     if connected {
         return Ok(recorded.to_path_buf());
     }

@@ -4,7 +4,7 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use super::url::NbdUrl;
+use super::url::BackendId;
 use crate::error::{Error, Result};
 
 /// The device of NBD index `index`.
@@ -29,13 +29,13 @@ pub fn backend(index: u32) -> Option<String> {
         .map(|s| s.trim().to_string())
 }
 
-/// Whether NBD device `index` is still the keeper's: connected, to `url`. The device's backend
-/// identifier is the URL the keeper set, the same in every PID namespace (its `pid` file holds
-/// the connecting task's pid in the initial namespace, which a keeper in a container does not
-/// know itself by).
-pub(super) fn still_ours(index: u32, url: &NbdUrl) -> bool {
+/// Whether NBD device `index` is still the keeper's: connected, with the backend identifier
+/// of the keeper's connection (its URL and token, the same in every PID namespace; the device's
+/// `pid` file holds the connecting task's pid in the initial namespace, which a keeper in a
+/// container does not know itself by).
+pub(super) fn still_ours(index: u32, id: &BackendId) -> bool {
     fs::metadata(format!("/sys/block/nbd{index}/pid")).is_ok()
-        && backend(index).is_some_and(|b| b == url.to_string())
+        && backend(index).is_some_and(|b| b == id.as_str())
 }
 
 /// The device-mapper devices stacked on NBD device `index`: (kernel name, dm name).

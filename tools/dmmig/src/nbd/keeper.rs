@@ -18,13 +18,11 @@ use super::netlink::{
     attr_u32, disconnect, kernel_connect, kernel_reconfigure, parse_attrs, Genl, NBD_ATTR_INDEX,
     NBD_CMD_LINK_DEAD,
 };
-use super::url::NbdUrl;
+use super::url::{BackendId, NbdUrl};
 use super::Timeouts;
 use crate::error::{Error, Result};
 use crate::giveup::{give_up, GivenUp, Holder};
 
-/// Whether NBD device `index` is still the one this process connected: its `pid` file exists
-/// from the connect to the last disconnect, and holds the pid of the task that connected it.
 /// Whether the connection of `stream`, a socket handed to the kernel, has ended: the kernel
 /// shuts a socket down when it calls the link dead, and the peer's close or a reset ends it too.
 fn hung_up(stream: &TcpStream) -> bool {
@@ -80,6 +78,8 @@ enum AfterDeadLink {
 /// Decides what to do about the dead link of NBD device `index`, cancelling every migration
 /// onto it that has not switched.
 fn after_dead_link(index: u32) -> AfterDeadLink {
+    // A device without its `dev` file is gone: nothing holds it, and the reconnect loop,
+    // which asks whether the device is still the keeper's before each try, ends at once.
     let Ok(dev) = fs::read_to_string(format!("/sys/block/nbd{index}/dev")) else {
         return AfterDeadLink::Reconnect;
     };
@@ -128,22 +128,26 @@ pub fn keep(target: &str, mut timeouts: Timeouts, stop: Arc<AtomicBool>) -> Resu
     // group's socket overflowed, or the kernel could not allocate the event), the socket's end
     // cannot. A keeper that took a device over has no such socket, and hears LINK_DEAD only.
     let mut watched: Option<TcpStream>;
-    let (url, index, size, _lock) = match NbdUrl::parse(target)? {
+    let (id, index, size, _lock) = match NbdUrl::parse(target)? {
         Some(url) => {
             let export = negotiate(&url, handshake_timeout, user_timeout)?;
             let size = export.size;
-            let index = kernel_connect(&mut genl, &url, &export, timeouts)?;
+            let id = BackendId::new(&url);
+            let index = kernel_connect(&mut genl, &id, &export, timeouts)?;
             watched = Some(export.stream);
-            let lock = lock_keeper(index)?;
+            // A device nobody keeps is not left behind: without its lock, it is let go.
+            let lock = lock_keeper(index).inspect_err(|_| {
+                let _ = disconnect(index);
+            })?;
             note(format_args!("nbd{index}: connected to {url}"));
-            (url, index, size, lock)
+            (id, index, size, lock)
         }
         None => {
             let index = index_of(Path::new(target))?;
             let lock = lock_keeper(index)?;
-            let url = backend(index)
+            let id = backend(index)
                 .filter(|_| fs::metadata(format!("/sys/block/nbd{index}/pid")).is_ok())
-                .and_then(|b| NbdUrl::parse(&b).ok().flatten())
+                .and_then(|b| BackendId::parse(&b))
                 .ok_or_else(|| {
                     Error::Usage(format!(
                         "{target} is not connected by dmmig (no nbd:// backend): nothing to keep"
@@ -164,15 +168,18 @@ pub fn keep(target: &str, mut timeouts: Timeouts, stop: Arc<AtomicBool>) -> Resu
                 handshake_timeout = Duration::from_secs(timeouts.request_s);
                 user_timeout = timeouts.tcp_user_timeout();
             }
-            note(format_args!("nbd{index}: keeping it connected to {url}"));
+            note(format_args!(
+                "nbd{index}: keeping it connected to {}",
+                id.url
+            ));
             watched = None;
-            (url, index, size, lock)
+            (id, index, size, lock)
         }
     };
     let mut stdout = std::io::stdout();
     let _ = writeln!(stdout, "{}", device_path(index).display());
     let _ = stdout.flush();
-    let url = &url;
+    let url = &id.url;
     let stopped = || {
         note(format_args!(
             "nbd{index}: keeper stopped by a signal; the device stays connected with no keeper \
@@ -184,7 +191,7 @@ pub fn keep(target: &str, mut timeouts: Timeouts, stop: Arc<AtomicBool>) -> Resu
         if stop.load(Ordering::Relaxed) {
             return stopped();
         }
-        if !still_ours(index, url) {
+        if !still_ours(index, &id) {
             return Ok(());
         }
         let messages = match events.receive() {
@@ -206,7 +213,7 @@ pub fn keep(target: &str, mut timeouts: Timeouts, stop: Arc<AtomicBool>) -> Resu
             ));
         }
         let dead = link_dead || hung_up;
-        if !dead || !still_ours(index, url) {
+        if !dead || !still_ours(index, &id) {
             continue;
         }
         if let AfterDeadLink::GiveUp(names) = after_dead_link(index) {
@@ -231,7 +238,7 @@ pub fn keep(target: &str, mut timeouts: Timeouts, stop: Arc<AtomicBool>) -> Resu
             if stop.load(Ordering::Relaxed) {
                 return stopped();
             }
-            if !still_ours(index, url) {
+            if !still_ours(index, &id) {
                 return Ok(());
             }
             tries += 1;
@@ -242,7 +249,7 @@ pub fn keep(target: &str, mut timeouts: Timeouts, stop: Arc<AtomicBool>) -> Resu
                         export.size
                     )));
                 }
-                kernel_reconfigure(&mut genl, index, url, &export)?;
+                kernel_reconfigure(&mut genl, index, &id, &export)?;
                 Ok(export.stream)
             });
             match attempt {

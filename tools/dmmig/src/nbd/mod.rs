@@ -45,7 +45,7 @@ pub use device::{backend, device_path, index_of};
 pub use handshake::{negotiate, Export};
 pub use keeper::{attach_keeper, connect, keep, start_keeper};
 pub use netlink::disconnect;
-pub use url::{NbdUrl, DEFAULT_PORT};
+pub use url::{BackendId, NbdUrl, DEFAULT_PORT};
 
 use std::time::Duration;
 

@@ -11,7 +11,7 @@ use nix::sys::socket::{
 use nix::sys::time::TimeVal;
 
 use super::handshake::Export;
-use super::url::NbdUrl;
+use super::url::BackendId;
 use super::Timeouts;
 use crate::error::{Error, Result};
 
@@ -115,6 +115,9 @@ pub(super) struct Message {
     pub(super) attrs: Vec<u8>,
 }
 
+/// How long a request waits for the kernel's answer (seconds).
+const REQUEST_WAIT_S: i64 = 30;
+
 fn parse_messages(mut data: &[u8]) -> Vec<Message> {
     let mut messages = Vec::new();
     while data.len() >= 16 {
@@ -131,6 +134,8 @@ fn parse_messages(mut data: &[u8]) -> Vec<Message> {
                 i32::from_ne_bytes(body[0..4].try_into().expect("4 bytes")),
                 Vec::new(),
             ),
+            // An error message too short to hold its code is no acknowledgement: EIO.
+            NLMSG_ERROR => (0, -nix::libc::EIO, Vec::new()),
             _ if body.len() >= 4 => (body[0], 0, body[4..].to_vec()),
             _ => (0, 0, Vec::new()),
         };
@@ -165,6 +170,14 @@ impl Genl {
         )
         .map_err(failed)?;
         bind(fd.as_raw_fd(), &NetlinkAddr::new(0, 0)).map_err(failed)?;
+        // A request waits at most this long for the kernel's answer, so that a keeper cannot
+        // hang in one (a subscribed socket waits 1 s per receive instead).
+        setsockopt(
+            &fd,
+            sockopt::ReceiveTimeout,
+            &TimeVal::new(REQUEST_WAIT_S, 0),
+        )
+        .map_err(failed)?;
         let mut genl = Self {
             fd,
             family: GENL_ID_CTRL,
@@ -301,7 +314,7 @@ pub fn disconnect(index: u32) -> Result<()> {
 /// Hands a negotiated export to the kernel; returns the index of its device.
 pub(super) fn kernel_connect(
     genl: &mut Genl,
-    url: &NbdUrl,
+    backend: &BackendId,
     export: &Export,
     timeouts: Timeouts,
 ) -> Result<u32> {
@@ -312,7 +325,7 @@ pub(super) fn kernel_connect(
         .u64(NBD_ATTR_TIMEOUT, timeouts.request_s)
         .u64(NBD_ATTR_DEAD_CONN_TIMEOUT, timeouts.dead_conn_s)
         .u64(NBD_ATTR_SERVER_FLAGS, u64::from(export.flags))
-        .string(NBD_ATTR_BACKEND_IDENTIFIER, &url.to_string())
+        .string(NBD_ATTR_BACKEND_IDENTIFIER, backend.as_str())
         .nested(NBD_ATTR_SOCKETS, &sockets_attr(export));
     let reply = genl.request(NBD_CMD_CONNECT, NBD_GENL_VERSION, &attrs)?;
     attr_u32(&parse_attrs(&reply), NBD_ATTR_INDEX)
@@ -324,13 +337,13 @@ pub(super) fn kernel_connect(
 pub(super) fn kernel_reconfigure(
     genl: &mut Genl,
     index: u32,
-    url: &NbdUrl,
+    backend: &BackendId,
     export: &Export,
 ) -> Result<()> {
     let mut attrs = Attrs::default();
     attrs
         .u32(NBD_ATTR_INDEX, index)
-        .string(NBD_ATTR_BACKEND_IDENTIFIER, &url.to_string())
+        .string(NBD_ATTR_BACKEND_IDENTIFIER, backend.as_str())
         .nested(NBD_ATTR_SOCKETS, &sockets_attr(export));
     genl.request(NBD_CMD_RECONFIGURE, NBD_GENL_VERSION, &attrs)
         .map(drop)

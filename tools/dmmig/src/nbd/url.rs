@@ -71,7 +71,9 @@ impl NbdUrl {
             return Err(bad("the export name is too long or has a NUL"));
         }
         Ok(Some(Self {
-            host: host.to_string(),
+            // Host names are not case-sensitive: one spelling, so that two URLs of one
+            // destination compare equal.
+            host: host.to_ascii_lowercase(),
             port,
             export: export.to_string(),
         }))
@@ -96,9 +98,81 @@ impl std::fmt::Display for NbdUrl {
     }
 }
 
+/// How a connection's token begins, so that an export name with a `#` of its own is not read as
+/// one.
+const TOKEN_PREFIX: &str = "dmmig-";
+
+/// What dmmig sets as an NBD device's backend identifier: the export's URL and a token of the
+/// connection, `URL#TOKEN`. The kernel shows it in `/sys/block/nbdN/backend`, the same in every
+/// namespace, and wants it again for a reconnect. A keeper knows its device by it: the URL alone
+/// would let a keeper of an earlier connection take a later connection of the same export that
+/// got the same index for its own, and two keepers would then reconnect one device.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackendId {
+    /// The export.
+    pub url: NbdUrl,
+    /// The whole identifier, as the kernel holds it.
+    text: String,
+}
+
+impl BackendId {
+    /// A new identifier for a connection to `url`: its token is this process's id and the
+    /// time, which no other connection of this host shares.
+    pub fn new(url: &NbdUrl) -> Self {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        Self {
+            url: url.clone(),
+            text: format!("{url}#{TOKEN_PREFIX}{:x}-{nanos:x}", std::process::id()),
+        }
+    }
+
+    /// Reads a device's backend identifier: `URL#TOKEN`, or a bare URL (a device connected by
+    /// an earlier dmmig); `None` if it is not an NBD URL (another tool connected the device).
+    pub fn parse(text: &str) -> Option<Self> {
+        let url_text = match text.rsplit_once('#') {
+            Some((url, token))
+                if token.strip_prefix(TOKEN_PREFIX).is_some_and(|t| {
+                    !t.is_empty() && t.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-')
+                }) =>
+            {
+                url
+            }
+            _ => text,
+        };
+        Some(Self {
+            url: NbdUrl::parse(url_text).ok().flatten()?,
+            text: text.to_string(),
+        })
+    }
+
+    /// The identifier as the kernel holds it.
+    pub fn as_str(&self) -> &str {
+        &self.text
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn backend_ids_tell_connections_apart() {
+        let url = NbdUrl::parse("nbd://Store:10809/disk#1").unwrap().unwrap();
+        let a = BackendId::new(&url);
+        std::thread::sleep(std::time::Duration::from_millis(1));
+        let b = BackendId::new(&url);
+        assert_ne!(a.as_str(), b.as_str(), "two connections of one export");
+        let read = BackendId::parse(a.as_str()).unwrap();
+        assert_eq!(read, a);
+        assert_eq!(read.url.to_string(), "nbd://store:10809/disk#1");
+        // A bare URL, as an earlier dmmig set it; an export name with a '#' of its own.
+        let bare = BackendId::parse("nbd://store:10809/disk#1").unwrap();
+        assert_eq!(bare.url.export, "disk#1");
+        assert_eq!(bare.as_str(), "nbd://store:10809/disk#1");
+        assert!(BackendId::parse("/srv/disk.img").is_none());
+    }
 
     #[test]
     fn parses_urls() {
