@@ -76,8 +76,8 @@ fn send_cancel(name: &str, sector: u64) -> Option<bool> {
 }
 
 /// Gives up the migration of dm device `name` (kernel name `kernel_name`): its `migrate` line
-/// whose destination is `destination` (`major:minor`), or its first one if `None`.
-pub fn give_up(name: &str, kernel_name: &str, destination: Option<&str>) -> GivenUp {
+/// whose destination is one of `destinations` (`major:minor`), or its first one if `None`.
+pub fn give_up(name: &str, kernel_name: &str, destinations: Option<&[String]>) -> GivenUp {
     let mut last_state = String::new();
     for _ in 0..TRIES {
         // Read again each time: the table may have been swapped meanwhile.
@@ -86,7 +86,12 @@ pub fn give_up(name: &str, kernel_name: &str, destination: Option<&str>) -> Give
             Ok(table) => {
                 let line = table.iter().find(|line| {
                     line.target_type == "migrate"
-                        && destination.is_none_or(|d| line.params.split(' ').nth(1) == Some(d))
+                        && destinations.is_none_or(|d| {
+                            line.params
+                                .split(' ')
+                                .nth(1)
+                                .is_some_and(|dest| d.iter().any(|x| x == dest))
+                        })
                 });
                 match line {
                     Some(line) => line.clone(),

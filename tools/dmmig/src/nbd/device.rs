@@ -38,16 +38,59 @@ pub(super) fn still_ours(index: u32, id: &BackendId) -> bool {
         && backend(index).is_some_and(|b| b == id.as_str())
 }
 
-/// The device-mapper devices stacked on NBD device `index`: (kernel name, dm name).
-pub(super) fn dm_holders(index: u32) -> Vec<(String, String)> {
-    let Ok(entries) = fs::read_dir(format!("/sys/block/nbd{index}/holders")) else {
-        return Vec::new();
-    };
-    entries
-        .filter_map(|entry| {
-            let kernel_name = entry.ok()?.file_name().to_str()?.to_string();
-            let name = fs::read_to_string(format!("/sys/block/{kernel_name}/dm/name")).ok()?;
-            Some((kernel_name, name.trim().to_string()))
-        })
-        .collect()
+/// What is stacked on NBD device `index`, directly or not: a partition of it, an LV, a LUKS
+/// mapping or any dm device over those, and the dm devices over that, all the way up.
+#[derive(Debug, Default)]
+pub(super) struct Stack {
+    /// The dm devices above the NBD device: (kernel name, dm name).
+    pub holders: Vec<(String, String)>,
+    /// The numbers (`major:minor`) of every device that carries the NBD device's data up to a
+    /// holder: the device, its partitions and every dm device in between. A migrate target
+    /// whose destination is one of them writes through the connection.
+    pub carriers: Vec<String>,
+}
+
+/// The stack above NBD device `index` (see [`Stack`]), read from sysfs: the `holders` folders
+/// of the device, of its partitions, and of each holder in turn.
+pub(super) fn stack(index: u32) -> Stack {
+    let mut stack = Stack::default();
+    let base = format!("/sys/block/nbd{index}");
+    // The device and its partitions (folders nbdNpM inside its own).
+    let mut folders = vec![PathBuf::from(&base)];
+    if let Ok(entries) = fs::read_dir(&base) {
+        folders.extend(
+            entries
+                .flatten()
+                .filter(|e| {
+                    e.file_name()
+                        .to_string_lossy()
+                        .starts_with(&format!("nbd{index}p"))
+                })
+                .map(|e| e.path()),
+        );
+    }
+    let mut seen = std::collections::HashSet::new();
+    while let Some(folder) = folders.pop() {
+        if let Ok(number) = fs::read_to_string(folder.join("dev")) {
+            stack.carriers.push(number.trim().to_string());
+        }
+        let Ok(entries) = fs::read_dir(folder.join("holders")) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let Some(kernel_name) = entry.file_name().to_str().map(str::to_string) else {
+                continue;
+            };
+            if !seen.insert(kernel_name.clone()) {
+                continue;
+            }
+            if let Ok(name) = fs::read_to_string(format!("/sys/block/{kernel_name}/dm/name")) {
+                stack
+                    .holders
+                    .push((kernel_name.clone(), name.trim().to_string()));
+            }
+            folders.push(PathBuf::from(format!("/sys/block/{kernel_name}")));
+        }
+    }
+    stack
 }

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use nix::sys::socket::{recv, MsgFlags};
 
-use super::device::{backend, device_path, dm_holders, index_of, still_ours};
+use super::device::{backend, device_path, index_of, stack, still_ours};
 use super::handshake::negotiate;
 use super::netlink::{
     attr_u32, disconnect, kernel_connect, kernel_reconfigure, parse_attrs, Genl, NBD_ATTR_INDEX,
@@ -80,17 +80,20 @@ enum AfterDeadLink {
 fn after_dead_link(index: u32) -> AfterDeadLink {
     // A device without its `dev` file is gone: nothing holds it, and the reconnect loop,
     // which asks whether the device is still the keeper's before each try, ends at once.
-    let Ok(dev) = fs::read_to_string(format!("/sys/block/nbd{index}/dev")) else {
+    if fs::metadata(format!("/sys/block/nbd{index}/dev")).is_err() {
         return AfterDeadLink::Reconnect;
-    };
-    let dev = dev.trim();
+    }
+    // Every dm device above it, also through a partition, an LV or a LUKS mapping: a migrate
+    // target whose destination is any device that carries the connection's data.
+    let stack = stack(index);
     let mut on_origin = Vec::new();
-    for (kernel_name, name) in dm_holders(index) {
+    for (kernel_name, name) in &stack.holders {
+        let name = name.clone();
         // Only a migrate target may lose a write to a reconnect; a linear or anything else on
         // the device is served by reconnecting (give_up tells them apart, also when the table
         // cannot be read). A migration that switched, or a table that is no longer one onto
         // the device, has no other copy to fall back on.
-        match give_up(&name, &kernel_name, Some(dev)) {
+        match give_up(&name, kernel_name, Some(&stack.carriers)) {
             GivenUp::Holder(Holder::Origin) => on_origin.push(name),
             // Not a reason to reconnect: a reconnect before the switch is the one thing the
             // keeper must not do. Disconnecting fails the destination's I/O, so an unswitched
