@@ -4,7 +4,8 @@
 # dmmig, the dm device, the NBD connection and the loop devices are gone. The record holds the
 # export's URL, not only the /dev/nbdN it had (which a reboot disconnects), so recover attaches
 # the URL again, resumes the copy onto it, and swaps the disk to a linear on the new device;
-# the disk, and then the server's own image, hold every byte the disk held.
+# the disk, and then the server's own image, hold every byte the disk held. A recover that fails
+# first (the disk runs another table) disconnects the device it attached.
 . "$(dirname "$0")/lib.sh"
 . "$SELFTEST_DIR/nbd_lib.sh"
 
@@ -34,6 +35,18 @@ done
 [ -f "$DMMIG_STATE_DIR/$disk.json" ] || fail "move left no record"
 grep -q "nbd://$server_ip:$port/rec" "$DMMIG_STATE_DIR/$disk.json" ||
 	fail "the record does not hold the URL: $(cat "$DMMIG_STATE_DIR/$disk.json")"
+# A recover that fails (the disk runs another table) lets go of the export it attached again:
+# no NBD device and no keeper are left over.
+dmsetup create "$disk" --table "0 65536 zero" || fail "cannot create the other table"
+"$DMMIG" recover "$disk" --no-progress >"$TEST_TMP/recover-refused.log" 2>&1 &&
+	fail "recover went ahead over another table"
+diag_file "$TEST_TMP/recover-refused.log"
+refused_nbd=$(sed -n 's/.*attached it again as \(\/dev\/nbd[0-9]*\)$/\1/p' "$TEST_TMP/recover-refused.log")
+[ -b "$refused_nbd" ] || fail "the refused recover attached nothing (the test tells nothing)"
+_nbd_devices+=("$refused_nbd")
+wait_keeper_gone rec
+disconnected "$refused_nbd"
+dmsetup remove "$disk" || fail "remove failed"
 "$DMMIG" recover "$disk" --no-progress >"$TEST_TMP/recover.log" 2>&1 ||
 	{ diag_file "$TEST_TMP/recover.log"; fail "dmmig recover failed"; }
 diag_file "$TEST_TMP/recover.log"

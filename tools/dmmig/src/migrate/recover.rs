@@ -28,17 +28,21 @@ pub struct RecoverOptions {
 }
 
 /// The device of the NBD destination `url` of a move, recorded as `recorded`: that device if it
-/// is still connected to the URL, or a newly attached one (with its keeper) if not.
-fn reattach_nbd(url: &str, recorded: &Path) -> Result<PathBuf> {
+/// is still connected to the URL, or a newly attached one (with its keeper) if not, which the
+/// returned guard lets go again unless a table holds it at the end.
+fn reattach_nbd(url: &str, recorded: &Path) -> Result<(PathBuf, AttachedNbd)> {
     let url = crate::nbd::NbdUrl::parse(url)?
         .ok_or_else(|| Error::Failed(format!("the record's destination URL '{url}' is not one")))?;
-    let connected = crate::nbd::index_of(recorded)
-        .ok()
-        .and_then(crate::nbd::backend)
-        .and_then(|backend| crate::nbd::BackendId::parse(&backend))
-        .is_some_and(|backend| backend.url.to_string() == url.to_string());
+    // Connected (a device that was disconnected keeps its backend file while a table still
+    // holds it, and serves nothing), and to the URL.
+    let connected = crate::nbd::index_of(recorded).ok().is_some_and(|index| {
+        fs::metadata(format!("/sys/block/nbd{index}/pid")).is_ok()
+            && crate::nbd::backend(index)
+                .and_then(|backend| crate::nbd::BackendId::parse(&backend))
+                .is_some_and(|backend| backend.url.to_string() == url.to_string())
+    });
     if connected {
-        return Ok(recorded.to_path_buf());
+        return Ok((recorded.to_path_buf(), AttachedNbd(None)));
     }
     let (device, _keeper) = crate::nbd::connect(&url, crate::nbd::Timeouts::default())?;
     eprintln!(
@@ -46,7 +50,31 @@ fn reattach_nbd(url: &str, recorded: &Path) -> Result<PathBuf> {
         recorded.display(),
         device.display()
     );
-    Ok(device)
+    Ok((device.clone(), AttachedNbd(Some(device))))
+}
+
+/// An NBD device a recovery attached. When the recovery ends, it is disconnected (which ends
+/// its keeper) if nothing holds it, that is, if the recovery failed before a table used it or
+/// rolled the disk back onto its origin; a device a table holds is the disk's and stays.
+struct AttachedNbd(Option<PathBuf>);
+
+impl Drop for AttachedNbd {
+    fn drop(&mut self) {
+        let Some(device) = self.0.take() else {
+            return;
+        };
+        let Ok(index) = crate::nbd::index_of(&device) else {
+            return;
+        };
+        let held = fs::read_dir(format!("/sys/block/nbd{index}/holders"))
+            .map_or(true, |mut holders| holders.next().is_some());
+        if !held && crate::nbd::disconnect(index).is_ok() {
+            eprintln!(
+                "dmmig: disconnected {}, which no table uses",
+                device.display()
+            );
+        }
+    }
 }
 
 /// Finishes a move after a crash or reboot from what its metadata records: a switched move
@@ -88,8 +116,18 @@ pub fn run_recover(name: &str, opts: &RecoverOptions, stop: Arc<AtomicBool>) -> 
         .as_ref()
         .filter(|_| opts.destination.is_none())
         .and_then(|r| r.destination_url.as_deref());
+    let mut _attached = AttachedNbd(None);
     if let Some(text) = url {
-        dest_path = reattach_nbd(text, &dest_path)?;
+        let recorded = dest_path.clone();
+        (dest_path, _attached) = reattach_nbd(text, &recorded)?;
+        // The record names the device the disk now uses, for anyone who reads it; a later
+        // recover attaches by the URL in any case.
+        if dest_path != recorded {
+            if let Some(mut record) = record.clone() {
+                record.destination = dest_path.clone();
+                record.write()?;
+            }
+        }
     }
     let (destination, _) = open_device(&dest_path)?;
     if inspection.phase().is_some() && destination.sectors != inspection.destination_sectors {
