@@ -4,7 +4,8 @@
 # dm linear over the NBD device (as an LV or a LUKS mapping would be), so the NBD device's direct
 # holder is the linear, not the migration. A link cut during the copy must still make the keeper
 # cancel the migration and disconnect (a reconnect before the switch is the one thing it must
-# not do); the move fails back onto the original table and the disk has every write.
+# not do); the move fails back onto the original table and the disk has every write. A move
+# straight onto the export, attached already, is refused.
 . "$(dirname "$0")/lib.sh"
 . "$SELFTEST_DIR/nbd_lib.sh"
 
@@ -13,6 +14,14 @@ connect_export lv
 dm_create lv "0 $(sectors "$NBD") linear $NBD 0" || fail "the linear over $NBD failed"
 make_disk one
 original=$(dmsetup table "$DEV_PREFIX-one")
+# The export is attached already: a move onto it again (spelt otherwise) is refused, as a usage
+# error, with nothing changed: two devices writing one export overwrite each other's writes.
+"$DMMIG" move "$DEV_PREFIX-one" "nbd://$server_ip:$port/lv" --no-progress >"$TEST_TMP/again.log" 2>&1
+status=$?
+diag_file "$TEST_TMP/again.log"
+[ "$status" = 2 ] || fail "a second move onto an attached export exited $status, not 2"
+grep -q "attached already" "$TEST_TMP/again.log" || fail "the refusal does not say why"
+[ "$(dmsetup table "$DEV_PREFIX-one")" = "$original" ] || fail "the refused move changed the disk"
 start_writer one
 log_mark
 "$DMMIG" move "$DEV_PREFIX-one" "$(dm_path lv)" --force --max-rate 2048 --min-rate 0 \

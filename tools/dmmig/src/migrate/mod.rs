@@ -217,6 +217,13 @@ pub fn run_move(
         .flatten()
     {
         Some(url) => {
+            if let Some(device) = crate::nbd::attached_as(&url) {
+                return Err(Error::Usage(format!(
+                    "{url} is attached already, as {}: two devices writing one export would \
+                     overwrite each other's writes (see 'dmmig table' of what uses it)",
+                    device.display()
+                )));
+            }
             let keeper;
             (nbd_device, keeper) = crate::nbd::connect(&url, opts.nbd_timeouts())?;
             created.nbd_keeper = Some(keeper);

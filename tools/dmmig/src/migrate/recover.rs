@@ -44,6 +44,16 @@ fn reattach_nbd(url: &str, recorded: &Path) -> Result<(PathBuf, AttachedNbd)> {
     if connected {
         return Ok((recorded.to_path_buf(), AttachedNbd(None)));
     }
+    if let Some(device) = crate::nbd::attached_as(&url) {
+        return Err(Error::Usage(format!(
+            "{url} is attached already, as {} (the record says {}): two devices writing one \
+             export would overwrite each other's writes; recover with --dest {} if it is this \
+             move's",
+            device.display(),
+            recorded.display(),
+            device.display()
+        )));
+    }
     let (device, _keeper) = crate::nbd::connect(&url, crate::nbd::Timeouts::default())?;
     eprintln!(
         "dmmig: {} is no longer {url}: attached it again as {}",

@@ -94,3 +94,31 @@ pub(super) fn stack(index: u32) -> Stack {
     }
     stack
 }
+
+/// The addresses `url`'s host resolves to, with its port; none if it does not resolve.
+fn addresses(url: &super::NbdUrl) -> Vec<std::net::SocketAddr> {
+    use std::net::ToSocketAddrs;
+    let host = url.host.trim_start_matches('[').trim_end_matches(']');
+    (host, url.port)
+        .to_socket_addrs()
+        .map(Iterator::collect)
+        .unwrap_or_default()
+}
+
+/// The connected NBD device that already serves the export `url` names, if any: the same export
+/// on the same port of the same host, also under another name of the host (the addresses it
+/// resolves to). Two devices writing one export would each overwrite what the other wrote.
+pub fn attached_as(url: &super::NbdUrl) -> Option<PathBuf> {
+    let wanted = addresses(url);
+    let entries = fs::read_dir("/sys/block").ok()?;
+    entries.flatten().find_map(|entry| {
+        let name = entry.file_name().to_str()?.to_string();
+        let index: u32 = name.strip_prefix("nbd")?.parse().ok()?;
+        fs::metadata(format!("/sys/block/nbd{index}/pid")).ok()?;
+        let other = BackendId::parse(&backend(index)?)?.url;
+        let same_export = other.port == url.port && other.export == url.export;
+        let same_host =
+            other.host == url.host || addresses(&other).iter().any(|a| wanted.contains(a));
+        (same_export && same_host).then(|| device_path(index))
+    })
+}

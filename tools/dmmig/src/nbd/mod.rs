@@ -41,7 +41,7 @@ mod keeper;
 mod netlink;
 mod url;
 
-pub use device::{backend, device_path, index_of};
+pub use device::{attached_as, backend, device_path, index_of};
 pub use handshake::{negotiate, Export};
 pub use keeper::{attach_keeper, connect, keep, start_keeper};
 pub use netlink::disconnect;
