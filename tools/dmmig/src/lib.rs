@@ -8,6 +8,7 @@ pub mod dm;
 pub mod docs;
 pub mod error;
 pub mod giveup;
+pub mod host;
 pub mod metadata;
 pub mod migrate;
 pub mod multi;

@@ -10,7 +10,7 @@ use crate::error::{Error, Result};
 use crate::table::TableLine;
 use dm_migrate_engine::state::{Progress, State};
 use dm_migrate_engine::SECTOR_SIZE;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Instant;
 
 /// What `finish` did.
@@ -125,7 +125,7 @@ pub fn spawn_finish(name: &str) -> Result<()> {
         .map_err(|e| Error::Failed(format!("cannot find dmmig's own path: {e}")))?;
     let failed =
         |e: std::io::Error| Error::Failed(format!("cannot start dmmig finish {name}: {e}"));
-    if Path::new("/run/systemd/system").exists() {
+    if crate::host::systemd_manages_us() {
         let status = Command::new("systemd-run")
             .args(["--no-block", "--collect", "--quiet", "--description"])
             .arg(format!("dmmig finish {name}"))

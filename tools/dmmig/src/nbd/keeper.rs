@@ -305,7 +305,7 @@ pub fn start_keeper(target: &str, timeouts: Timeouts) -> Result<(PathBuf, std::p
     use std::process::{Command, Stdio};
     let exe = std::env::current_exe()
         .map_err(|e| Error::Failed(format!("cannot find dmmig's own path: {e}")))?;
-    let mut command = if Path::new("/run/systemd/system").exists() {
+    let mut command = if crate::host::systemd_manages_us() {
         let mut command = Command::new("systemd-run");
         command
             .args(["--scope", "--collect", "--quiet", "--description"])
