@@ -7,7 +7,7 @@
 # metadata. DMMIG_CRASH_AT=retire:image and retire:record end dmmig (abort) right after each
 # step, in `move` and in `recover`; after each crash the old image must be gone if the record
 # is, a `recover` that has a record must finish the move on the new image, and the disk must
-# hold its bytes.
+# hold its bytes. An old image another device still maps is kept, with its record.
 . "$(dirname "$0")/lib.sh"
 need_dmmig
 load_migrate
@@ -88,5 +88,27 @@ for point in retire:image retire:record; do
 	check_after_crash "recover, $point"
 	finish_by_recover "recover, $point"
 done
+
+# An old image that another device still maps (here a second dm device on its other half) is
+# kept, and so is the record that says it is stale; once that device is gone, recover retires
+# both.
+fresh_disk
+dmsetup remove "$disk" || fail "remove failed"
+dm_create disk "0 8192 linear $DISK_LOOP 0" || fail "the disk on half the image failed"
+dm_create other "0 8192 linear $DISK_LOOP 8192" || fail "the other half failed"
+snapshot "/dev/mapper/$disk" "$TEST_TMP/bytes"
+snapshot "$(dm_path other)" "$TEST_TMP/other"
+"$DMMIG" move "$disk" "$new_img" --no-progress >"$TEST_TMP/move.log" 2>&1 ||
+	{ diag_file "$TEST_TMP/move.log"; fail "the move of half the image failed"; }
+diag_file "$TEST_TMP/move.log"
+[ -e "$old_img" ] || fail "the old image was removed while another device maps it"
+[ -e "$record" ] || fail "the record went while the stale image stays"
+same_bytes "$(dm_path other)" "$TEST_TMP/other"
+dmsetup remove "$DEV_PREFIX-other" || fail "remove failed"
+"$DMMIG" recover "$disk" --no-progress >"$TEST_TMP/recover.log" 2>&1 ||
+	{ diag_file "$TEST_TMP/recover.log"; fail "recover after the other device went failed"; }
+[ -e "$old_img" ] && fail "recover left the old image"
+[ -e "$record" ] && fail "recover left the record"
+same_bytes "/dev/mapper/$disk" "$TEST_TMP/bytes"
 dmsetup remove "$disk" || fail "remove failed"
 pass

@@ -10,6 +10,7 @@
 
 use crate::counters::{self, SysfsFile};
 use crate::dm::Dm;
+use dm_migrate_engine::state::Progress;
 use std::time::Duration;
 
 /// How many times a cancel that neither took effect nor was refused by a switch is asked, and
@@ -58,6 +59,17 @@ pub fn judge(accepted: bool, state: &str) -> Option<Holder> {
 /// empty when it runs none.
 pub fn migration_state(kernel_name: &str) -> String {
     counters::read(&counters::dir_of_kernel_name(kernel_name), SysfsFile::State).unwrap_or_default()
+}
+
+/// The state of the `migrate` line at `start` of dm device `name`, from its own status line
+/// (the sysfs folder is the device's, one for all its lines, and is gone while it is
+/// suspended); `None` if the status cannot be read.
+fn line_state(name: &str, start: u64) -> Option<String> {
+    let status = Dm::open().and_then(|dm| dm.status(name)).ok()?;
+    let line = status
+        .iter()
+        .find(|l| l.start == start && l.target_type == "migrate")?;
+    Progress::parse_info(&line.params).map(|p| p.state_word().to_string())
 }
 
 /// Sends `cancel` to the target at `sector` of dm device `name`; whether the target accepted
@@ -120,7 +132,7 @@ pub fn give_up(name: &str, kernel_name: &str, destinations: Option<&[String]>) -
             }
         };
         let accepted = send_cancel(name, line.start);
-        last_state = migration_state(kernel_name);
+        last_state = line_state(name, line.start).unwrap_or_else(|| migration_state(kernel_name));
         if let Some(holder) = judge(accepted == Some(true), &last_state) {
             return GivenUp::Holder(holder);
         }

@@ -3,7 +3,7 @@
 use super::devices::{same_device, same_file, BlockDev};
 use super::record::{lock, MoveRecord};
 use super::retire::{retire, MetadataLeft, OldImage};
-use super::tables::swap_table;
+use super::tables::{confirm_table, swap_table};
 use super::Summary;
 use crate::dm::Dm;
 use crate::error::{Error, Result};
@@ -76,7 +76,8 @@ pub fn run_finish(name: &str) -> Result<Finish> {
         .filter(|r| same_device(&r.destination, &destination));
     let started = Instant::now();
     let linear = TableLine::linear(line.length, &destination.number());
-    let pause = swap_table(&dm, name, &[linear])?;
+    let pause = swap_table(&dm, name, std::slice::from_ref(&linear))?;
+    confirm_table(&dm, name, &[linear])?;
     let seconds = started.elapsed().as_secs_f64();
     // Only what the record of this very move names is retired, in retire's order. The old
     // image is the record's origin only if the origin's loop device is attached to it.

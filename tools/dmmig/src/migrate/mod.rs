@@ -35,7 +35,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Instant;
-use tables::{activate, ensure_migrate_target, swap_table};
+use tables::{activate, confirm_table, ensure_migrate_target, swap_table};
 use watch::{counter, settle, wait_for_state, wait_for_switch, Holder};
 
 /// Options of `dmmig move`: the command line's (their doc comments are its help) and what a
@@ -371,7 +371,8 @@ pub fn run_move(
             }
         }
         let linear = TableLine::linear(original.length, &destination.number());
-        longest = longest.max(swap_table(&dm, name, &[linear])?);
+        longest = longest.max(swap_table(&dm, name, std::slice::from_ref(&linear))?);
+        confirm_table(&dm, name, &[linear])?;
         let seconds = started.elapsed().as_secs_f64();
         Ok((destination, seconds, longest))
     })();

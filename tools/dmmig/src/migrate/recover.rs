@@ -3,7 +3,7 @@
 use super::devices::{open_device, retire_metadata};
 use super::record::{lock, MoveRecord};
 use super::retire::{retire, MetadataLeft, OldImage};
-use super::tables::{check_live_table, put_table, swap_table};
+use super::tables::{check_live_table, confirm_table, put_table, swap_table};
 use super::watch::{settle, wait_for_switch, Holder};
 use super::Summary;
 use crate::dm::Dm;
@@ -195,7 +195,8 @@ pub fn run_recover(name: &str, opts: &RecoverOptions, stop: Arc<AtomicBool>) -> 
         }
     }
     let linear = TableLine::linear(length, &destination.number());
-    longest = longest.max(put_table(&dm, name, &[linear])?);
+    longest = longest.max(put_table(&dm, name, std::slice::from_ref(&linear))?);
+    confirm_table(&dm, name, &[linear])?;
     let seconds = started.elapsed().as_secs_f64();
     // The move is done: retired as `move` and `finish` do (see retire.rs for the order). The
     // origin's loop device is detached also when the image is kept if this recovery attached it.

@@ -8,7 +8,11 @@
 //!    record names the metadata, which says `switched`, and a switched recovery needs no origin.
 //!    The image never outlives the record: an old image with no record of the move is what a boot
 //!    script (or a person) would bring the disk back up on, and every write since the switch
-//!    would be lost with it.
+//!    would be lost with it. So an image that cannot be removed keeps the record too (a later
+//!    `recover` retires both), and so does one that something else still uses (another dm
+//!    device on part of it, a second loop device), which is kept: unlinking it would leave
+//!    them on a file a reboot loses. `--keep-source` keeps the image on purpose, and the
+//!    record goes: the user asked for the stale copy.
 //! 2. **The record.** A crash after it leaves at most a metadata file that nothing names: no
 //!    risk (the next move of the disk refuses to reuse an existing file, and wipes a device).
 //! 3. **The metadata.** Its loop device is detached and a file `move` made is removed. A device
@@ -48,8 +52,8 @@ pub(super) struct MetadataLeft {
 }
 
 /// Retires the move of `name`, whose disk runs on its destination alone (its linear table
-/// read back), in the order argued above: the old image, the record (if `recorded`), the
-/// metadata. Returns the image file it removed.
+/// read back: `confirm_table`), in the order argued above: the old image, the record (if
+/// `recorded`), the metadata. Returns the image file it removed.
 pub(super) fn retire(
     name: &str,
     recorded: bool,
@@ -57,23 +61,51 @@ pub(super) fn retire(
     metadata: Option<MetadataLeft>,
 ) -> Option<String> {
     let mut removed = None;
+    // Whether an image that was to go is still there: the record stays with it.
+    let mut image_left = false;
     if let Some(old) = old {
-        if old.remove || old.attached_here {
-            if let Some(dev) = old.loop_dev.clone().or_else(|| loop_of(&old.file)) {
-                detach(&dev);
+        let loop_dev = old.loop_dev.clone().or_else(|| loop_of(&old.file));
+        let users = if old.remove {
+            other_users(&old.file)
+        } else {
+            Vec::new()
+        };
+        if !users.is_empty() {
+            eprintln!(
+                "dmmig: kept {}: {} still use it",
+                old.file.display(),
+                users.join(", ")
+            );
+        } else {
+            if old.remove || old.attached_here {
+                if let Some(dev) = loop_dev {
+                    detach(&dev);
+                }
+            }
+            if old.remove && fs::metadata(&old.file).is_ok_and(|m| m.is_file()) {
+                match fs::remove_file(&old.file) {
+                    Ok(()) => {
+                        removed = Some(old.file.display().to_string());
+                        if let Some(dir) = old.file.parent().filter(|d| !d.as_os_str().is_empty()) {
+                            sync_dir(dir);
+                        }
+                    }
+                    Err(e) => eprintln!("dmmig: cannot remove {}: {e}", old.file.display()),
+                }
             }
         }
-        if old.remove
-            && fs::metadata(&old.file).is_ok_and(|m| m.is_file())
-            && fs::remove_file(&old.file).is_ok()
-        {
-            removed = Some(old.file.display().to_string());
-            if let Some(dir) = old.file.parent().filter(|d| !d.as_os_str().is_empty()) {
-                sync_dir(dir);
-            }
-        }
+        image_left = old.remove && fs::symlink_metadata(&old.file).is_ok();
     }
     crash_point("retire:image");
+    if image_left {
+        // The old image is stale and still there: the record that says so stays, and a later
+        // `recover` (which needs no origin once switched) retires it.
+        eprintln!(
+            "dmmig: the record of the move of '{name}' stays while its old image does: run \
+             'dmmig recover {name}' to retire both"
+        );
+        return None;
+    }
     if recorded {
         MoveRecord::remove(name);
         sync_dir(&state_dir());
@@ -100,6 +132,54 @@ fn crash_point(point: &str) {
     if std::env::var("DMMIG_CRASH_AT").is_ok_and(|at| at == point) {
         std::process::abort();
     }
+}
+
+/// What still uses the image file `file` besides the disk that moved off it: a holder of a loop
+/// device attached to it (another dm device mapping part of it, a partition's holder), or a
+/// second loop device. Unlinking it would leave them on a file a reboot loses.
+fn other_users(file: &Path) -> Vec<String> {
+    let Ok(file) = fs::canonicalize(file) else {
+        return Vec::new();
+    };
+    let mut users = Vec::new();
+    let mut loops = 0;
+    for entry in fs::read_dir("/sys/block").into_iter().flatten().flatten() {
+        let Ok(backing) = fs::read_to_string(entry.path().join("loop/backing_file")) else {
+            continue;
+        };
+        if Path::new(backing.trim_end()) != file {
+            continue;
+        }
+        loops += 1;
+        let name = entry.file_name().to_string_lossy().to_string();
+        // The loop device's own holders, and those of its partitions.
+        let mut folders = vec![entry.path()];
+        folders.extend(
+            fs::read_dir(entry.path())
+                .into_iter()
+                .flatten()
+                .flatten()
+                .filter(|e| {
+                    e.file_name()
+                        .to_string_lossy()
+                        .starts_with(&format!("{name}p"))
+                })
+                .map(|e| e.path()),
+        );
+        for folder in folders {
+            for holder in fs::read_dir(folder.join("holders"))
+                .into_iter()
+                .flatten()
+                .flatten()
+            {
+                users.push(holder.file_name().to_string_lossy().to_string());
+            }
+        }
+    }
+    if loops > 1 {
+        users.push(format!("{loops} loop devices"));
+    }
+    users
 }
 
 /// Makes the removals in folder `dir` durable, as far as it can.

@@ -92,3 +92,19 @@ pub(super) fn put_table(dm: &Dm, name: &str, table: &[TableLine]) -> Result<Dura
         Ok(Duration::ZERO)
     }
 }
+
+/// Reads the live table of `name` back and checks that it is `expected`: what is said of the
+/// disk, and what is retired because of it, rests on the table the kernel runs, not on the one
+/// that was loaded (another loader may have filled the inactive slot in between).
+pub(super) fn confirm_table(dm: &Dm, name: &str, expected: &[TableLine]) -> Result<()> {
+    let live = dm.table(name)?;
+    if live.as_slice() == expected {
+        return Ok(());
+    }
+    let text: Vec<String> = live.iter().map(|l| l.to_string()).collect();
+    Err(Error::Failed(format!(
+        "'{name}' runs '{}', not the table dmmig loaded ('{}'): nothing is retired",
+        text.join("; "),
+        expected.first().map(|l| l.to_string()).unwrap_or_default()
+    )))
+}

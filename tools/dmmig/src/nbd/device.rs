@@ -42,12 +42,23 @@ pub(super) fn still_ours(index: u32, id: &BackendId) -> bool {
 /// mapping or any dm device over those, and the dm devices over that, all the way up.
 #[derive(Debug, Default)]
 pub(super) struct Stack {
-    /// The dm devices above the NBD device: (kernel name, dm name).
-    pub holders: Vec<(String, String)>,
+    /// The dm devices above the NBD device.
+    pub holders: Vec<Holder>,
     /// The numbers (`major:minor`) of every device that carries the NBD device's data up to a
     /// holder: the device, its partitions and every dm device in between. A migrate target
     /// whose destination is one of them writes through the connection.
     pub carriers: Vec<String>,
+}
+
+/// A dm device in the stack above an NBD device.
+#[derive(Debug)]
+pub(super) struct Holder {
+    /// Its kernel name, `dm-N`.
+    pub kernel_name: String,
+    /// Its dm name.
+    pub name: String,
+    /// Whether nothing is stacked on it in turn: a disk, not a layer under one.
+    pub top: bool,
 }
 
 /// The stack above NBD device `index` (see [`Stack`]), read from sysfs: the `holders` folders
@@ -85,9 +96,13 @@ pub(super) fn stack(index: u32) -> Stack {
                 continue;
             }
             if let Ok(name) = fs::read_to_string(format!("/sys/block/{kernel_name}/dm/name")) {
-                stack
-                    .holders
-                    .push((kernel_name.clone(), name.trim().to_string()));
+                let top = fs::read_dir(format!("/sys/block/{kernel_name}/holders"))
+                    .map_or(true, |mut holders| holders.next().is_none());
+                stack.holders.push(Holder {
+                    kernel_name: kernel_name.clone(),
+                    name: name.trim().to_string(),
+                    top,
+                });
             }
             folders.push(PathBuf::from(format!("/sys/block/{kernel_name}")));
         }

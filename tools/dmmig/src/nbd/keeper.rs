@@ -87,13 +87,17 @@ fn after_dead_link(index: u32) -> AfterDeadLink {
     // target whose destination is any device that carries the connection's data.
     let stack = stack(index);
     let mut on_origin = Vec::new();
-    for (kernel_name, name) in &stack.holders {
-        let name = name.clone();
+    let mut unconfirmed = false;
+    // The disks (holders with nothing on them) that still need the device: a migration that
+    // switched, or a table that is no migration onto it (a linear after a move, an LV in use).
+    let mut needed_by = Vec::new();
+    for holder in &stack.holders {
+        let name = holder.name.clone();
         // Only a migrate target may lose a write to a reconnect; a linear or anything else on
         // the device is served by reconnecting (give_up tells them apart, also when the table
         // cannot be read). A migration that switched, or a table that is no longer one onto
         // the device, has no other copy to fall back on.
-        match give_up(&name, kernel_name, Some(&stack.carriers)) {
+        match give_up(&name, &holder.kernel_name, Some(&stack.carriers)) {
             GivenUp::Holder(Holder::Origin) => on_origin.push(name),
             // Not a reason to reconnect: a reconnect before the switch is the one thing the
             // keeper must not do. Disconnecting fails the destination's I/O, so an unswitched
@@ -104,16 +108,32 @@ fn after_dead_link(index: u32) -> AfterDeadLink {
                      '{state}'); disconnecting, which fails a migration that has not switched \
                      onto its origin"
                 ));
+                unconfirmed = true;
                 on_origin.push(name);
             }
-            GivenUp::Holder(Holder::Destination) | GivenUp::Replaced(_) => {}
+            GivenUp::Holder(Holder::Destination) | GivenUp::Replaced(_) => {
+                if holder.top {
+                    needed_by.push(name);
+                }
+            }
         }
     }
     if on_origin.is_empty() {
-        AfterDeadLink::Reconnect
-    } else {
-        AfterDeadLink::GiveUp(on_origin)
+        return AfterDeadLink::Reconnect;
     }
+    // Every migration onto the device is over on its origin (a cancelled copy's writes on the
+    // destination no longer matter), and other disks live on the device: they are served by
+    // the reconnect, as after a move.
+    if !unconfirmed && !needed_by.is_empty() {
+        note(format_args!(
+            "nbd{index}: gave up the migration of {} onto it (the origin has every write); \
+             reconnecting for {}",
+            on_origin.join(", "),
+            needed_by.join(", ")
+        ));
+        return AfterDeadLink::Reconnect;
+    }
+    AfterDeadLink::GiveUp(on_origin)
 }
 
 /// `dmmig nbd keep TARGET`: with a URL, connects it as a new NBD device; with a device
