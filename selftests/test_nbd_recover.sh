@@ -37,7 +37,7 @@ grep -q "nbd://$server_ip:$port/rec" "$DMMIG_STATE_DIR/$disk.json" ||
 	fail "the record does not hold the URL: $(cat "$DMMIG_STATE_DIR/$disk.json")"
 # A recover that fails (the disk runs another table) lets go of the export it attached again:
 # no NBD device and no keeper are left over.
-dmsetup create "$disk" --table "0 65536 zero" || fail "cannot create the other table"
+dmsetup create "$disk" --table "0 65536 error" || fail "cannot create the other table"
 "$DMMIG" recover "$disk" --no-progress >"$TEST_TMP/recover-refused.log" 2>&1 &&
 	fail "recover went ahead over another table"
 diag_file "$TEST_TMP/recover-refused.log"
