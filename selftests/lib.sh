@@ -253,23 +253,28 @@ dm_events() { dmsetup info -c --noheadings -o events "$DEV_PREFIX-$1"; }
 # available UP seconds and then failing DOWN seconds, over and over; FEATURES (error_writes,
 # error_reads...) say how it fails, and without them it fails all I/O.
 flakey_create() {
-	local name=$1 dev=$2 table
-	shift 2
-	table="0 $(sectors "$dev") flakey $dev 0 $1 $2"
-	shift 2
-	[ $# -eq 0 ] || table+=" $# $*"
+	local name=$1 table
+	shift
+	table=$(flakey_table "$@")
 	dm_create "$name" "$table" || fail "cannot create the flakey device $name: $table"
+}
+
+# flakey_table DEV UP DOWN [FEATURES...]: the dm-flakey table line of flakey_create.
+flakey_table() {
+	local dev=$1 up=$2 down=$3 table
+	shift 3
+	table="0 $(sectors "$dev") flakey $dev 0 $up $down"
+	[ $# -eq 0 ] || table+=" $# $*"
+	echo "$table"
 }
 
 # flakey_set NAME DEV UP DOWN [FEATURES...]: gives the dm device NAME the dm-flakey table
 # flakey_create would make (load, suspend, resume); a test fails if any step does. The suspend is
 # --nolockfs: a filesystem on NAME is not frozen, which would write its page cache back first.
 flakey_set() {
-	local name=$1 dev=$2 table
-	shift 2
-	table="0 $(sectors "$dev") flakey $dev 0 $1 $2"
-	shift 2
-	[ $# -eq 0 ] || table+=" $# $*"
+	local name=$1 table
+	shift
+	table=$(flakey_table "$@")
 	dmsetup load "$DEV_PREFIX-$name" --table "$table" || fail "cannot load into $name: $table"
 	dmsetup suspend --nolockfs "$DEV_PREFIX-$name" || fail "cannot suspend $name"
 	dmsetup resume "$DEV_PREFIX-$name" || fail "cannot resume $name"

@@ -16,4 +16,5 @@ pub mod nbd;
 pub mod nodes;
 pub mod signals;
 pub mod signature;
+pub mod sysblock;
 pub mod table;

@@ -151,29 +151,9 @@ fn other_users(file: &Path) -> Vec<String> {
             continue;
         }
         loops += 1;
-        let name = entry.file_name().to_string_lossy().to_string();
         // The loop device's own holders, and those of its partitions.
-        let mut folders = vec![entry.path()];
-        folders.extend(
-            fs::read_dir(entry.path())
-                .into_iter()
-                .flatten()
-                .flatten()
-                .filter(|e| {
-                    e.file_name()
-                        .to_string_lossy()
-                        .starts_with(&format!("{name}p"))
-                })
-                .map(|e| e.path()),
-        );
-        for folder in folders {
-            for holder in fs::read_dir(folder.join("holders"))
-                .into_iter()
-                .flatten()
-                .flatten()
-            {
-                users.push(holder.file_name().to_string_lossy().to_string());
-            }
+        for folder in crate::sysblock::with_partitions(&entry.path()) {
+            users.extend(crate::sysblock::holders(&folder));
         }
     }
     if loops > 1 {

@@ -66,38 +66,20 @@ pub(super) struct Holder {
 pub(super) fn stack(index: u32) -> Stack {
     let mut stack = Stack::default();
     let base = format!("/sys/block/nbd{index}");
-    // The device and its partitions (folders nbdNpM inside its own).
-    let mut folders = vec![PathBuf::from(&base)];
-    if let Ok(entries) = fs::read_dir(&base) {
-        folders.extend(
-            entries
-                .flatten()
-                .filter(|e| {
-                    e.file_name()
-                        .to_string_lossy()
-                        .starts_with(&format!("nbd{index}p"))
-                })
-                .map(|e| e.path()),
-        );
-    }
+    // The device and its partitions.
+    let mut folders = crate::sysblock::with_partitions(Path::new(&base));
     let mut seen = std::collections::HashSet::new();
     while let Some(folder) = folders.pop() {
         if let Ok(number) = fs::read_to_string(folder.join("dev")) {
             stack.carriers.push(number.trim().to_string());
         }
-        let Ok(entries) = fs::read_dir(folder.join("holders")) else {
-            continue;
-        };
-        for entry in entries.flatten() {
-            let Some(kernel_name) = entry.file_name().to_str().map(str::to_string) else {
-                continue;
-            };
+        for kernel_name in crate::sysblock::holders(&folder) {
             if !seen.insert(kernel_name.clone()) {
                 continue;
             }
             if let Ok(name) = fs::read_to_string(format!("/sys/block/{kernel_name}/dm/name")) {
-                let top = fs::read_dir(format!("/sys/block/{kernel_name}/holders"))
-                    .map_or(true, |mut holders| holders.next().is_none());
+                let folder = PathBuf::from(format!("/sys/block/{kernel_name}"));
+                let top = crate::sysblock::holders(&folder).is_empty();
                 stack.holders.push(Holder {
                     kernel_name: kernel_name.clone(),
                     name: name.trim().to_string(),
