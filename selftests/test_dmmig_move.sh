@@ -26,7 +26,11 @@ sleep 0.5
 after=$(writes)
 state=$(dmsetup status "$disk" | awk '$3 == "migrate" { print $4 }')
 diag "writes completed in 0.5 s of the copy: $((after - before)) (state '$state')"
-[ "$after" -gt "$before" ] && [ "$state" = copying ] || fail "the guest's writes did not overlap the copy"
+[ "$after" -gt "$before" ] && [ "$state" = copying ] || {
+	diag "table: $(dmsetup table "$disk"); move so far:"
+	diag_file "$TEST_TMP/move.log"
+	fail "the guest's writes did not overlap the copy"
+}
 wait $mover || { diag_file "$TEST_TMP/move.log"; fail "dmmig move failed"; }
 diag_file "$TEST_TMP/move.log"
 wait $writer || { diag_file "$TEST_TMP/fio.log"; fail "fio failed during the move"; }
