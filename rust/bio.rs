@@ -157,7 +157,7 @@ impl Bio {
         ptr
     }
 
-    fn raw(&self) -> *mut bindings::bio {
+    pub(super) fn raw(&self) -> *mut bindings::bio {
         self.ptr.as_ptr()
     }
 
@@ -220,7 +220,7 @@ impl Bio {
     /// Whether `device` belongs to the target whose `map` received the bio: the devices a bio
     /// may go to. Such a device stays open until the target is destroyed, which the core does
     /// only once all of the target's bios have ended, so it outlives the bio's I/O.
-    fn may_use(&self, device: &Device) -> bool {
+    pub(super) fn may_use(&self, device: &Device) -> bool {
         core::ptr::eq(self.data().target.load(Ordering::Relaxed), device.target())
     }
 

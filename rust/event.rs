@@ -61,6 +61,15 @@ impl Event {
     }
 }
 
+impl Event {
+    /// Sleeps until the event is signalled after its count was `seen`, uninterruptibly: a
+    /// bio's submitter waiting for other I/O to land. Process context.
+    pub fn wait_io(&self, seen: u32) {
+        // SAFETY: The event is valid (type invariant); sleeping is allowed in process context.
+        unsafe { bindings::migrate_event_wait_io(self.raw(), seen) }
+    }
+}
+
 impl Drop for Event {
     fn drop(&mut self) {
         // SAFETY: Created by `migrate_event_create` (type invariant); nobody can signal or wait

@@ -196,6 +196,105 @@ void migrate_bioset_destroy(struct bio_set *bs)
 	kfree(set);
 }
 
+/*
+ * Writes behind (the asynchronous mirror): a copy of a guest write's data in pages of its own,
+ * for the destination, in a bio of a set whose front holds the owner and its cookie.
+ */
+struct migrate_behind {
+	void *owner;
+	unsigned int cookie;
+	/* Last: the bio set's front pad ends where the bio begins. */
+	struct bio bio;
+};
+
+struct bio_set *migrate_behind_set_create(unsigned int pool_size)
+{
+	struct migrate_bio_set *set = kzalloc(sizeof(*set), GFP_KERNEL);
+	struct bio_set *bs = set ? &set->bs : NULL;
+
+	/* Allocations from it never wait (GFP_NOWAIT): no rescuer is needed. */
+	if (bs && bioset_init(bs, pool_size, offsetof(struct migrate_behind, bio),
+			      BIOSET_NEED_BVECS)) {
+		kfree(set);
+		bs = NULL;
+	}
+	return bs;
+}
+
+void migrate_behind_free(struct bio *bio)
+{
+	bio_free_pages(bio);
+	migrate_bioset_put_bio(bio);
+}
+
+struct bio *migrate_behind_copy(struct bio *src, struct block_device *bdev, struct bio_set *bs)
+{
+	unsigned int size = src->bi_iter.bi_size;
+	unsigned int nr = DIV_ROUND_UP(size, PAGE_SIZE);
+	unsigned int i;
+	struct bio *bio;
+
+	if (bio_op(src) != REQ_OP_WRITE || !size || nr > BIO_MAX_VECS)
+		return NULL;
+	/*
+	 * Called from map() in the submitter's context: nothing here may wait for memory, since
+	 * reclaim could write back through this very device. A copy that cannot be made now is
+	 * mirrored synchronously instead.
+	 */
+	bio = bio_alloc_bioset(bdev, nr, REQ_OP_WRITE | (src->bi_opf & REQ_SYNC),
+			       GFP_NOWAIT | __GFP_NOWARN, bs);
+	if (!bio)
+		return NULL;
+	migrate_bioset_got(bs);
+	for (i = 0; i < nr; i++) {
+		unsigned int len = min_t(unsigned int, size - i * PAGE_SIZE, PAGE_SIZE);
+		struct page *page = alloc_page(GFP_NOWAIT | __GFP_NOWARN);
+
+		if (!page) {
+			migrate_behind_free(bio);
+			return NULL;
+		}
+		if (bio_add_page(bio, page, len, 0) != len) {
+			__free_page(page);
+			migrate_behind_free(bio);
+			return NULL;
+		}
+	}
+	bio_copy_data(bio, src);
+	return bio;
+}
+
+void migrate_behind_submit(struct bio *bio, sector_t sector, void (*end_io)(struct bio *),
+			   void *owner, unsigned int cookie)
+{
+	struct migrate_behind *behind = container_of(bio, struct migrate_behind, bio);
+
+	behind->owner = owner;
+	behind->cookie = cookie;
+	bio->bi_iter.bi_sector = sector;
+	bio->bi_end_io = end_io;
+	submit_bio_noacct(bio);
+}
+
+void *migrate_behind_owner(struct bio *bio)
+{
+	return container_of(bio, struct migrate_behind, bio)->owner;
+}
+
+unsigned int migrate_behind_cookie(struct bio *bio)
+{
+	return container_of(bio, struct migrate_behind, bio)->cookie;
+}
+
+void migrate_bioset_drain(struct bio_set *bs)
+{
+	struct migrate_bio_set *set = migrate_bio_set_of(bs);
+
+	/* Polled, not woken, for the reason migrate_bioset_destroy() gives. */
+	while (atomic_read_acquire(&set->outstanding))
+		msleep(1);
+}
+
 struct bio_list *migrate_bio_list_create(void)
 {
 	struct bio_list *list = kmalloc(sizeof(*list), GFP_KERNEL);
@@ -270,6 +369,15 @@ void migrate_event_wait(struct migrate_event *event, unsigned int seen, unsigned
 		atomic_read_acquire(&event->count) != seen ||
 		(stoppable && (kthread_should_stop() || kthread_should_park())),
 		timeout);
+}
+
+void migrate_event_wait_io(struct migrate_event *event, unsigned int seen)
+{
+	/*
+	 * A bio's submitter waiting for another bio to land: uninterruptible, as any wait for
+	 * I/O (an interruptible one would spin while the submitter has a signal pending).
+	 */
+	wait_event(event->wait, atomic_read_acquire(&event->count) != seen);
 }
 
 struct migrate_io_batch {

@@ -46,6 +46,21 @@ void migrate_bio_put(struct bio *bio);
 
 struct bio_set *migrate_bioset_create(unsigned int pool_size);
 void migrate_bioset_destroy(struct bio_set *bs);
+/* Waits until every bio taken from @bs has been put. Sleeps. */
+void migrate_bioset_drain(struct bio_set *bs);
+
+/*
+ * Writes behind: a set whose bios carry an owner and a cookie; a copy of @src's data (a plain
+ * write) for @bdev, or NULL when it cannot be made without waiting; its submission at @sector,
+ * calling @end_io(bio); and its end, which puts the bio and frees its pages.
+ */
+struct bio_set *migrate_behind_set_create(unsigned int pool_size);
+struct bio *migrate_behind_copy(struct bio *src, struct block_device *bdev, struct bio_set *bs);
+void migrate_behind_submit(struct bio *bio, sector_t sector, void (*end_io)(struct bio *),
+			   void *owner, unsigned int cookie);
+void *migrate_behind_owner(struct bio *bio);
+unsigned int migrate_behind_cookie(struct bio *bio);
+void migrate_behind_free(struct bio *bio);
 
 /* A FIFO of bios (struct bio_list) that the target holds back. */
 struct bio_list;
@@ -69,6 +84,8 @@ void migrate_event_signal(struct migrate_event *event);
  */
 void migrate_event_wait(struct migrate_event *event, unsigned int seen, unsigned int timeout_ms,
 			bool stoppable);
+/* Sleeps until @event is signalled after its count was @seen, uninterruptibly (for I/O). */
+void migrate_event_wait_io(struct migrate_event *event, unsigned int seen);
 
 /* What a copy I/O does. */
 enum migrate_copy_op {

@@ -18,6 +18,7 @@
 //! - [`sysfs::SysfsDir`], the progress counters in sysfs.
 
 mod bindings;
+pub mod behind;
 pub mod bio;
 pub mod copy;
 pub mod device;

@@ -30,6 +30,8 @@ crash_outcomes=()
 CRASH_MIB=${CRASH_MIB:-8}
 CRASH_DELAY_MS=${CRASH_DELAY_MS:-50}
 CRASH_META_DELAY_MS=${CRASH_META_DELAY_MS:-100}
+# The mirror's mode for the crash points' tables (sync or async); the target's default if empty.
+CRASH_MIRROR=${CRASH_MIRROR:-}
 
 # crash_setup: the loop devices and the origin's initial content.
 crash_setup() {
@@ -225,6 +227,7 @@ crash_point() {
 	crash_phase=$phase
 	crash_begin
 	[ "$phase" = synced ] && options="rate 4096 no_switch"
+	[ -n "$CRASH_MIRROR" ] && options+=" mirror $CRASH_MIRROR"
 	local words=$((2 + $(wc -w <<<"$options")))
 	dm_create mg "0 $crash_len migrate $(dm_path lo) $(dm_path ld) $words metadata $(dm_path lm) $options" ||
 		fail "create failed"

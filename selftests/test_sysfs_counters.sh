@@ -11,7 +11,8 @@ dm_create sys "0 $len migrate $origin $dest 2 rate 1" || fail "create failed"
 dir=$(dm_sysfs sys)/migrate
 wait_field sys 2 "32/$((len / 128))"
 [ -d "$dir" ] || fail "no $dir"
-for f in state total_bytes copied_bytes pending_regions inflight rate_kibps errors; do
+for f in state total_bytes copied_bytes pending_regions inflight rate_kibps errors mirror behind_bytes \
+	behind_max_bytes behind_writes capped_writes; do
 	[ -f "$dir/$f" ] || fail "no $dir/$f"
 	[ "$(stat -c %a "$dir/$f")" = 444 ] || fail "$f is not read-only"
 	echo x >"$dir/$f" 2>/dev/null && fail "$f accepted a write"
@@ -23,6 +24,7 @@ done
 [ "$(cat "$dir/copied_bytes")" = $((2 << 20)) ] || fail "copied_bytes: $(cat "$dir/copied_bytes")"
 [ "$(cat "$dir/pending_regions")" = $(((len - 4096) / 128)) ] || fail "pending_regions"
 [ "$(cat "$dir/errors")" = 0 ] || fail "errors"
+[ "$(cat "$dir/mirror")" = sync ] || fail "mirror: $(cat "$dir/mirror")"
 dmsetup message "$DEV_PREFIX-sys" 0 rate 0 || fail "rate 0 failed"
 wait_state sys switched
 [ "$(cat "$dir/state")" = switched ] || fail "state after switch: $(cat "$dir/state")"

@@ -31,7 +31,9 @@ use copier::CopierThread;
 use core::ffi::CStr;
 use core::fmt::Write;
 use core::sync::atomic::Ordering;
+use dm::behind::BehindSet;
 use dm::bio::{Bio, BioSet, Status};
+use dm::event::Event;
 use dm::device::Device;
 use dm::kthread::KThread;
 use dm::memalloc::noio_scope;
@@ -151,6 +153,11 @@ impl SysfsShow for Migrator {
                 }
             ),
             SysfsFile::ZeroedBytes => writeln!(out, "{}", progress.zeroed_bytes),
+            SysfsFile::Mirror => writeln!(out, "{}", self.behind.mode().word()),
+            SysfsFile::BehindBytes => writeln!(out, "{}", self.behind.stats().bytes),
+            SysfsFile::BehindMaxBytes => writeln!(out, "{}", self.behind.stats().max_bytes),
+            SysfsFile::BehindWrites => writeln!(out, "{}", self.behind.stats().behind_total),
+            SysfsFile::CappedWrites => writeln!(out, "{}", self.behind.stats().capped_total),
         };
     }
 }
@@ -289,6 +296,8 @@ impl Target for Migrate {
                 bios,
                 handle,
                 membership.migration().clone(),
+                BehindSet::new(16).map_err(oom)?,
+                Event::new().map_err(oom)?,
             ),
             GFP_KERNEL,
         )
@@ -381,9 +390,11 @@ impl Target for Migrate {
     }
 
     fn postsuspend(&self) {
-        // Every write has ended by now (the core waited for them, those that waited for an
-        // intent included): the metadata thread can stop, and a last commit records the copy
-        // with every intent bit clear.
+        // Every guest write has ended by now (the core waited for them, those that waited for
+        // an intent included), but the core knows nothing of the writes behind, which the
+        // guest no longer waits for: once they have landed too, the metadata thread can stop,
+        // and a last commit records the copy with every intent bit clear.
+        self.migrator.behind_set.drain();
         if let Some(thread) = self.meta_thread.lock().as_mut() {
             thread.park();
         }
@@ -463,7 +474,8 @@ impl Target for Migrate {
         }
     }
 
-    /// Messages: `pause`, `resume`, `cancel`, `rate <KiB/s>`, `depth <n>` (`engine::message`).
+    /// Messages: `pause`, `resume`, `cancel`, `rate <KiB/s>`, `depth <n>`, `mirror <mode>`,
+    /// `mirror_lag <KiB>` (`engine::message`).
     fn message(&self, args: &[&str], _out: &mut SliceWriter<'_>) -> Result {
         let report = |e: MessageError| {
             pr_err!(
@@ -499,6 +511,10 @@ impl Target for Migrate {
                 migrator.depth.store(depth, Ordering::Relaxed);
                 self.wake_copier();
             }
+            // Writes already behind stay behind; every write routed after this follows the
+            // new mode or cap.
+            Message::Mirror(mode) => migrator.behind.set_mode(mode),
+            Message::MirrorLag(kib) => migrator.behind.set_lag_kib(kib),
         }
         Ok(())
     }

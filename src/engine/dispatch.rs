@@ -4,6 +4,7 @@
 //! routing lock from the tracker and the write-intent log. The kernel side only carries the
 //! plan out (enters the counts, tags the bio, remaps, mirrors or defers it).
 
+use super::behind::{Admit as BehindAdmit, BehindLog, MirrorMode};
 use super::bitmap::Chunk;
 use super::intent::{Admit, IntentLog};
 use super::state::State;
@@ -40,15 +41,43 @@ pub struct Plan {
     pub wake_metadata: bool,
     /// The migration has ended: where every bio goes from now on.
     pub final_route: Option<FinalRoute>,
+    /// A mirrored write that overlaps a write behind in flight: nothing is done with it (no
+    /// count entered, no route); `map` waits until a write behind lands and plans it again.
+    pub wait_behind: bool,
+    /// A mirrored write that goes behind, in this slot of the log: the guest's bio goes to the
+    /// origin alone, and a copy of its data to the destination, counted on its own.
+    pub behind_slot: Option<usize>,
 }
 
-/// Plans a bio of `kind` over `sectors` sectors at `sector` (`fua`: a write with forced unit
-/// access). Call under the routing lock; `intent` is the write-intent log, with a metadata
-/// device.
+/// What `map` knows of one bio.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Io {
+    /// What it does.
+    pub kind: IoKind,
+    /// Its first sector, relative to the target.
+    pub sector: u64,
+    /// Its length in sectors.
+    pub sectors: u64,
+    /// A write with forced unit access.
+    pub fua: bool,
+    /// A plain write with data (not a discard or write-zeroes), which may go behind.
+    pub data: bool,
+}
+
+/// Plans the bio `io`. Call under the routing lock; `intent` is the write-intent log, with a
+/// metadata device; `behind` the log of writes behind (`super::behind`).
 ///
+/// - A mirrored write that overlaps a write behind waits for it (`wait_behind`), before
+///   anything else is decided: it must not reach the destination while the older write may
+///   still land after it.
 /// - The tracker routes (`Tracker::route`).
 /// - The first mirrored write to a copied region waits until its intent bit is durable: after
 ///   a crash, the region is then copied again whichever half landed.
+/// - In `async` mode a mirrored write with data goes behind when the log takes it, and a flush
+///   goes to the origin alone: the origin is the system of record until the switch (after a
+///   crash, every region with an intent bit is copied again from it; without a metadata
+///   device the copy starts over), and everything that makes the destination the record (the
+///   switch, a commit, a suspend) drains the writes behind and flushes the destination itself.
 /// - A flush that comes while the switch is under way goes to the origin alone. Every write it
 ///   covers (one that completed before it came) was routed before the switch began, since
 ///   writes are held from then on, so the switch's own flush of the destination, after those
@@ -59,17 +88,37 @@ pub struct Plan {
 pub fn plan<C, P, B>(
     tracker: &Tracker<C, P>,
     intent: Option<&mut IntentLog<B>>,
-    kind: IoKind,
-    sector: u64,
-    sectors: u64,
-    fua: bool,
+    behind: Option<&BehindLog>,
+    io: Io,
 ) -> Plan
 where
     C: DerefMut<Target = [Chunk<P>]>,
     P: DerefMut<Target = [u64]>,
     B: DerefMut<Target = [u64]>,
 {
+    let Io {
+        kind,
+        sector,
+        sectors,
+        fua,
+        data,
+    } = io;
     let mut route = tracker.route(kind, sector, sectors);
+    if let (Route::Both, IoKind::Write, Some(log)) = (route, kind, behind) {
+        if log.overlaps(sector, sectors) {
+            return Plan {
+                route: Route::Defer,
+                copy_write: false,
+                intent_write: false,
+                dest_flush: false,
+                mirrored_flush: false,
+                wake_metadata: false,
+                final_route: None,
+                wait_behind: true,
+                behind_slot: None,
+            };
+        }
+    }
     let mut intent_write = false;
     let mut wake_metadata = false;
     if let (Route::Both, IoKind::Write, Some(intent)) = (route, kind, intent) {
@@ -82,8 +131,17 @@ where
             }
         }
     }
-    if kind == IoKind::Flush && route == Route::Both && tracker.is_switching() {
+    let asynchronous = behind.is_some_and(|log| log.mode() == MirrorMode::Async);
+    if kind == IoKind::Flush && route == Route::Both && (tracker.is_switching() || asynchronous) {
         route = Route::Origin;
+    }
+    let mut behind_slot = None;
+    if let (Route::Both, IoKind::Write, Some(log)) = (route, kind, behind) {
+        if let BehindAdmit::Behind(slot) =
+            log.claim(sector, sectors, sectors * super::SECTOR_SIZE, data)
+        {
+            behind_slot = Some(slot);
+        }
     }
     let final_route = match tracker.state() {
         State::Switched => Some(FinalRoute::Destination),
@@ -97,10 +155,16 @@ where
             && tracker.is_active()
             && matches!(route, Route::Origin | Route::Both),
         intent_write,
-        dest_flush: mirrored && (kind == IoKind::Flush || (kind == IoKind::Write && fua)),
+        // A write behind's copy goes without FUA: the origin's half carries it, and the
+        // destination is made durable by whatever makes it the record.
+        dest_flush: mirrored
+            && behind_slot.is_none()
+            && (kind == IoKind::Flush || (kind == IoKind::Write && fua)),
         mirrored_flush: mirrored && kind == IoKind::Flush,
         wake_metadata,
         final_route,
+        wait_behind: false,
+        behind_slot,
     }
 }
 
@@ -128,6 +192,16 @@ mod tests {
         .unwrap()
     }
 
+    fn io(kind: IoKind, sector: u64, sectors: u64, fua: bool) -> Io {
+        Io {
+            kind,
+            sector,
+            sectors,
+            fua,
+            data: true,
+        }
+    }
+
     fn log(words: usize) -> IntentLog<Vec<u64>> {
         IntentLog::new(
             vec![0; words],
@@ -153,11 +227,11 @@ mod tests {
     #[test]
     fn a_pending_region_takes_writes_on_the_origin_alone_counted_for_the_copier() {
         let t = tracker(4);
-        let p = plan::<_, _, Vec<u64>>(&t, None, IoKind::Write, 0, 8, true);
+        let p = plan::<_, _, Vec<u64>>(&t, None, None, io(IoKind::Write, 0, 8, true));
         assert_eq!(p.route, Route::Origin);
         assert!(p.copy_write && !p.intent_write && !p.dest_flush && !p.mirrored_flush);
         assert_eq!(p.final_route, None);
-        let r = plan::<_, _, Vec<u64>>(&t, None, IoKind::Read, 0, 8, false);
+        let r = plan::<_, _, Vec<u64>>(&t, None, None, io(IoKind::Read, 0, 8, false));
         assert_eq!(r.route, Route::Origin);
         assert!(!r.copy_write, "a read is not counted");
     }
@@ -167,12 +241,12 @@ mod tests {
         let mut t = tracker(4);
         copy_all(&mut t);
         let mut l = log(1);
-        let first = plan(&t, Some(&mut l), IoKind::Write, 8, 8, false);
+        let first = plan(&t, Some(&mut l), None, io(IoKind::Write, 8, 8, false));
         assert_eq!(first.route, Route::Defer);
         assert!(first.wake_metadata && !first.copy_write && !first.intent_write);
         assert!(l.start_send());
         l.sent();
-        let again = plan(&t, Some(&mut l), IoKind::Write, 8, 8, true);
+        let again = plan(&t, Some(&mut l), None, io(IoKind::Write, 8, 8, true));
         assert_eq!(again.route, Route::Both);
         assert!(again.copy_write && again.intent_write);
         assert!(
@@ -180,27 +254,87 @@ mod tests {
             "a mirrored FUA write flushes the destination"
         );
         assert!(!again.mirrored_flush);
-        let no_meta = plan::<_, _, Vec<u64>>(&t, None, IoKind::Write, 8, 8, false);
+        let no_meta = plan::<_, _, Vec<u64>>(&t, None, None, io(IoKind::Write, 8, 8, false));
         assert_eq!(no_meta.route, Route::Both);
         assert!(no_meta.copy_write && !no_meta.intent_write && !no_meta.dest_flush);
     }
 
     #[test]
+    fn in_async_mode_a_copied_region_s_write_goes_behind_and_flushes_stay_on_the_origin() {
+        let mut t = tracker(4);
+        let behind = std::boxed::Box::new(BehindLog::new(MirrorMode::Async, 64));
+        let b = Some(&*behind);
+        let pending = plan::<_, _, Vec<u64>>(&t, None, b, io(IoKind::Write, 0, 8, true));
+        assert_eq!((pending.route, pending.behind_slot), (Route::Origin, None));
+        copy_all(&mut t);
+        let w = plan::<_, _, Vec<u64>>(&t, None, b, io(IoKind::Write, 8, 8, true));
+        assert_eq!((w.route, w.behind_slot), (Route::Both, Some(0)));
+        assert!(w.copy_write && !w.dest_flush, "the copy goes without FUA");
+        let over = plan::<_, _, Vec<u64>>(&t, None, b, io(IoKind::Write, 12, 1, false));
+        assert!(over.wait_behind && !over.copy_write && over.behind_slot.is_none());
+        let zeroes = plan::<_, _, Vec<u64>>(
+            &t,
+            None,
+            b,
+            Io {
+                data: false,
+                ..io(IoKind::Write, 16, 8, false)
+            },
+        );
+        assert_eq!((zeroes.route, zeroes.behind_slot), (Route::Both, None));
+        let f = plan::<_, _, Vec<u64>>(&t, None, b, io(IoKind::Flush, 0, 0, false));
+        assert_eq!(f.route, Route::Origin);
+        assert!(!f.mirrored_flush && !f.dest_flush);
+        behind.set_mode(MirrorMode::Sync);
+        let f = plan::<_, _, Vec<u64>>(&t, None, b, io(IoKind::Flush, 0, 0, false));
+        assert!(f.mirrored_flush, "sync mode mirrors flushes");
+        let s = plan::<_, _, Vec<u64>>(&t, None, b, io(IoKind::Write, 24, 8, true));
+        assert_eq!((s.route, s.behind_slot), (Route::Both, None));
+        assert!(s.dest_flush);
+    }
+
+    #[test]
+    fn a_write_waiting_for_its_intent_bit_takes_no_slot() {
+        let mut t = tracker(4);
+        copy_all(&mut t);
+        let mut l = log(1);
+        let behind = std::boxed::Box::new(BehindLog::new(MirrorMode::Async, 64));
+        let p = plan(
+            &t,
+            Some(&mut l),
+            Some(&*behind),
+            io(IoKind::Write, 8, 8, false),
+        );
+        assert_eq!((p.route, p.behind_slot), (Route::Defer, None));
+        assert_eq!(behind.in_flight(), 0);
+        assert!(l.start_send());
+        l.sent();
+        let p = plan(
+            &t,
+            Some(&mut l),
+            Some(&*behind),
+            io(IoKind::Write, 8, 8, false),
+        );
+        assert_eq!(p.behind_slot, Some(0));
+        assert!(p.intent_write && p.copy_write);
+    }
+
+    #[test]
     fn flushes_are_mirrored_until_the_switch_begins() {
         let mut t = tracker(2);
-        let f = plan::<_, _, Vec<u64>>(&t, None, IoKind::Flush, 0, 0, false);
+        let f = plan::<_, _, Vec<u64>>(&t, None, None, io(IoKind::Flush, 0, 0, false));
         assert_eq!(f.route, Route::Both);
         assert!(f.mirrored_flush && f.dest_flush && !f.copy_write);
         copy_all(&mut t);
         assert!(t.begin_switch());
-        let during = plan::<_, _, Vec<u64>>(&t, None, IoKind::Flush, 0, 0, false);
+        let during = plan::<_, _, Vec<u64>>(&t, None, None, io(IoKind::Flush, 0, 0, false));
         assert_eq!(
             during.route,
             Route::Origin,
             "the switch's own flush covers the destination"
         );
         assert!(!during.mirrored_flush && !during.dest_flush);
-        let write = plan::<_, _, Vec<u64>>(&t, None, IoKind::Write, 0, 8, false);
+        let write = plan::<_, _, Vec<u64>>(&t, None, None, io(IoKind::Write, 0, 8, false));
         assert_eq!(
             write.route,
             Route::Defer,
@@ -213,7 +347,7 @@ mod tests {
     fn an_ended_migration_names_its_final_route() {
         let mut t = tracker(2);
         t.fail(FailReason::DestinationWrite);
-        let p = plan::<_, _, Vec<u64>>(&t, None, IoKind::Write, 0, 8, false);
+        let p = plan::<_, _, Vec<u64>>(&t, None, None, io(IoKind::Write, 0, 8, false));
         assert_eq!(
             (p.route, p.final_route),
             (Route::Origin, Some(FinalRoute::Origin))
@@ -224,7 +358,7 @@ mod tests {
         assert!(s.begin_switch());
         let epochs = crate::epoch::WriteEpochs::new();
         assert!(s.switch(&epochs));
-        let p = plan::<_, _, Vec<u64>>(&s, None, IoKind::Flush, 0, 0, false);
+        let p = plan::<_, _, Vec<u64>>(&s, None, None, io(IoKind::Flush, 0, 0, false));
         assert_eq!(
             (p.route, p.final_route),
             (Route::Destination, Some(FinalRoute::Destination))

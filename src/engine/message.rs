@@ -9,10 +9,13 @@
 //! max_rate <KiB/s> the copy rate's ceiling; 0 is unlimited (`rate` is the same)
 //! min_rate <KiB/s> the adaptive copy rate's floor; 0 turns the adaptive rate off
 //! depth <n>        copy batches in flight, 1 to 16
+//! mirror <sync|async>  whether a write to a copied region waits for the destination
+//! mirror_lag <KiB> the cap on bytes of asynchronous writes the destination is behind
 //! ```
 //!
 //! Verbs are case-insensitive; numbers are plain decimal.
 
+use super::behind::{MirrorMode, MAX_LAG_KIB};
 use super::table::{parse_depth, parse_u64};
 use core::ffi::CStr;
 
@@ -31,6 +34,10 @@ pub enum Message {
     MinRate(u64),
     /// `depth <n>`.
     Depth(u32),
+    /// `mirror <sync|async>`.
+    Mirror(MirrorMode),
+    /// `mirror_lag <KiB>`.
+    MirrorLag(u64),
 }
 
 /// Why a message was refused.
@@ -44,6 +51,10 @@ pub enum MessageError {
     InvalidRate,
     /// `depth` with something other than a number from 1 to 16.
     InvalidDepth,
+    /// `mirror` with something other than `sync` or `async`.
+    InvalidMirror,
+    /// `mirror_lag` with something other than a number from 1 to 1048576.
+    InvalidMirrorLag,
     /// The migration has switched, so the verb can no longer act.
     AlreadySwitched,
     /// The cancel could not be written to the metadata device: the migration goes on, since a
@@ -59,6 +70,8 @@ impl MessageError {
             Self::ArgumentCount => c"Wrong number of message arguments",
             Self::InvalidRate => c"Invalid rate",
             Self::InvalidDepth => c"Invalid depth (1 to 16)",
+            Self::InvalidMirror => c"Invalid mirror mode (sync or async)",
+            Self::InvalidMirrorLag => c"Invalid mirror_lag (1 to 1048576 KiB)",
             Self::AlreadySwitched => c"Migration already switched",
             Self::CancelNotRecorded => {
                 c"Cannot record the cancel on the metadata device; the migration goes on"
@@ -101,6 +114,15 @@ impl Message {
             parse_depth(one_arg()?)
                 .map(Message::Depth)
                 .ok_or(MessageError::InvalidDepth)
+        } else if is("mirror") {
+            MirrorMode::parse(one_arg()?)
+                .map(Message::Mirror)
+                .ok_or(MessageError::InvalidMirror)
+        } else if is("mirror_lag") {
+            parse_u64(one_arg()?)
+                .filter(|kib| (1..=MAX_LAG_KIB).contains(kib))
+                .map(Message::MirrorLag)
+                .ok_or(MessageError::InvalidMirrorLag)
         } else {
             Err(MessageError::UnknownVerb)
         }
@@ -124,12 +146,25 @@ mod tests {
             Ok(Message::MinRate(4096))
         );
         assert_eq!(Message::parse(&["depth", "16"]), Ok(Message::Depth(16)));
+        assert_eq!(
+            Message::parse(&["Mirror", "ASYNC"]),
+            Ok(Message::Mirror(MirrorMode::Async))
+        );
+        assert_eq!(
+            Message::parse(&["mirror_lag", "64"]),
+            Ok(Message::MirrorLag(64))
+        );
     }
 
     #[test]
     fn refuses_bad_messages() {
         use MessageError::*;
-        let cases: [(&[&str], MessageError); 11] = [
+        let cases: [(&[&str], MessageError); 16] = [
+            (&["mirror"], ArgumentCount),
+            (&["mirror", "fast"], InvalidMirror),
+            (&["mirror_lag", "0"], InvalidMirrorLag),
+            (&["mirror_lag", "1048577"], InvalidMirrorLag),
+            (&["mirror_lag", "1", "2"], ArgumentCount),
             (&[], UnknownVerb),
             (&["frobnicate"], UnknownVerb),
             (&["pause", "now"], ArgumentCount),

@@ -9,6 +9,7 @@
 // Plain Rust, in the kernel as in userspace.
 #![forbid(unsafe_code)]
 
+pub mod behind;
 pub mod bitmap;
 pub mod dispatch;
 pub mod epoch;

@@ -49,11 +49,22 @@ pub enum SysfsFile {
     RateLimitKibps,
     /// The bytes of the copy written as write-zeroes.
     ZeroedBytes,
+    /// The mirror's mode now, `sync` or `async`.
+    Mirror,
+    /// The bytes of writes behind in flight to the destination now.
+    BehindBytes,
+    /// The most bytes of writes behind in flight at once since the table was loaded.
+    BehindMaxBytes,
+    /// Guest writes that went behind, since the table was loaded.
+    BehindWrites,
+    /// Guest writes mirrored synchronously because the cap was reached, since the table was
+    /// loaded.
+    CappedWrites,
 }
 
 impl SysfsFile {
     /// Every file, in the order the target creates them.
-    pub const ALL: [SysfsFile; 9] = [
+    pub const ALL: [SysfsFile; 14] = [
         SysfsFile::State,
         SysfsFile::TotalBytes,
         SysfsFile::CopiedBytes,
@@ -63,10 +74,15 @@ impl SysfsFile {
         SysfsFile::Errors,
         SysfsFile::RateLimitKibps,
         SysfsFile::ZeroedBytes,
+        SysfsFile::Mirror,
+        SysfsFile::BehindBytes,
+        SysfsFile::BehindMaxBytes,
+        SysfsFile::BehindWrites,
+        SysfsFile::CappedWrites,
     ];
 
     /// The file names, in the order of [`SysfsFile::ALL`], as the kernel's sysfs takes them.
-    pub const C_NAMES: [&'static CStr; 9] = [
+    pub const C_NAMES: [&'static CStr; 14] = [
         c"state",
         c"total_bytes",
         c"copied_bytes",
@@ -76,6 +92,11 @@ impl SysfsFile {
         c"errors",
         c"rate_limit_kibps",
         c"zeroed_bytes",
+        c"mirror",
+        c"behind_bytes",
+        c"behind_max_bytes",
+        c"behind_writes",
+        c"capped_writes",
     ];
 
     /// The file's name.
@@ -205,6 +226,7 @@ mod tests {
         assert_eq!(SysfsFile::CopiedBytes.name(), "copied_bytes");
         assert_eq!(SysfsFile::ZeroedBytes.name(), "zeroed_bytes");
     }
+    use crate::engine::behind::MirrorMode;
     use crate::engine::table::TableArgs;
     use crate::engine::writer::SliceWriter;
     use core::fmt::Write;
@@ -290,6 +312,8 @@ mod tests {
             no_switch in any::<bool>(),
             metadata in any::<bool>(),
             commit in proptest::option::of(1u64..=3_600_000),
+            mirror in proptest::option::of(any::<bool>()),
+            lag in proptest::option::of(1u64..=1_048_576),
         ) {
             let options = Options {
                 region_size: region.map(|shift| 1u64 << shift),
@@ -301,10 +325,12 @@ mod tests {
                 no_switch,
                 metadata,
                 commit_interval: commit.filter(|_| metadata),
+                mirror: mirror.map(|a| if a { MirrorMode::Async } else { MirrorMode::Sync }),
+                mirror_lag: lag,
             };
-            let mut buf = [0u8; 320];
+            let mut buf = [0u8; 400];
             let line = text(|w| write_table(w, "7:0", "7:1", "7:2", &options), &mut buf);
-            let mut words = [""; 24];
+            let mut words = [""; 28];
             let mut n = 0;
             for word in line.split(' ') {
                 words[n] = word;

@@ -27,13 +27,22 @@
 //!                           crash (`super::metadata`). Without one, a crash loses the progress.
 //!   commit_interval <ms>    How often copied regions are committed to the metadata device,
 //!                           1 to 3600000. Default 1000.
+//!   mirror <sync|async>     Whether a guest write to a copied region completes when both
+//!                           devices have it (sync) or when the origin has it, the destination
+//!                           following within `mirror_lag` (async). Default sync.
+//!   mirror_lag <KiB>        The most bytes of asynchronous writes the destination may be
+//!                           behind, 1 to 1048576. Default 8192. Past it writes are synchronous.
 //! ```
 //!
 //! `#opt_args` counts words, so `2 region_size 256` sets one option. Keywords are
 //! case-insensitive; numbers are plain decimal with nothing before or after them.
 
+use super::behind::{MirrorMode, MAX_LAG_KIB};
 use core::ffi::CStr;
 use core::fmt;
+
+/// The mirror's mode when the table line names none.
+pub const DEFAULT_MIRROR: MirrorMode = MirrorMode::Sync;
 
 /// The default region size in sectors (64 KiB).
 pub const DEFAULT_REGION_SECTORS: u64 = 128;
@@ -91,6 +100,10 @@ pub enum TableError {
     CommitIntervalInvalid,
     /// `commit_interval` without a metadata device.
     CommitIntervalWithoutMetadata,
+    /// `mirror` is neither `sync` nor `async`.
+    MirrorInvalid,
+    /// `mirror_lag` is not a number from 1 to [`super::behind::MAX_LAG_KIB`].
+    MirrorLagInvalid,
     /// The metadata device could not be opened.
     MetadataOpen,
     /// The metadata device is the origin or the destination.
@@ -143,6 +156,8 @@ impl TableError {
             Self::SkipZeroesConflict => c"skip_zeroes and no_skip_zeroes together",
             Self::CommitIntervalInvalid => c"Invalid commit interval (1 to 3600000 ms)",
             Self::CommitIntervalWithoutMetadata => c"commit_interval needs a metadata device",
+            Self::MirrorInvalid => c"Invalid mirror mode (sync or async)",
+            Self::MirrorLagInvalid => c"Invalid mirror_lag (1 to 1048576 KiB)",
             Self::MetadataOpen => c"Error opening metadata device",
             Self::MetadataSameDevice => c"Metadata device is the origin or the destination",
             Self::Metadata(e) => e.message(),
@@ -198,6 +213,10 @@ pub struct Options {
     pub metadata: bool,
     /// `commit_interval <ms>`.
     pub commit_interval: Option<u64>,
+    /// `mirror <sync|async>`.
+    pub mirror: Option<MirrorMode>,
+    /// `mirror_lag <KiB>`.
+    pub mirror_lag: Option<u64>,
 }
 
 impl Options {
@@ -222,6 +241,16 @@ impl Options {
         self.commit_interval.unwrap_or(DEFAULT_COMMIT_INTERVAL_MS)
     }
 
+    /// The mirror's mode, the default when none was given.
+    pub fn mirror_mode(&self) -> MirrorMode {
+        self.mirror.unwrap_or(DEFAULT_MIRROR)
+    }
+
+    /// The cap on bytes behind in KiB, the default when none was given.
+    pub fn mirror_lag_kib(&self) -> u64 {
+        self.mirror_lag.unwrap_or(super::behind::DEFAULT_LAG_KIB)
+    }
+
     /// The number of words these options take on a table line, the `#opt_args` value.
     pub fn word_count(&self) -> usize {
         2 * (usize::from(self.region_size.is_some())
@@ -229,7 +258,9 @@ impl Options {
             + usize::from(self.min_rate.is_some())
             + usize::from(self.max_rate.is_some())
             + usize::from(self.metadata)
-            + usize::from(self.commit_interval.is_some()))
+            + usize::from(self.commit_interval.is_some())
+            + usize::from(self.mirror.is_some())
+            + usize::from(self.mirror_lag.is_some()))
             + usize::from(self.no_switch)
             + usize::from(self.skip_zeroes.is_some())
     }
@@ -267,6 +298,12 @@ impl Options {
         }
         if self.no_switch {
             w.write_str(" no_switch")?;
+        }
+        if let Some(mode) = self.mirror {
+            write!(w, " mirror {}", mode.word())?;
+        }
+        if let Some(kib) = self.mirror_lag {
+            write!(w, " mirror_lag {kib}")?;
         }
         match self.skip_zeroes {
             Some(true) => w.write_str(" skip_zeroes")?,
@@ -387,6 +424,23 @@ impl<'a> TableArgs<'a> {
                         parse_u64(value)
                             .filter(|ms| (1..=MAX_COMMIT_INTERVAL_MS).contains(ms))
                             .ok_or(TableError::CommitIntervalInvalid)?,
+                    );
+                } else if keyword.eq_ignore_ascii_case("mirror") {
+                    let value = value()?;
+                    if options.mirror.is_some() {
+                        return Err(TableError::DuplicateOption);
+                    }
+                    options.mirror =
+                        Some(MirrorMode::parse(value).ok_or(TableError::MirrorInvalid)?);
+                } else if keyword.eq_ignore_ascii_case("mirror_lag") {
+                    let value = value()?;
+                    if options.mirror_lag.is_some() {
+                        return Err(TableError::DuplicateOption);
+                    }
+                    options.mirror_lag = Some(
+                        parse_u64(value)
+                            .filter(|kib| (1..=MAX_LAG_KIB).contains(kib))
+                            .ok_or(TableError::MirrorLagInvalid)?,
                     );
                 } else if keyword.eq_ignore_ascii_case("no_switch") {
                     if options.no_switch {
@@ -549,6 +603,19 @@ mod tests {
     }
 
     #[test]
+    fn parses_the_mirror_options_and_writes_them_back() {
+        let options = parse("a b 4 MIRROR Async mirror_lag 1024").unwrap().options;
+        assert_eq!(options.mirror_mode(), MirrorMode::Async);
+        assert_eq!(options.mirror_lag_kib(), 1024);
+        let mut line = std::string::String::new();
+        options.write(&mut line, "").unwrap();
+        assert_eq!(line, " 4 mirror async mirror_lag 1024");
+        let defaults = Options::default();
+        assert_eq!(defaults.mirror_mode(), DEFAULT_MIRROR);
+        assert_eq!(defaults.mirror_lag_kib(), 8192);
+    }
+
+    #[test]
     fn zero_optional_arguments_are_accepted() {
         assert_eq!(parse("a b 0").unwrap().options, Options::default());
     }
@@ -602,6 +669,13 @@ mod tests {
                 CommitIntervalInvalid,
             ),
             ("a b 4 metadata m commit_interval 1s", CommitIntervalInvalid),
+            ("a b 2 mirror later", MirrorInvalid),
+            ("a b 1 mirror", MissingValue),
+            ("a b 4 mirror sync mirror async", DuplicateOption),
+            ("a b 2 mirror_lag 0", MirrorLagInvalid),
+            ("a b 2 mirror_lag 1048577", MirrorLagInvalid),
+            ("a b 2 mirror_lag 8M", MirrorLagInvalid),
+            ("a b 4 mirror_lag 1 mirror_lag 2", DuplicateOption),
         ];
         for (line, expected) in cases {
             assert_eq!(parse(line), Err(expected), "line {line:?}");

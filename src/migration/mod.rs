@@ -14,13 +14,16 @@
 //! their completions (`routing`), the phase changes and the drains and flushes they wait for
 //! (`phase`), and the metadata device (`commit`).
 
+use crate::dm::behind::{BehindDone, BehindSet};
 use crate::dm::bio::{Bio, BioKind, BioList, BioSet, MirrorDone, Status};
 use crate::dm::copy::flush;
 use crate::dm::device::Device;
 use crate::dm::event::Event;
 use crate::dm::target::{MapResult, TargetHandle};
+use crate::engine::behind::BehindLog;
 use crate::engine::bitmap::{self, Chunk};
-use crate::engine::dispatch::{self, FinalRoute};
+use crate::engine::behind::MirrorMode;
+use crate::engine::dispatch::{self, FinalRoute, Io};
 use crate::engine::epoch::{BioTag, Counted, Epoch, WriteEpochs};
 use crate::engine::intent::IntentLog;
 use crate::engine::message::MessageError;
@@ -322,6 +325,14 @@ impl Shared {
 
 /// One target's view of its migration: what it routes with and copies between.
 pub(crate) struct Migrator {
+    /// The bios of the writes behind. First, so that it is dropped first: its drop waits for
+    /// the writes behind still in flight, whose completions use the fields below.
+    pub(crate) behind_set: BehindSet<Migrator>,
+    /// The writes behind in flight, the mirror's mode and its cap (`engine::behind`).
+    pub(crate) behind: BehindLog,
+    /// Signalled by every write behind that completes: a write that overlapped it waits in
+    /// `map` for this.
+    pub(crate) behind_event: Event,
     pub(crate) origin: Device,
     pub(crate) destination: Device,
     /// The metadata device, if the table has one.
@@ -361,12 +372,17 @@ impl Migrator {
         bios: BioSet,
         handle: TargetHandle,
         migration: Arc<Migration>,
+        behind_set: BehindSet<Migrator>,
+        behind_event: Event,
     ) -> Self {
         // Zeros are written as write-zeroes where the destination takes them, unless the table
         // says otherwise; `skip_zeroes` on a destination that does not falls back to data.
         let skip_zeroes =
             options.skip_zeroes.unwrap_or(true) && destination.supports_write_zeroes();
         Self {
+            behind_set,
+            behind: BehindLog::new(options.mirror_mode(), options.mirror_lag_kib()),
+            behind_event,
             origin,
             destination,
             metadata,

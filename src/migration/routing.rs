@@ -48,6 +48,21 @@ impl MirrorDone for Migrator {
     }
 }
 
+impl BehindDone for Migrator {
+    /// Ends a write behind: frees its slot, records a failure (the guest was told the write
+    /// succeeded, so a destination that missed it fails the migration onto the origin, which
+    /// has it), hands back the counts it held, and wakes the writes that wait for it.
+    fn behind_done(&self, slot: u32, status: Status) {
+        let (tag, _) = self.behind.release(slot as usize);
+        if !status.is_ok() {
+            self.record_dest_failure();
+        }
+        // After the failure is recorded: whoever drains the counts sees it.
+        self.write_done(tag);
+        self.behind_event.signal();
+    }
+}
+
 impl Migrator {
     /// Routes a bio by the tracker's decision; shared by `map` and the re-dispatch of deferred
     /// bios. Never sleeps under the lock.
@@ -90,18 +105,39 @@ impl Migrator {
             bio.set_tag(0);
             return remapped(bio, device, sector);
         }
-        let mut shared = migration.shared.lock();
-        let Shared {
-            tracker, intent, ..
-        } = &mut *shared;
-        let plan = dispatch::plan(
-            tracker,
-            intent.as_mut(),
+        // In `async` mode a write's data is copied for the destination before the lock is
+        // taken (a copy is no work for a spinlock); it is freed unused if the write does not go
+        // behind. `None` also for a write without data, or when memory is short: such a write
+        // is mirrored synchronously.
+        let mut copy = if kind == IoKind::Write && self.behind.mode() == MirrorMode::Async {
+            self.behind_set.copy_of(&bio, &self.destination)
+        } else {
+            None
+        };
+        let io = Io {
             kind,
             sector,
             sectors,
-            bio.is_fua(),
-        );
+            fua: bio.is_fua(),
+            data: copy.is_some(),
+        };
+        let (mut shared, plan) = loop {
+            // Read before planning: a write behind that lands from here on ends the wait.
+            let seen = self.behind_event.count();
+            let mut shared = migration.shared.lock();
+            let Shared {
+                tracker, intent, ..
+            } = &mut *shared;
+            let plan = dispatch::plan(tracker, intent.as_mut(), Some(&self.behind), io);
+            if !plan.wait_behind {
+                break (shared, plan);
+            }
+            drop(shared);
+            // The write overlaps a write behind still in flight to the destination: it waits
+            // for that one to land (`engine::behind`), in the submitter's context, as md's
+            // write-behind does.
+            self.behind_event.wait_io(seen);
+        };
         if plan.wake_metadata {
             migration.meta_event.signal();
         }
@@ -116,6 +152,26 @@ impl Migrator {
         }
         // Counted under the lock, so that a drain flipped after this decision waits for the bio
         // (see `engine::epoch`).
+        // The write behind holds its own counts, entered with the guest bio's under the lock,
+        // so that a round, a commit or the switch that drains them waits for the destination's
+        // copy as well as for the origin's write.
+        let behind = match (plan.behind_slot, copy.take()) {
+            (Some(slot), Some(copy)) => {
+                let tag = BioTag::write(
+                    plan.copy_write.then(|| migration.epochs.enter()),
+                    plan.intent_write.then(|| migration.intent_epochs.enter()),
+                    None,
+                );
+                self.behind.set_tag(slot, tag.raw());
+                Some((slot, copy))
+            }
+            (Some(slot), None) => {
+                // Not planned (a slot is taken only for a write with a copy); given back.
+                self.behind.release(slot);
+                None
+            }
+            (None, _) => None,
+        };
         let tag = if plan.mirrored_flush {
             migration.mirrored_flushes.fetch_add(1, Ordering::Relaxed);
             BioTag::mirrored_flush(migration.dest_flushes.enter())
@@ -140,6 +196,14 @@ impl Migrator {
             Route::Destination => {
                 drop(shared);
                 remapped(bio, &self.destination, sector)
+            }
+            Route::Both if behind.is_some() => {
+                drop(shared);
+                if let Some((slot, copy)) = behind {
+                    // The slot number is below `behind::SLOTS`.
+                    copy.submit(self.clone(), sector, slot as u32);
+                }
+                remapped(bio, &self.origin, sector)
             }
             Route::Both => {
                 drop(shared);
