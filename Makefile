@@ -27,7 +27,7 @@ KERNEL_DEP :=
 endif
 
 .PHONY: all setup kernel kernel-debug module vm-module tools test-userspace lint check check-debug check-debug-ci \
-	demo e2e guest-writer crash-test copy-throughput bench bench-smoke install install-module uninstall clean
+	demo e2e guest-writer crash-test copy-throughput bench bench-smoke bench-mirror install install-module uninstall clean
 
 all: module
 
@@ -91,7 +91,7 @@ DEBUG_CI_TESTS := test_copier_out_of_memory.sh test_copier_stop_before_run.sh te
 	test_reload_continues.sh test_suspend_interrupted.sh test_switch_mirror_error.sh \
 	test_unload_busy.sh test_wait_failed_event.sh test_metadata_mirror_error.sh \
 	test_metadata_refused.sh test_metadata_thread_idle.sh test_metadata_write_error.sh \
-	test_skip_zeroes.sh test_min_rate_floor.sh
+	test_skip_zeroes.sh test_min_rate_floor.sh test_async_mirror_drain.sh
 
 check-debug-ci:
 	@$(MAKE) check-debug TESTS="$(DEBUG_CI_TESTS)"
@@ -129,6 +129,12 @@ bench: vm-module
 	VM_MEM=6G VM_TIMEOUT=2400 VM_KEEP_RESULTS=$(CURDIR)/results/bench BENCH_MIB=$${BENCH_MIB:-1024} \
 		scripts/vm.sh $(KDIR) bench/bench-vm.sh
 	bench/report.py results/bench
+
+# What mirroring costs a guest's writes, sync against async, on brd and on a destination 1 and
+# 5 ms away (dm-delay); about 5 minutes. Results in results/bench-mirror/.
+bench-mirror: vm-module
+	rm -rf results/bench-mirror && mkdir -p results/bench-mirror
+	VM_TIMEOUT=1800 VM_KEEP_RESULTS=$(CURDIR)/results/bench-mirror scripts/vm.sh $(KDIR) bench/mirror-vm.sh
 
 bench-smoke: vm-module
 	rm -rf results/bench && mkdir -p results/bench

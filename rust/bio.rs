@@ -190,6 +190,13 @@ impl Bio {
         bio_kind(unsafe { bindings::migrate_bio_kind(self.raw()) })
     }
 
+    /// Whether the bio is a plain write with data: not a flush, discard, write-zeroes or
+    /// secure erase.
+    pub fn is_plain_write(&self) -> bool {
+        // SAFETY: `ptr` is a valid bio by the type invariant.
+        unsafe { bindings::migrate_bio_is_plain_write(self.raw()) }
+    }
+
     /// Whether the bio is a write with forced unit access: on a device without FUA the block
     /// layer follows it with a flush of its own.
     pub fn is_fua(&self) -> bool {

@@ -55,6 +55,11 @@ unsigned int migrate_bio_kind(const struct bio *bio)
 	}
 }
 
+bool migrate_bio_is_plain_write(const struct bio *bio)
+{
+	return bio_op(bio) == REQ_OP_WRITE && bio->bi_iter.bi_size;
+}
+
 bool migrate_bio_is_fua(const struct bio *bio)
 {
 	return bio->bi_opf & REQ_FUA;
@@ -290,9 +295,14 @@ void migrate_bioset_drain(struct bio_set *bs)
 {
 	struct migrate_bio_set *set = migrate_bio_set_of(bs);
 
+	unsigned int waited_ms = 0;
+
 	/* Polled, not woken, for the reason migrate_bioset_destroy() gives. */
-	while (atomic_read_acquire(&set->outstanding))
+	while (atomic_read_acquire(&set->outstanding)) {
+		if (waited_ms++ == 10000)
+			pr_warn("dm-migrate: a suspend waits for writes behind still in flight to the destination\n");
 		msleep(1);
+	}
 }
 
 struct bio_list *migrate_bio_list_create(void)

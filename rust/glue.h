@@ -30,6 +30,8 @@ sector_t migrate_bio_sector(const struct bio *bio);
 void migrate_bio_set_sector(struct bio *bio, sector_t sector);
 unsigned int migrate_bio_kind(const struct bio *bio);
 bool migrate_bio_is_fua(const struct bio *bio);
+/* A REQ_OP_WRITE with data (not a flush, discard or write-zeroes). */
+bool migrate_bio_is_plain_write(const struct bio *bio);
 u8 migrate_bio_status(const struct bio *bio);
 void migrate_bio_set_status(struct bio *bio, u8 status);
 void *migrate_bio_private(const struct bio *bio);

@@ -1,6 +1,6 @@
 #!/bin/bash
 # SPDX-License-Identifier: GPL-2.0
-# With `mirror async` a guest write to a copied region completes while its copy is still on
+# With `mirror async` (set by message) a guest write to a copied region completes while its copy is still on
 # its way to a slow destination (dm-delay holds destination writes 1 s), a second write to the
 # same sectors waits for the first copy to land before its own goes out, and a suspend returns
 # only once every write behind is on the destination: read there directly right after the
@@ -12,11 +12,13 @@ make_loop origin 16
 make_loop disk 16
 len=$(sectors "$origin")
 dm_create slow "0 $len delay $disk 0 0" || fail "cannot create the delay device"
-dm_create mig "0 $len migrate $origin $(dm_path slow) 3 no_switch mirror async" ||
-	fail "create failed"
+dm_create mig "0 $len migrate $origin $(dm_path slow) 1 no_switch" || fail "create failed"
 wait_state mig synced 120
 sys=$(dm_sysfs mig)/migrate
-[ "$(cat "$sys/mirror")" = async ] || fail "mirror: $(cat "$sys/mirror")"
+# The mode of a running migration changes by message.
+[ "$(cat "$sys/mirror")" = sync ] || fail "mirror: $(cat "$sys/mirror")"
+dmsetup message "$DEV_PREFIX-mig" 0 mirror async || fail "the mirror message failed"
+[ "$(cat "$sys/mirror")" = async ] || fail "mirror after the message: $(cat "$sys/mirror")"
 # From now on every destination write takes 1 s (reads and flushes none).
 dmsetup load "$DEV_PREFIX-slow" --table "0 $len delay $disk 0 0 $disk 0 1000 $disk 0 0" ||
 	fail "cannot load the write delay"

@@ -13,13 +13,13 @@
 # the migration ended on (the origin unless switched) holds every acknowledged write. A suspend
 # of dm-delay sends the flushes it holds on at once, which ends each round. The rounds must end
 # cancelled, failed and switched at least once each. MIGRATE_ROUNDS sets the number of rounds
-# (200; 50 on the debug kernel, which runs everything about 4 times slower). About 1.3 s a round.
+# (120; 50 on the debug kernel, which runs everything about 4 times slower). About 1.3 s a round.
 # ksft-timeout=600
 . "$(dirname "$0")/lib.sh"
 load_migrate
 kmodprobe dm-delay || skip "dm-delay is not available"
 kmodprobe dm-flakey || skip "dm-flakey is not available"
-rounds=${MIGRATE_ROUNDS:-200}
+rounds=${MIGRATE_ROUNDS:-120}
 limit_ms=${CANCEL_LIMIT_MS:-1000}
 if [ -e /sys/kernel/debug/kmemleak ]; then
 	rounds=${MIGRATE_ROUNDS:-50}

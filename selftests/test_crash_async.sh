@@ -10,7 +10,7 @@ command -v python3 >/dev/null || skip "python3 is not installed"
 load_migrate
 CRASH_MIRROR=async
 crash_setup
-for phase in synced synced synced synced mid mid switch switch; do
+for phase in synced synced mid switch; do
 	crash_point "$phase"
 done
 crash_summary

@@ -1,6 +1,6 @@
 #!/bin/bash
 # SPDX-License-Identifier: GPL-2.0
-# Malformed messages, 18 of them, each fail with EINVAL and their documented reason in the
+# Malformed messages, 23 of them, each fail with EINVAL and their documented reason in the
 # kernel log, change nothing, and leave the target healthy: it then copies, switches, and the
 # destination equals the origin. `cancel` after the switch is refused the same way.
 . "$(dirname "$0")/lib.sh"
@@ -17,6 +17,8 @@ unknown="Unsupported message"
 count="Wrong number of message arguments"
 rate="Invalid rate"
 depth="Invalid depth (1 to 16)"
+mirror="Invalid mirror mode (sync or async)"
+lag="Invalid mirror_lag (1 to 1048576 KiB)"
 cases=(
 	"frobnicate|$unknown|frobnicate"
 	"frobnicate now|$unknown|frobnicate"
@@ -36,6 +38,11 @@ cases=(
 	"depth 17|$depth|depth"
 	"depth x|$depth|depth"
 	"depth 1 2|$count|depth"
+	"mirror|$count|mirror"
+	"mirror later|$mirror|mirror"
+	"mirror_lag 0|$lag|mirror_lag"
+	"mirror_lag 1048577|$lag|mirror_lag"
+	"mirror_lag 8M|$lag|mirror_lag"
 )
 for c in "${cases[@]}"; do
 	IFS='|' read -r words reason verb <<<"$c"

@@ -1,6 +1,6 @@
 #!/bin/bash
 # SPDX-License-Identifier: GPL-2.0
-# Malformed table lines, 43 of them, are each refused with the reason documented in
+# Malformed table lines, 48 of them, are each refused with the reason documented in
 # Documentation/dm-migrate.rst in the kernel log, and leave no device behind.
 . "$(dirname "$0")/lib.sh"
 load_migrate
@@ -61,6 +61,11 @@ cases=(
 	"$m $o $d 2 rate -5|$rate"
 	"$m $o $d 2 rate 1.5|$rate"
 	"$m $o $d 2 rate 18446744073709551616|$rate"
+	"$m $o $d 2 mirror later|Invalid mirror mode (sync or async)"
+	"$m $o $d 1 mirror|$missing"
+	"$m $o $d 4 mirror sync mirror async|$dup"
+	"$m $o $d 2 mirror_lag 0|Invalid mirror_lag (1 to 1048576 KiB)"
+	"$m $o $d 2 mirror_lag 1048577|Invalid mirror_lag (1 to 1048576 KiB)"
 	"$m /dev/nonexistent $d|Error opening origin device"
 	"$m $o /dev/nonexistent|Error opening destination device"
 	"$m $o $o|Origin and destination are the same device"

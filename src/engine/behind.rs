@@ -208,13 +208,31 @@ impl BehindLog {
         })
     }
 
+    /// Whether a mirrored write over `[sector, sector + sectors)` must wait for a write behind
+    /// that overlaps it; counted when it must. Call under the routing lock.
+    pub fn must_wait(&self, sector: u64, sectors: u64) -> bool {
+        let wait = self.overlaps(sector, sectors);
+        if wait {
+            self.waited_total.fetch_add(1, Ordering::Relaxed);
+        }
+        wait
+    }
+
+    /// Whether a write of `bytes` could go behind now (async mode, a slot free, room under the
+    /// cap): worth making a copy of its data for.
+    pub fn has_room(&self, bytes: u64) -> bool {
+        self.mode() == MirrorMode::Async
+            && (self.count.load(Ordering::Relaxed) as usize) < SLOTS
+            && self.bytes.load(Ordering::Relaxed).saturating_add(bytes)
+                <= self.cap_bytes.load(Ordering::Relaxed)
+    }
+
     /// Decides what a mirrored write of `bytes` over `sectors` sectors from `sector` does;
     /// `may_go_behind` says whether it is a plain data write (not a discard, write-zeroes or
     /// flush, which have no data to copy). Call under the routing lock: admissions are
     /// serialised by it, releases are not.
     pub fn admit(&self, sector: u64, sectors: u64, bytes: u64, may_go_behind: bool) -> Admit {
-        if self.overlaps(sector, sectors) {
-            self.waited_total.fetch_add(1, Ordering::Relaxed);
+        if self.must_wait(sector, sectors) {
             return Admit::Wait;
         }
         self.claim(sector, sectors, bytes, may_go_behind)

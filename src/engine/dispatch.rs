@@ -47,6 +47,29 @@ pub struct Plan {
     /// A mirrored write that goes behind, in this slot of the log: the guest's bio goes to the
     /// origin alone, and a copy of its data to the destination, counted on its own.
     pub behind_slot: Option<usize>,
+    /// A mirrored write that could go behind but came without a copy of its data: nothing is
+    /// done with it; `map` makes the copy outside the lock and plans it again. (A copy is made
+    /// only for a write that needs one: most writes while copying go to the origin alone.)
+    pub wants_copy: bool,
+}
+
+impl Plan {
+    /// A plan that does nothing yet: `map` waits (`wait_behind`) or copies (`wants_copy`) and
+    /// plans again.
+    fn hold(wait_behind: bool, wants_copy: bool) -> Self {
+        Plan {
+            route: Route::Defer,
+            copy_write: false,
+            intent_write: false,
+            dest_flush: false,
+            mirrored_flush: false,
+            wake_metadata: false,
+            final_route: None,
+            wait_behind,
+            behind_slot: None,
+            wants_copy,
+        }
+    }
 }
 
 /// What `map` knows of one bio.
@@ -60,8 +83,10 @@ pub struct Io {
     pub sectors: u64,
     /// A write with forced unit access.
     pub fua: bool,
-    /// A plain write with data (not a discard or write-zeroes), which may go behind.
-    pub data: bool,
+    /// A plain write with data (not a discard or write-zeroes): one that may go behind.
+    pub plain_write: bool,
+    /// A copy of its data for the destination is at hand.
+    pub copied: bool,
 }
 
 /// Plans the bio `io`. Call under the routing lock; `intent` is the write-intent log, with a
@@ -101,22 +126,17 @@ where
         sector,
         sectors,
         fua,
-        data,
+        plain_write,
+        copied,
     } = io;
+    let bytes = sectors * super::SECTOR_SIZE;
     let mut route = tracker.route(kind, sector, sectors);
     if let (Route::Both, IoKind::Write, Some(log)) = (route, kind, behind) {
-        if log.overlaps(sector, sectors) {
-            return Plan {
-                route: Route::Defer,
-                copy_write: false,
-                intent_write: false,
-                dest_flush: false,
-                mirrored_flush: false,
-                wake_metadata: false,
-                final_route: None,
-                wait_behind: true,
-                behind_slot: None,
-            };
+        if log.must_wait(sector, sectors) {
+            return Plan::hold(true, false);
+        }
+        if plain_write && !copied && log.has_room(bytes) {
+            return Plan::hold(false, true);
         }
     }
     let mut intent_write = false;
@@ -137,8 +157,7 @@ where
     }
     let mut behind_slot = None;
     if let (Route::Both, IoKind::Write, Some(log)) = (route, kind, behind) {
-        if let BehindAdmit::Behind(slot) =
-            log.claim(sector, sectors, sectors * super::SECTOR_SIZE, data)
+        if let BehindAdmit::Behind(slot) = log.claim(sector, sectors, bytes, plain_write && copied)
         {
             behind_slot = Some(slot);
         }
@@ -165,6 +184,7 @@ where
         final_route,
         wait_behind: false,
         behind_slot,
+        wants_copy: false,
     }
 }
 
@@ -198,7 +218,8 @@ mod tests {
             sector,
             sectors,
             fua,
-            data: true,
+            plain_write: kind == IoKind::Write,
+            copied: kind == IoKind::Write,
         }
     }
 
@@ -267,6 +288,16 @@ mod tests {
         let pending = plan::<_, _, Vec<u64>>(&t, None, b, io(IoKind::Write, 0, 8, true));
         assert_eq!((pending.route, pending.behind_slot), (Route::Origin, None));
         copy_all(&mut t);
+        let uncopied = plan::<_, _, Vec<u64>>(
+            &t,
+            None,
+            b,
+            Io {
+                copied: false,
+                ..io(IoKind::Write, 8, 8, true)
+            },
+        );
+        assert!(uncopied.wants_copy && !uncopied.copy_write && uncopied.behind_slot.is_none());
         let w = plan::<_, _, Vec<u64>>(&t, None, b, io(IoKind::Write, 8, 8, true));
         assert_eq!((w.route, w.behind_slot), (Route::Both, Some(0)));
         assert!(w.copy_write && !w.dest_flush, "the copy goes without FUA");
@@ -277,7 +308,8 @@ mod tests {
             None,
             b,
             Io {
-                data: false,
+                plain_write: false,
+                copied: false,
                 ..io(IoKind::Write, 16, 8, false)
             },
         );

@@ -22,7 +22,6 @@ use crate::dm::event::Event;
 use crate::dm::target::{MapResult, TargetHandle};
 use crate::engine::behind::BehindLog;
 use crate::engine::bitmap::{self, Chunk};
-use crate::engine::behind::MirrorMode;
 use crate::engine::dispatch::{self, FinalRoute, Io};
 use crate::engine::epoch::{BioTag, Counted, Epoch, WriteEpochs};
 use crate::engine::intent::IntentLog;
@@ -326,7 +325,11 @@ impl Shared {
 /// One target's view of its migration: what it routes with and copies between.
 pub(crate) struct Migrator {
     /// The bios of the writes behind. First, so that it is dropped first: its drop waits for
-    /// the writes behind still in flight, whose completions use the fields below.
+    /// the writes behind still in flight, whose completions use the fields below. Each of them
+    /// holds a reference to this `Migrator` until just before it ends, which must never be the
+    /// last one (its drop sleeps, and the completion may run in interrupt context): the target
+    /// holds its own until its destructor, which the core calls only after postsuspend, and
+    /// postsuspend waits for every write behind (`BehindSet::drain`).
     pub(crate) behind_set: BehindSet<Migrator>,
     /// The writes behind in flight, the mirror's mode and its cap (`engine::behind`).
     pub(crate) behind: BehindLog,

@@ -105,21 +105,18 @@ impl Migrator {
             bio.set_tag(0);
             return remapped(bio, device, sector);
         }
-        // In `async` mode a write's data is copied for the destination before the lock is
-        // taken (a copy is no work for a spinlock); it is freed unused if the write does not go
-        // behind. `None` also for a write without data, or when memory is short: such a write
-        // is mirrored synchronously.
-        let mut copy = if kind == IoKind::Write && self.behind.mode() == MirrorMode::Async {
-            self.behind_set.copy_of(&bio, &self.destination)
-        } else {
-            None
-        };
-        let io = Io {
+        // A copy of a write's data for the destination, made outside the lock (a copy is no
+        // work for a spinlock) once the plan says the write may go behind; freed unused if the
+        // plan made with it does not take it after all. A copy that cannot be made without
+        // waiting for memory leaves the write to be mirrored synchronously.
+        let mut copy = None;
+        let mut io = Io {
             kind,
             sector,
             sectors,
             fua: bio.is_fua(),
-            data: copy.is_some(),
+            plain_write: kind == IoKind::Write && bio.is_plain_write(),
+            copied: false,
         };
         let (mut shared, plan) = loop {
             // Read before planning: a write behind that lands from here on ends the wait.
@@ -129,6 +126,14 @@ impl Migrator {
                 tracker, intent, ..
             } = &mut *shared;
             let plan = dispatch::plan(tracker, intent.as_mut(), Some(&self.behind), io);
+            if plan.wants_copy {
+                drop(shared);
+                copy = self.behind_set.copy_of(&bio, &self.destination);
+                // Without a copy the write is planned as one that cannot go behind.
+                io.copied = copy.is_some();
+                io.plain_write = io.copied;
+                continue;
+            }
             if !plan.wait_behind {
                 break (shared, plan);
             }
