@@ -18,17 +18,28 @@ packages=(
 	libdevmapper-dev pkg-config
 )
 
-missing=()
-for p in "${packages[@]}"; do
-	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
-done
-if [ ${#missing[@]} -gt 0 ]; then
+# find_missing: the packages of the list that are not installed, into missing.
+find_missing() {
+	missing=()
+	for p in "${packages[@]}"; do
+		dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+	done
+}
+# Twice: an install can remove a package of the list that was there before. On a Debian 12 image
+# with qemu-utils from bookworm-backports, installing qemu-system-x86 7.2 removes it as
+# conflicting, and the NBD tests would then skip for want of qemu-nbd; the second round installs
+# the matching version.
+for round in 1 2; do
+	find_missing
+	[ ${#missing[@]} -gt 0 ] || break
 	[ "$(id -u)" -eq 0 ] || die "missing packages (${missing[*]}); run as root or install them"
 	log "installing Debian packages: ${missing[*]}"
 	export DEBIAN_FRONTEND=noninteractive
-	apt-get update -qq
+	[ "$round" = 1 ] && apt-get update -qq
 	apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-fi
+done
+find_missing
+[ ${#missing[@]} -eq 0 ] || die "packages still missing after installing them: ${missing[*]}"
 
 if ! command -v rustup >/dev/null; then
 	die "rustup is not installed; install it from your distribution or rustup.rs"
