@@ -8,7 +8,9 @@
 # every region copied: every write is mirrored) and while copying (the copy held at a rate that
 # makes it last about twice the run, so that more and more of the writes land on copied
 # regions). Kinds: brd to brd; brd to dm-delay over brd with every destination I/O delayed
-# 1 ms and 5 ms (a destination on another box). One JSON object per run in
+# 1 ms and 5 ms; and a destination on another box: an NBD export (qemu-nbd on a brd, in a
+# second network namespace) reached over a veth pair whose packets netem delays 1 ms and 5 ms
+# each round trip. One JSON object per run in
 # $VM_RESULTS/mirror.jsonl; a Markdown table on stdout. A run whose fio completed no write, or
 # whose migration did not end in the state it was measured in, fails the bench.
 set -euo pipefail
@@ -18,13 +20,15 @@ FIO_S=${BENCH_FIO_S:-8}
 out=$VM_RESULTS
 : >"$out/mirror.jsonl"
 MODULE=${MODULE:-$REPO_ROOT/dm-migrate.ko}
+DMMIG=${DMMIG:-$REPO_ROOT/target/debug/dmmig}
 kmod() { modprobe -d "$KMOD_ROOT" "$@"; }
-kmod brd rd_nr=2 rd_size=$((MIB * 1024))
+kmod brd rd_nr=3 rd_size=$((MIB * 1024))
 kmod dm-delay
 insmod "$MODULE"
 sectors=$((MIB * 2048))
 dd if=/dev/urandom of=/dev/ram0 bs=1M count="$MIB" oflag=direct status=none
 dd if=/dev/zero of=/dev/ram1 bs=1M count="$MIB" oflag=direct status=none
+dd if=/dev/zero of=/dev/ram2 bs=1M count="$MIB" oflag=direct status=none
 cd "$TMPDIR"
 die() {
 	echo "bench: FAILED: $*" >&2
@@ -72,15 +76,44 @@ run() {
 	echo "# $kind $peer $when: $iops IOPS, p99 $p99 µs (behind at most $behind_max bytes, $capped capped)"
 }
 
+# The server's side of the NBD kinds: a network namespace with one end of a veth pair, and
+# qemu-nbd serving /dev/ram2 there. The link's delay is set per kind (netem on the client's end).
+ns=bench-nbd server_ip=10.198.0.2
+nbd_setup() {
+	ip netns add $ns
+	ip link add veth-bench type veth peer name veth-bsrv netns $ns
+	ip addr add 10.198.0.1/24 dev veth-bench
+	ip link set veth-bench up
+	ip -n $ns addr add $server_ip/24 dev veth-bsrv
+	ip -n $ns link set veth-bsrv up
+	ip -n $ns link set lo up
+	ip netns exec $ns qemu-nbd -f raw -x bench -b $server_ip --persistent --shared=4 --cache=none \
+		/dev/ram2 >"$TMPDIR/qemu-nbd.log" 2>&1 &
+	local start=$SECONDS
+	until ip netns exec $ns ss -ltn 2>/dev/null | grep -q "$server_ip:10809"; do
+		[ $((SECONDS - start)) -lt 30 ] || die "qemu-nbd does not listen: $(cat "$TMPDIR/qemu-nbd.log")"
+		sleep 0.2
+	done
+	nbd=$("$DMMIG" nbd connect "nbd://$server_ip/bench") || die "dmmig nbd connect failed"
+}
+command -v qemu-nbd >/dev/null || die "qemu-nbd is not installed (Debian: qemu-utils)"
+[ -x "$DMMIG" ] || die "dmmig is not built ($DMMIG)"
+nbd_setup
+
 # The copy rate that makes a copy last about twice the run.
 copy_rate=$((MIB * 1024 / (2 * FIO_S)))
-for kind in brd delay1 delay5; do
+for kind in brd delay1 delay5 nbd1 nbd5; do
 	case $kind in
 	brd) dst=/dev/ram1 ;;
 	delay*)
 		ms=${kind#delay}
 		dmsetup create bench-delay --table "0 $sectors delay /dev/ram1 0 $ms"
 		dst=/dev/mapper/bench-delay
+		;;
+	nbd*)
+		ms=${kind#nbd}
+		tc qdisc replace dev veth-bench root netem delay "${ms}ms"
+		dst=$nbd
 		;;
 	esac
 	for when in synced copying; do
@@ -94,8 +127,9 @@ for kind in brd delay1 delay5; do
 			fi
 		done
 	done
-	if [ "$kind" != brd ]; then dmsetup remove bench-delay; fi
+	case $kind in delay*) dmsetup remove bench-delay ;; esac
 done
+"$DMMIG" nbd disconnect "$nbd" || true
 
 python3 - "$out/mirror.jsonl" <<'PY'
 import json, sys

@@ -25,6 +25,7 @@ use crate::dm::Dm;
 use crate::error::{Error, Result};
 use crate::table::TableLine;
 use devices::{prepare_destination, prepare_metadata, space_needed, BlockDev, Created};
+use dm_migrate_engine::behind::MirrorMode;
 use dm_migrate_engine::status::TableParams;
 use dm_migrate_engine::table::{Geometry, Options, TableArgs};
 use dm_migrate_engine::SECTOR_SIZE;
@@ -55,6 +56,16 @@ pub struct MoveOptions {
     /// Copy batches in flight, 1 to 16.
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=16))]
     pub depth: Option<u32>,
+    /// Whether a guest write to a copied region completes once both devices have it (sync)
+    /// or once the origin has it, its copy following to the destination within --mirror-lag
+    /// (async: a far destination then costs the guest little). The target's default where not
+    /// given (sync).
+    #[arg(long, value_parser = ["sync", "async"])]
+    pub mirror: Option<String>,
+    /// With --mirror async: the most KiB of writes the destination may be behind (default
+    /// 8192); past it writes wait for the destination.
+    #[arg(long, value_name = "KiB", value_parser = clap::value_parser!(u64).range(1..=1_048_576))]
+    pub mirror_lag: Option<u64>,
     /// Keep the old image file and its loop device.
     #[arg(long)]
     pub keep_source: bool,
@@ -175,6 +186,8 @@ pub fn table_options(opts: &MoveOptions) -> Result<Options> {
         min_rate: opts.min_rate,
         no_switch: opts.gate.is_some(),
         metadata: !opts.no_metadata,
+        mirror: opts.mirror.as_deref().and_then(MirrorMode::parse),
+        mirror_lag: opts.mirror_lag,
         ..Options::default()
     };
     let mut words = String::from("origin destination");
@@ -458,4 +471,24 @@ pub fn run_move(
         longest_pause_ms: longest.as_secs_f64() * 1000.0,
         removed_image,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_mirror_options_reach_the_table_line_only_when_given() {
+        let plain = table_options(&MoveOptions::default()).unwrap();
+        assert_eq!((plain.mirror, plain.mirror_lag), (None, None));
+        let opts = MoveOptions {
+            mirror: Some("async".into()),
+            mirror_lag: Some(1024),
+            ..Default::default()
+        };
+        let options = table_options(&opts).unwrap();
+        let mut line = String::new();
+        options.write(&mut line, "m").unwrap();
+        assert_eq!(line, " 6 metadata m mirror async mirror_lag 1024");
+    }
 }
