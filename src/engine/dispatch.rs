@@ -325,6 +325,30 @@ mod tests {
         assert!(s.dest_flush);
     }
 
+    /// The contract `map` keeps with the switch: the write behind enters the copier's epochs on
+    /// its own, so the switch, which drains them, is refused until the copy has landed even
+    /// though the guest was told of the write when the origin's half completed.
+    #[test]
+    fn a_write_behind_holds_the_switch_until_it_lands() {
+        use crate::epoch::{BioTag, WriteEpochs};
+        let mut t = tracker(2);
+        copy_all(&mut t);
+        let behind = std::boxed::Box::new(BehindLog::new(MirrorMode::Async, 64));
+        let epochs = WriteEpochs::new();
+        let p = plan::<_, _, Vec<u64>>(&t, None, Some(&*behind), io(IoKind::Write, 0, 8, false));
+        let slot = p.behind_slot.unwrap();
+        assert!(p.copy_write);
+        let guest = epochs.enter();
+        behind.set_tag(slot, BioTag::write(Some(epochs.enter()), None, None).raw());
+        epochs.exit(guest);
+        assert!(t.begin_switch());
+        assert!(!t.switch(&epochs), "the write behind has not landed");
+        let (tag, last) = behind.release(slot);
+        assert!(last);
+        epochs.exit(BioTag::from_raw(tag).copy_write().unwrap());
+        assert!(t.switch(&epochs));
+    }
+
     #[test]
     fn a_write_waiting_for_its_intent_bit_takes_no_slot() {
         let mut t = tracker(4);
