@@ -219,12 +219,19 @@ impl BehindLog {
     }
 
     /// Whether a write of `bytes` could go behind now (async mode, a slot free, room under the
-    /// cap): worth making a copy of its data for.
+    /// cap): worth making a copy of its data for. A write that finds no room in async mode is
+    /// counted as mirrored at the cap.
     pub fn has_room(&self, bytes: u64) -> bool {
-        self.mode() == MirrorMode::Async
-            && (self.count.load(Ordering::Relaxed) as usize) < SLOTS
+        if self.mode() == MirrorMode::Sync {
+            return false;
+        }
+        let room = (self.count.load(Ordering::Relaxed) as usize) < SLOTS
             && self.bytes.load(Ordering::Relaxed).saturating_add(bytes)
-                <= self.cap_bytes.load(Ordering::Relaxed)
+                <= self.cap_bytes.load(Ordering::Relaxed);
+        if !room {
+            self.capped_total.fetch_add(1, Ordering::Relaxed);
+        }
+        room
     }
 
     /// Decides what a mirrored write of `bytes` over `sectors` sectors from `sector` does;

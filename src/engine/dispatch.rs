@@ -285,6 +285,8 @@ mod tests {
         let mut t = tracker(4);
         let behind = std::boxed::Box::new(BehindLog::new(MirrorMode::Async, 64));
         let b = Some(&*behind);
+        let big = plan::<_, _, Vec<u64>>(&t, None, b, io(IoKind::Write, 0, 256, false));
+        assert!(!big.wants_copy, "pending: no copy");
         let pending = plan::<_, _, Vec<u64>>(&t, None, b, io(IoKind::Write, 0, 8, true));
         assert_eq!((pending.route, pending.behind_slot), (Route::Origin, None));
         copy_all(&mut t);
@@ -298,6 +300,20 @@ mod tests {
             },
         );
         assert!(uncopied.wants_copy && !uncopied.copy_write && uncopied.behind_slot.is_none());
+        let capped = plan::<_, _, Vec<u64>>(
+            &t,
+            None,
+            b,
+            Io {
+                copied: false,
+                ..io(IoKind::Write, 0, 256, false)
+            },
+        );
+        assert!(
+            !capped.wants_copy && capped.behind_slot.is_none(),
+            "128 KiB > 64 KiB cap"
+        );
+        assert_eq!(behind.stats().capped_total, 1);
         let w = plan::<_, _, Vec<u64>>(&t, None, b, io(IoKind::Write, 8, 8, true));
         assert_eq!((w.route, w.behind_slot), (Route::Both, Some(0)));
         assert!(w.copy_write && !w.dest_flush, "the copy goes without FUA");
