@@ -297,6 +297,7 @@ impl Target for Migrate {
                 handle,
                 membership.migration().clone(),
                 BehindSet::new(16).map_err(oom)?,
+                migration::behind_slots().map_err(|_| TableError::OutOfMemory)?,
                 Event::new().map_err(oom)?,
             ),
             GFP_KERNEL,

@@ -86,16 +86,24 @@ impl MirrorMode {
 }
 
 /// One write behind: its sectors `[start, end)`, `end` 0 when the slot is free (a write has at
-/// least one sector, so a write's `end` is never 0).
-struct Slot {
+/// least one sector, so a write's `end` is never 0). The slots live out of line, in storage the
+/// caller allocates ([`BehindLog::new`]): 4 KiB of them would not belong on a kernel stack.
+pub struct Slot {
     start: AtomicU64,
     end: AtomicU64,
     bytes: AtomicU64,
     tag: AtomicU8,
 }
 
+impl Default for Slot {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl Slot {
-    const fn new() -> Self {
+    /// A free slot.
+    pub const fn new() -> Self {
         Self {
             start: AtomicU64::new(0),
             end: AtomicU64::new(0),
@@ -105,9 +113,10 @@ impl Slot {
     }
 }
 
-/// The writes behind in flight, the mode and the cap, and what was seen of them.
-pub struct BehindLog {
-    slots: [Slot; SLOTS],
+/// The writes behind in flight, the mode and the cap, and what was seen of them. `S` holds the
+/// slots, [`SLOTS`] of them (a `Vec` in userspace, a `KVec` in the kernel).
+pub struct BehindLog<S> {
+    slots: S,
     /// One past the highest slot that may be in use: admissions look no further.
     high: AtomicU64,
     asynchronous: AtomicBool,
@@ -146,11 +155,12 @@ pub struct BehindStats {
     pub waited_total: u64,
 }
 
-impl BehindLog {
-    /// An empty log in `mode` with a cap of `lag_kib` KiB.
-    pub const fn new(mode: MirrorMode, lag_kib: u64) -> Self {
+impl<S: core::ops::Deref<Target = [Slot]>> BehindLog<S> {
+    /// An empty log in `mode` with a cap of `lag_kib` KiB, over `slots`: free slots, at most
+    /// [`SLOTS`] of them used.
+    pub fn new(slots: S, mode: MirrorMode, lag_kib: u64) -> Self {
         Self {
-            slots: [const { Slot::new() }; SLOTS],
+            slots,
             high: AtomicU64::new(0),
             asynchronous: AtomicBool::new(matches!(mode, MirrorMode::Async)),
             cap_bytes: AtomicU64::new(lag_kib * 1024),
@@ -202,7 +212,8 @@ impl BehindLog {
         }
         let end = sector.saturating_add(sectors.max(1));
         let high = self.high.load(Ordering::Relaxed) as usize;
-        self.slots[..high.min(SLOTS)].iter().any(|slot| {
+        let used = high.min(self.slots.len());
+        self.slots[..used].iter().any(|slot| {
             let slot_end = slot.end.load(Ordering::Acquire);
             slot_end != 0 && slot.start.load(Ordering::Relaxed) < end && sector < slot_end
         })
@@ -225,7 +236,7 @@ impl BehindLog {
         if self.mode() == MirrorMode::Sync {
             return false;
         }
-        let room = (self.count.load(Ordering::Relaxed) as usize) < SLOTS
+        let room = (self.count.load(Ordering::Relaxed) as usize) < self.slots.len().min(SLOTS)
             && self.bytes.load(Ordering::Relaxed).saturating_add(bytes)
                 <= self.cap_bytes.load(Ordering::Relaxed);
         if !room {
@@ -256,8 +267,7 @@ impl BehindLog {
             self.capped_total.fetch_add(1, Ordering::Relaxed);
             return Admit::Mirror;
         }
-        let Some(index) = self
-            .slots
+        let Some(index) = self.slots[..self.slots.len().min(SLOTS)]
             .iter()
             .position(|slot| slot.end.load(Ordering::Acquire) == 0)
         else {
@@ -318,11 +328,10 @@ impl BehindLog {
 mod tests {
     use super::*;
     use proptest::prelude::*;
-    use std::boxed::Box;
     use std::vec::Vec;
 
-    fn log(mode: MirrorMode, kib: u64) -> Box<BehindLog> {
-        Box::new(BehindLog::new(mode, kib))
+    fn log(mode: MirrorMode, kib: u64) -> BehindLog<Vec<Slot>> {
+        BehindLog::new((0..SLOTS).map(|_| Slot::new()).collect(), mode, kib)
     }
 
     #[test]
@@ -414,7 +423,7 @@ mod tests {
             let mut flying: Vec<(usize, u64, u64, u8)> = Vec::new();
             // A write that waits: retried after each landing.
             let mut waiting: Vec<(u64, u64, u8)> = Vec::new();
-            let issue = |a: &BehindLog, flying: &mut Vec<(usize, u64, u64, u8)>,
+            let issue = |a: &BehindLog<Vec<Slot>>, flying: &mut Vec<(usize, u64, u64, u8)>,
                              origin: &mut [u8; 40], dest: &mut [u8; 40],
                              sector: u64, len: u64, value: u8| -> bool {
                 match a.admit(sector, len, len * 512, true) {

@@ -20,7 +20,7 @@ use crate::dm::copy::flush;
 use crate::dm::device::Device;
 use crate::dm::event::Event;
 use crate::dm::target::{MapResult, TargetHandle};
-use crate::engine::behind::BehindLog;
+use crate::engine::behind::{BehindLog, Slot, SLOTS};
 use crate::engine::bitmap::{self, Chunk};
 use crate::engine::dispatch::{self, FinalRoute, Io};
 use crate::engine::epoch::{BioTag, Counted, Epoch, WriteEpochs};
@@ -332,7 +332,7 @@ pub(crate) struct Migrator {
     /// postsuspend waits for every write behind (`BehindSet::drain`).
     pub(crate) behind_set: BehindSet<Migrator>,
     /// The writes behind in flight, the mirror's mode and its cap (`engine::behind`).
-    pub(crate) behind: BehindLog,
+    pub(crate) behind: BehindLog<KVec<Slot>>,
     /// Signalled by every write behind that completes: a write that overlapped it waits in
     /// `map` for this.
     pub(crate) behind_event: Event,
@@ -362,6 +362,17 @@ pub(crate) struct Migrator {
     pub(crate) skip_zeroes: AtomicBool,
 }
 
+/// The slots of a migrator's writes behind, free, from the heap: 4 KiB, which the constructor
+/// must not carry on its stack (with a metadata device its frames already come near the end of
+/// the kernel stack).
+pub(crate) fn behind_slots() -> Result<KVec<Slot>, kernel::alloc::AllocError> {
+    let mut slots = KVec::with_capacity(SLOTS, GFP_KERNEL)?;
+    for _ in 0..SLOTS {
+        slots.push(Slot::new(), GFP_KERNEL)?;
+    }
+    Ok(slots)
+}
+
 impl Migrator {
     /// Assembles a target's view of its migration.
     #[allow(clippy::too_many_arguments)]
@@ -376,6 +387,7 @@ impl Migrator {
         handle: TargetHandle,
         migration: Arc<Migration>,
         behind_set: BehindSet<Migrator>,
+        behind_slots: KVec<Slot>,
         behind_event: Event,
     ) -> Self {
         // Zeros are written as write-zeroes where the destination takes them, unless the table
@@ -384,7 +396,11 @@ impl Migrator {
             options.skip_zeroes.unwrap_or(true) && destination.supports_write_zeroes();
         Self {
             behind_set,
-            behind: BehindLog::new(options.mirror_mode(), options.mirror_lag_kib()),
+            behind: BehindLog::new(
+                behind_slots,
+                options.mirror_mode(),
+                options.mirror_lag_kib(),
+            ),
             behind_event,
             origin,
             destination,
