@@ -444,6 +444,30 @@ mod tests {
                     }
                 }
             };
+            // The destination completes the write behind `index`; the waiting write, if any,
+            // is tried again.
+            #[allow(clippy::type_complexity)]
+            fn land(
+                a: &BehindLog<Vec<Slot>>,
+                flying: &mut Vec<(usize, u64, u64, u8)>,
+                waiting: &mut Vec<(u64, u64, u8)>,
+                origin: &mut [u8; 40],
+                dest: &mut [u8; 40],
+                index: usize,
+                issue: &dyn Fn(&BehindLog<Vec<Slot>>, &mut Vec<(usize, u64, u64, u8)>,
+                               &mut [u8; 40], &mut [u8; 40], u64, u64, u8) -> bool,
+            ) {
+                let (slot, sector, len, value) = flying.remove(index);
+                for s in sector..sector + len {
+                    dest[s as usize] = value;
+                }
+                a.release(slot);
+                if let Some(&(sector, len, value)) = waiting.first() {
+                    if issue(a, flying, origin, dest, sector, len, value) {
+                        waiting.clear();
+                    }
+                }
+            }
             for step in steps {
                 match step {
                     Step::Write { sector, len, value } => {
@@ -456,16 +480,8 @@ mod tests {
                         }
                     }
                     Step::Land(i) if !flying.is_empty() => {
-                        let (slot, sector, len, value) = flying.remove(i % flying.len());
-                        for s in sector..sector + len {
-                            dest[s as usize] = value;
-                        }
-                        a.release(slot);
-                        if let Some(&(sector, len, value)) = waiting.first() {
-                            if issue(&a, &mut flying, &mut origin, &mut dest, sector, len, value) {
-                                waiting.clear();
-                            }
-                        }
+                        let index = i % flying.len();
+                        land(&a, &mut flying, &mut waiting, &mut origin, &mut dest, index, &issue);
                     }
                     Step::Land(_) => {}
                     Step::Mode(on) => a.set_mode(if on { MirrorMode::Async } else { MirrorMode::Sync }),
@@ -474,16 +490,7 @@ mod tests {
                 prop_assert_eq!(a.stats().count as usize, flying.len());
             }
             while !flying.is_empty() {
-                let (slot, sector, len, value) = flying.remove(0);
-                for s in sector..sector + len {
-                    dest[s as usize] = value;
-                }
-                a.release(slot);
-                if let Some(&(sector, len, value)) = waiting.first() {
-                    if issue(&a, &mut flying, &mut origin, &mut dest, sector, len, value) {
-                        waiting.clear();
-                    }
-                }
+                land(&a, &mut flying, &mut waiting, &mut origin, &mut dest, 0, &issue);
             }
             prop_assert!(waiting.is_empty(), "a waiting write was never issued");
             prop_assert_eq!(origin, dest);
