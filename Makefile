@@ -123,7 +123,7 @@ copy-throughput: vm-module
 # minutes); results in results/bench/. bench-smoke is a short run that checks it still works.
 # 6 GiB: the brd pair holds 2 GiB, and later the loop device kind's two 1 GiB files must fit in
 # the VM's tmpfs, which gets half of its memory.
-bench: vm-module
+bench: tools vm-module
 	@python3 -c 'import matplotlib' 2>/dev/null || python3 -m pip install -q matplotlib
 	rm -rf results/bench && mkdir -p results/bench
 	VM_MEM=6G VM_TIMEOUT=2400 VM_KEEP_RESULTS=$(CURDIR)/results/bench BENCH_MIB=$${BENCH_MIB:-1024} \
@@ -132,7 +132,7 @@ bench: vm-module
 
 # What mirroring costs a guest's writes, sync against async, on brd and on a destination 1 and
 # 5 ms away (dm-delay); about 5 minutes. Results in results/bench-mirror/.
-bench-mirror: vm-module
+bench-mirror: tools vm-module
 	rm -rf results/bench-mirror && mkdir -p results/bench-mirror
 	VM_TIMEOUT=1800 VM_KEEP_RESULTS=$(CURDIR)/results/bench-mirror scripts/vm.sh $(KDIR) bench/mirror-vm.sh
 

@@ -921,10 +921,12 @@ fi
 # network-like destination, dm-delay adding DELAY_MS to every read and write of ram1; null_blk
 # with memory and timer completions after 50 µs (NVMe-like); and loop devices over files on the
 # VM's tmpfs, the origin filled with random data and the destination a fresh sparse file (what
-# `dmmig move` to a new image copies onto). On each: raw copies with one dd stream and with
+# `dmmig move` to a new image copies onto); and a remote destination, an NBD export over a veth
+# pair with netem delay (issue 24). On each: raw copies with one dd stream and with
 # four (each a quarter, by skip/seek), migrate at its defaults, dm-clone tuned as in issue 11;
-# then guest 4 KiB random reads and writes while migrate copies at its defaults, against
-# dm-linear on the origin with no copy, as in section 2. Every copy covers the first MIB MiB.
+# then guest 4 KiB random reads and writes while migrate copies at its defaults (writes also
+# with `mirror async`), and writes in sync with either mirror, against dm-linear on the origin
+# with no copy, as in section 2. Every copy covers the first MIB MiB.
 # Note that dm-delay below 50 ms hands its bios to a kernel thread that polls the list of
 # delayed bios (drivers/md/dm-delay.c): while bios are delayed it keeps one of the VM's two CPUs
 # busy, for every peer alike.
@@ -934,7 +936,7 @@ sectors=$((MIB * 2048))
 # blocks are punched out (a sparse file again, whose first write allocates, as on a new image);
 # the other kinds keep their destination written once (see the brd pair above).
 kind_fresh() {
-	if [ "$kind" = loop ]; then
+	if [ "$kind" = loop ] || [ "$kind" = nbd ]; then
 		fallocate --punch-hole --offset 0 --length $((MIB << 20)) "$TMPDIR/kind-dest.img"
 	fi
 }
@@ -959,21 +961,25 @@ kind_copy() { idle_copy "$1" "$out/progress-$kind-$1.csv"; }
 # held with `rate 1` (the ceiling: the copy waits) and released with `rate 0`, which leaves it at
 # its defaults; `rate` is max_rate's alias, so this also runs on a module before issue 11.
 kind_guest_io() {
-	local rw peer csv log=$TMPDIR/kguest loader end copy t_stop
+	local rw peer peers csv log=$TMPDIR/kguest loader end copy t_stop mode
 	for rw in randread randwrite; do
-		for peer in linear migrate; do
+		# Reads go to the origin alone whatever the mirror's mode: only writes are run with
+		# `mirror async` as well (issue 24).
+		peers="linear migrate"
+		[ $rw = randwrite ] && peers="linear migrate migrate-async"
+		for peer in $peers; do
 			kind_fresh
 			csv=$out/progress-$kind-$rw-$peer.csv
-			if [ $peer = linear ]; then
-				dmsetup create bench --table "0 $sectors linear $src 0"
-			else
-				dmsetup create bench --table "0 $sectors migrate $src $dst 2 rate 1"
-			fi
+			case $peer in
+			linear) dmsetup create bench --table "0 $sectors linear $src 0" ;;
+			migrate) dmsetup create bench --table "0 $sectors migrate $src $dst 2 rate 1" ;;
+			migrate-async) dmsetup create bench --table "0 $sectors migrate $src $dst 4 rate 1 mirror async" ;;
+			esac
 			fio_start /dev/mapper/bench $rw "$log"
 			rm -f "$csv.raw"
 			sample_bg bench $peer "$csv.raw" 0.1
 			t0=$(now)
-			if [ $peer = migrate ]; then
+			if [ $peer != linear ]; then
 				dmsetup message bench 0 rate 0
 				await_copy
 			else
@@ -1000,16 +1006,54 @@ kind_guest_io() {
 	# every region copied), where every write goes to both devices, against dm-linear above.
 	# While copying, the share of writes that land on copied regions pays this. The figures are
 	# over fio's whole run, in sync from before it starts to after it ends.
-	kind_fresh
-	dmsetup create bench --table "0 $sectors migrate $src $dst 1 no_switch"
-	wait_in_sync "kind_guest_io $kind mirrored" migrate 0.2
-	fio_log /dev/mapper/bench randwrite "$FIO_S" "$log"
-	expect_state "kind_guest_io $kind mirrored" synced
-	stop_copy
-	emit_io "{\"figure\":\"kind_guest_io\",\"device\":\"$kind\",\"peer\":\"mirrored\",\"rw\":\"randwrite\",\"copy_ended\":true,\"state\":\"synced\"}" \
-		"$log"_clat.1.log
+	# The same with `mirror async`: the write completes once the origin has it (issue 24). The
+	# sysfs counters say how far behind the destination went and how many writes found the cap
+	# (or the slots) used up and were mirrored synchronously.
+	for mode in sync async; do
+		kind_fresh
+		dmsetup create bench --table "0 $sectors migrate $src $dst 3 no_switch mirror $mode"
+		wait_in_sync "kind_guest_io $kind mirrored $mode" migrate 0.2
+		fio_log /dev/mapper/bench randwrite "$FIO_S" "$log"
+		expect_state "kind_guest_io $kind mirrored $mode" synced
+		local sys behind
+		sys=/sys/block/$(dmsetup info -c --noheadings -o blkdevname bench)/migrate
+		behind="\"behind_max_bytes\":$(cat "$sys/behind_max_bytes"),\"capped_writes\":$(cat "$sys/capped_writes"),\"behind_writes\":$(cat "$sys/behind_writes")"
+		stop_copy
+		peer=mirrored
+		[ $mode = async ] && peer=mirrored-async
+		emit_io "{\"figure\":\"kind_guest_io\",\"device\":\"$kind\",\"peer\":\"$peer\",\"rw\":\"randwrite\",\"copy_ended\":true,\"state\":\"synced\",$behind}" \
+			"$log"_clat.1.log
+	done
 }
-for kind in brd delay nullb loop; do
+# The remote kind (issue 24): the destination on another box, an NBD export of a tmpfs file
+# served by qemu-nbd in a second network namespace, reached over a veth pair whose client end
+# netem delays NBD_MS ms (one way: the round trip is NBD_MS longer). The origin is the loop
+# kind's. The server writes into the page cache of its tmpfs file, which is the storage itself.
+NBD_MS=${BENCH_NBD_MS:-1}
+DMMIG=${DMMIG:-$REPO_ROOT/target/debug/dmmig}
+nbd_ns=bench-nbd nbd_ip=10.198.0.2
+nbd_serve() {
+	command -v qemu-nbd >/dev/null || die "the nbd kind: qemu-nbd is not installed (Debian: qemu-utils)"
+	[ -x "$DMMIG" ] || die "the nbd kind: dmmig is not built ($DMMIG)"
+	ip netns add $nbd_ns
+	ip link add veth-bench type veth peer name veth-bsrv netns $nbd_ns
+	ip addr add 10.198.0.1/24 dev veth-bench
+	ip link set veth-bench up
+	ip -n $nbd_ns addr add $nbd_ip/24 dev veth-bsrv
+	ip -n $nbd_ns link set veth-bsrv up
+	ip -n $nbd_ns link set lo up
+	tc qdisc replace dev veth-bench root netem delay "${NBD_MS}ms"
+	ip netns exec $nbd_ns qemu-nbd -f raw -x bench -b $nbd_ip --persistent --shared=8 \
+		"$1" >"$TMPDIR/qemu-nbd.log" 2>&1 &
+	nbd_server=$!
+	local deadline=$((SECONDS + 30))
+	until ip netns exec $nbd_ns ss -ltn 2>/dev/null | grep -q "$nbd_ip:10809"; do
+		[ $SECONDS -lt $deadline ] || die "the nbd kind: qemu-nbd does not listen: $(cat "$TMPDIR/qemu-nbd.log")"
+		sleep 0.2
+	done
+	nbd_dev=$("$DMMIG" nbd connect "nbd://$nbd_ip/bench") || die "the nbd kind: dmmig nbd connect failed"
+}
+for kind in brd delay nullb loop nbd; do
 	case $kind in
 	brd)
 		src=/dev/ram0 dst=/dev/ram1
@@ -1041,6 +1085,12 @@ for kind in brd delay nullb loop; do
 		dst=$(losetup -f --show "$TMPDIR/kind-dest.img")
 		what="loop devices over tmpfs files, a fresh sparse destination for every copy"
 		;;
+	nbd)
+		losetup -d "$dst"
+		nbd_serve "$TMPDIR/kind-dest.img"
+		dst=$nbd_dev
+		what="the loop origin to an NBD export of a fresh sparse tmpfs file, over veth with netem $NBD_MS ms"
+		;;
 	esac
 	emit "{\"figure\":\"device_kind\",\"device\":\"$kind\",\"what\":\"$what\",\"mib\":$MIB}"
 	for streams in 1 4; do
@@ -1057,7 +1107,12 @@ for kind in brd delay nullb loop; do
 	done
 	kind_guest_io
 done
-losetup -d "$src" "$dst"
+"$DMMIG" nbd disconnect "$dst" || echo "bench: $dst stays connected" >&2
+kill "$nbd_server" 2>/dev/null || true
+wait "$nbd_server" 2>/dev/null || true
+ip netns del $nbd_ns
+ip link del veth-bench 2>/dev/null || true
+losetup -d "$src"
 rm -f "$TMPDIR/kind-origin.img" "$TMPDIR/kind-dest.img"
 
 # 12. A sparse origin: a loop device over a tmpfs file of MIB MiB of which a tenth is data (1 MiB

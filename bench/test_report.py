@@ -169,6 +169,35 @@ class ReportTest(unittest.TestCase):
                       "(the copy was done before its release)", err)
         self.assertIn("guest randread IOPS while copying >= 0.8x dm-linear: no I/O in its window", err)
 
+    def with_async(self):
+        """fixed_rows with issue 24's runs on the delay kind: async while copying and in sync,
+        beside the sync ones the dated run has."""
+        rows = fixed_rows()
+        base = find(rows, "kind_guest_io", device="delay", peer="migrate", rw="randwrite")
+        at = rows.index(base) + 1
+        rows.insert(at, dict(base, peer="migrate-async", iops=45000, p99_us=900))
+        rows.insert(at + 1, dict(base, peer="mirrored-async", iops=44000, p99_us=1000,
+                                 behind_max_bytes=524288, capped_writes=116, behind_writes=100000))
+        return rows
+
+    def test_async_mirror_rows_are_judged_against_dm_linear(self):
+        status, md, err = self.run_report(self.with_async())
+        self.assertEqual(status, 0, err)
+        # dm-linear wrote 51270 IOPS at p99 798 µs on the delay kind in the dated run.
+        self.assertTrue(self.target(md, "guest randwrite while copying, mirror async | delay")
+                        .endswith("| yes |"))
+        self.assertTrue(self.target(md, "guest randwrite in sync, mirror sync (default) | delay")
+                        .endswith("| **no** |"))
+        self.assertIn("| delay | 51270 | 0.83x, p99 4.43x | 0.88x, p99 1.13x |", md)
+
+    def test_an_async_run_without_io_is_an_error(self):
+        rows = self.with_async()
+        find(rows, "kind_guest_io", device="delay", peer="mirrored-async").update(ios=0)
+        status, md, err = self.run_report(rows)
+        self.assertEqual(status, 1)
+        self.assertIn("guest randwrite in sync, mirror async (delay): no I/O in its window", err)
+        self.assertIn("mirrored-async writes on delay: no I/O in its window", err)
+
     def test_missing_figures_are_errors(self):
         rows = [r for r in fixed_rows() if r["figure"] not in ("sync_under_load", "idle_overhead")]
         status, md, err = self.run_report(rows)
