@@ -17,8 +17,8 @@
 //! - [`memalloc::noio_scope`], a scope whose allocations do not wait for I/O.
 //! - [`sysfs::SysfsDir`], the progress counters in sysfs.
 
-mod bindings;
 pub mod behind;
+mod bindings;
 pub mod bio;
 pub mod copy;
 pub mod device;

@@ -12,7 +12,7 @@ dir=$(dm_sysfs sys)/migrate
 wait_field sys 2 "32/$((len / 128))"
 [ -d "$dir" ] || fail "no $dir"
 for f in state total_bytes copied_bytes pending_regions inflight rate_kibps errors mirror behind_bytes \
-	behind_max_bytes behind_writes capped_writes; do
+	behind_max_bytes behind_writes capped_writes intent_chunks intent_plane_waits; do
 	[ -f "$dir/$f" ] || fail "no $dir/$f"
 	[ "$(stat -c %a "$dir/$f")" = 444 ] || fail "$f is not read-only"
 	echo x >"$dir/$f" 2>/dev/null && fail "$f accepted a write"
@@ -25,6 +25,8 @@ done
 [ "$(cat "$dir/pending_regions")" = $(((len - 4096) / 128)) ] || fail "pending_regions"
 [ "$(cat "$dir/errors")" = 0 ] || fail "errors"
 [ "$(cat "$dir/mirror")" = sync ] || fail "mirror: $(cat "$dir/mirror")"
+# Without a metadata device there is no write-intent state.
+[ "$(cat "$dir/intent_chunks")" = 0 ] || fail "intent_chunks: $(cat "$dir/intent_chunks")"
 dmsetup message "$DEV_PREFIX-sys" 0 rate 0 || fail "rate 0 failed"
 wait_state sys switched
 [ "$(cat "$dir/state")" = switched ] || fail "state after switch: $(cat "$dir/state")"

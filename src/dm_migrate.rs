@@ -33,8 +33,8 @@ use core::fmt::Write;
 use core::sync::atomic::Ordering;
 use dm::behind::BehindSet;
 use dm::bio::{Bio, BioSet, Status};
-use dm::event::Event;
 use dm::device::Device;
+use dm::event::Event;
 use dm::kthread::KThread;
 use dm::memalloc::noio_scope;
 use dm::sysfs::{SysfsDir, SysfsShow};
@@ -158,6 +158,19 @@ impl SysfsShow for Migrator {
             SysfsFile::BehindMaxBytes => writeln!(out, "{}", self.behind.stats().max_bytes),
             SysfsFile::BehindWrites => writeln!(out, "{}", self.behind.stats().behind_total),
             SysfsFile::CappedWrites => writeln!(out, "{}", self.behind.stats().capped_total),
+            // Without a metadata device there is no write-intent log: nothing held, no waits.
+            SysfsFile::IntentChunks => writeln!(
+                out,
+                "{}",
+                self.migration
+                    .intent_stats()
+                    .map_or(0, |(chunks, _)| chunks)
+            ),
+            SysfsFile::IntentPlaneWaits => writeln!(
+                out,
+                "{}",
+                self.migration.intent_stats().map_or(0, |(_, waits)| waits)
+            ),
         };
     }
 }
@@ -391,27 +404,31 @@ impl Target for Migrate {
     }
 
     fn postsuspend(&self) {
-        // Every guest write has ended by now (the core waited for them, those that waited for
-        // an intent included), but the core knows nothing of the writes behind, which the
-        // guest no longer waits for: once they have landed too, the metadata thread can stop,
-        // and a last commit records the copy with every intent bit clear.
-        self.migrator.behind_set.drain();
-        if let Some(thread) = self.meta_thread.lock().as_mut() {
-            thread.park();
-        }
-        self.migrator.check_mirror_failure();
-        self.migrator.meta_commit(true);
-        // With `no_switch`, userspace may swap to the destination while suspended: make what
-        // the copy and the mirrored writes put there durable first.
-        if self.migrator.migration.state() == engine::state::State::Synced
-            && self.migrator.flush_destination().is_err()
-        {
-            self.migrator
-                .fail(engine::state::FailReason::DestinationFlush);
-        }
-        // A table reload resumes the new target before the old one is destroyed: give the
-        // folder up here so the new target can create it.
-        drop(self.sysfs.lock().take());
+        // The device is suspended: no allocation here (the last commit's pages) may wait for
+        // its I/O.
+        noio_scope(|| {
+            // Every guest write has ended by now (the core waited for them, those that waited
+            // for an intent included), but the core knows nothing of the writes behind, which
+            // the guest no longer waits for: once they have landed too, the metadata thread
+            // can stop, and a last commit records the copy with every intent bit clear.
+            self.migrator.behind_set.drain();
+            if let Some(thread) = self.meta_thread.lock().as_mut() {
+                thread.park();
+            }
+            self.migrator.check_mirror_failure();
+            self.migrator.meta_commit(true);
+            // With `no_switch`, userspace may swap to the destination while suspended: make
+            // what the copy and the mirrored writes put there durable first.
+            if self.migrator.migration.state() == engine::state::State::Synced
+                && self.migrator.flush_destination().is_err()
+            {
+                self.migrator
+                    .fail(engine::state::FailReason::DestinationFlush);
+            }
+            // A table reload resumes the new target before the old one is destroyed: give the
+            // folder up here so the new target can create it.
+            drop(self.sysfs.lock().take());
+        });
     }
 
     fn preresume(&self) -> Result {

@@ -15,6 +15,8 @@ use crate::engine::metadata::{
 };
 use crate::engine::state::FailReason;
 use crate::engine::SECTOR_SIZE;
+use crate::migration::{paged_bitmap, BitmapPage, PagedBitmap};
+use core::ops::Range;
 use kernel::prelude::*;
 
 /// How many copied regions a load compares on the origin and the destination.
@@ -45,11 +47,17 @@ pub(crate) struct MetaStore {
     layout: Layout,
     block: MetaBlock,
     buf: KBox<[u8; BLOCK_SIZE]>,
-    /// The copied and intent bitmaps as on the device.
-    disk_copied: KVVec<u64>,
-    disk_intent: KVVec<u64>,
-    /// What the next bitmap write puts there, filled by the caller.
-    pub(crate) next: KVVec<u64>,
+    /// The copied and intent bitmaps as on the device, in pages only where they are mixed:
+    /// the copied bitmap is all ones behind the copy and all zeros ahead of it, the intent
+    /// bitmap all zeros but where the guest wrote lately (issue 24).
+    disk_copied: PagedBitmap,
+    disk_intent: PagedBitmap,
+    /// One bitmap block's words, as a bitmap write fills them.
+    words: KVec<u64>,
+    /// The copy of the copied (0) or intent (1) bitmap may differ from the device: a page for
+    /// it could not be allocated after a block was written. Until a write of every block
+    /// succeeds in full, no block is skipped as unchanged.
+    stale: [bool; 2],
     /// See [`MetaStore::first_copy_written`].
     first_copy_written: bool,
     /// Loaded as [`Loaded::ForHandover`], and the hand-over is not written yet: the device
@@ -57,10 +65,13 @@ pub(crate) struct MetaStore {
     handover_due: bool,
 }
 
-fn alloc_words(words: usize) -> Result<KVVec<u64>, MetadataError> {
-    // Allocation failure is reported as the table's out-of-memory by the caller's mapping;
-    // here it can only be told apart as a read error, which refuses the table all the same.
-    KVVec::from_elem(0u64, words, GFP_KERNEL).map_err(|_| MetadataError::ReadError)
+fn alloc_bitmap(words: usize) -> Result<PagedBitmap, MetadataError> {
+    paged_bitmap(words as u64 * 64).map_err(|_| MetadataError::OutOfMemory)
+}
+
+/// A page for a bitmap of the store, from where the store may sleep.
+fn new_page() -> Option<BitmapPage> {
+    BitmapPage::new().ok()
 }
 
 impl MetaStore {
@@ -96,10 +107,18 @@ impl MetaStore {
             },
             layout,
             block: MetaBlock::new().map_err(|_| MetadataError::ReadError)?,
-            buf: KBox::new([0; BLOCK_SIZE], GFP_KERNEL).map_err(|_| MetadataError::ReadError)?,
-            disk_copied: alloc_words(words)?,
-            disk_intent: alloc_words(words)?,
-            next: alloc_words(words)?,
+            // Zeroed in place: `KBox::new` would build the 4 KiB on the constructor's stack,
+            // which is deep already.
+            buf: <KBox<[u8; BLOCK_SIZE]> as kernel::init::InPlaceInit<_>>::init(
+                kernel::init::zeroed(),
+                GFP_KERNEL,
+            )
+            .map_err(|_| MetadataError::OutOfMemory)?,
+            disk_copied: alloc_bitmap(words)?,
+            disk_intent: alloc_bitmap(words)?,
+            words: KVec::from_elem(0u64, WORDS_PER_BLOCK, GFP_KERNEL)
+                .map_err(|_| MetadataError::OutOfMemory)?,
+            stale: [false; 2],
             first_copy_written: false,
             handover_due: false,
         };
@@ -173,12 +192,9 @@ impl MetaStore {
                 buf,
                 disk_copied,
                 disk_intent,
+                words,
                 ..
             } = self;
-            let words = match kind {
-                BitmapKind::Copied => &mut disk_copied[start..start + WORDS_PER_BLOCK],
-                BitmapKind::Intent => &mut disk_intent[start..start + WORDS_PER_BLOCK],
-            };
             if !decode_bitmap_block(kind, format_id, index, &**buf, words) {
                 pr_warn!(
                     "Metadata {:?} bitmap block {} fails its checksum (a torn write?): its \
@@ -186,6 +202,15 @@ impl MetaStore {
                     kind,
                     index
                 );
+            }
+            let disk = match kind {
+                BitmapKind::Copied => disk_copied,
+                BitmapKind::Intent => disk_intent,
+            };
+            for (i, &value) in words.iter().enumerate() {
+                if !disk.set_word(start + i, value, &mut new_page) {
+                    return Err(MetadataError::OutOfMemory);
+                }
             }
         }
         Ok(())
@@ -208,7 +233,10 @@ impl MetaStore {
         let compare = region_bytes.min(BLOCK_SIZE as u64) as usize;
         let clean: u64 = (0..nr_regions.div_ceil(64) as usize)
             .map(|w| {
-                u64::from((!pending_word(self.disk_copied[w], self.disk_intent[w])).count_ones())
+                u64::from(
+                    (!pending_word(self.disk_copied.word(w), self.disk_intent.word(w)))
+                        .count_ones(),
+                )
             })
             .sum();
         if clean == 0 {
@@ -221,7 +249,7 @@ impl MetaStore {
         let step = clean.div_ceil(CONTENT_SAMPLES).max(1);
         for region in 0..nr_regions {
             let (w, b) = ((region / 64) as usize, 1u64 << (region % 64));
-            if pending_word(self.disk_copied[w], self.disk_intent[w]) & b != 0 {
+            if pending_word(self.disk_copied.word(w), self.disk_intent.word(w)) & b != 0 {
                 continue;
             }
             nth += 1;
@@ -353,8 +381,9 @@ impl MetaStore {
                 self.write_block(device, self.layout.bitmap_sector(kind, index))?;
             }
         }
-        self.disk_copied.fill(0);
-        self.disk_intent.fill(0);
+        self.disk_copied.fill(false);
+        self.disk_intent.fill(false);
+        self.stale = [false; 2];
         Ok(())
     }
 
@@ -397,54 +426,82 @@ impl MetaStore {
 
     /// Word `word` of the pending bitmap a load found: copied regions with no intent are done.
     pub(crate) fn pending_word(&self, word: usize) -> u64 {
-        pending_word(self.disk_copied[word], self.disk_intent[word])
+        pending_word(self.disk_copied.word(word), self.disk_intent.word(word))
     }
 
     /// Word `word` of the intent bitmap a load found.
     pub(crate) fn intent_word(&self, word: usize) -> u64 {
-        self.disk_intent[word]
+        self.disk_intent.word(word)
     }
 
-    /// Writes the blocks of bitmap `kind` where [`MetaStore::next`] differs from the device,
-    /// each durable when this returns. Returns how many blocks it wrote.
+    /// Writes the blocks of bitmap `kind` that differ from the device, each durable when this
+    /// returns; `fill(words, out)` puts the words the device must have for the word range
+    /// `words` into `out` (one block's, at most; zeros when it leaves them). Called block by
+    /// block, so that the caller takes its lock for one block at a time. Returns how many
+    /// blocks it wrote. When no page can be allocated for the store's own copy of the bitmap,
+    /// the copy is marked stale and every block is written until it is whole again: a block
+    /// skipped on a wrong copy could leave an intent bit off the device.
     pub(crate) fn write_bitmap(
         &mut self,
         device: &Device,
         kind: BitmapKind,
+        fill: &mut dyn FnMut(Range<usize>, &mut [u64]),
     ) -> Result<u64, MetadataError> {
         let format_id = self.superblock.format_id;
         let mut written = 0;
-        for index in 0..self.layout.bitmap_blocks {
-            let range = index as usize * WORDS_PER_BLOCK..(index as usize + 1) * WORDS_PER_BLOCK;
-            let disk = match kind {
-                BitmapKind::Copied => &self.disk_copied,
-                BitmapKind::Intent => &self.disk_intent,
-            };
-            if disk[range.clone()] == self.next[range.clone()] {
-                continue;
+        let mut words = core::mem::take(&mut self.words);
+        let which = match kind {
+            BitmapKind::Copied => 0,
+            BitmapKind::Intent => 1,
+        };
+        let stale = self.stale[which];
+        let mut whole = true;
+        let result = (|| {
+            for index in 0..self.layout.bitmap_blocks {
+                let first = index as usize * WORDS_PER_BLOCK;
+                let range = first..first + WORDS_PER_BLOCK;
+                words.fill(0);
+                fill(range.clone(), &mut words);
+                let disk = match kind {
+                    BitmapKind::Copied => &self.disk_copied,
+                    BitmapKind::Intent => &self.disk_intent,
+                };
+                if !stale
+                    && range
+                        .clone()
+                        .zip(words.iter())
+                        .all(|(w, &v)| disk.word(w) == v)
+                {
+                    continue;
+                }
+                encode_bitmap_block(kind, format_id, index, &words, &mut self.buf);
+                self.write_block(device, self.layout.bitmap_sector(kind, index))?;
+                let disk = match kind {
+                    BitmapKind::Copied => &mut self.disk_copied,
+                    BitmapKind::Intent => &mut self.disk_intent,
+                };
+                for (w, &v) in range.zip(words.iter()) {
+                    whole &= disk.set_word(w, v, &mut new_page);
+                }
+                written += 1;
             }
-            encode_bitmap_block(
-                kind,
-                format_id,
-                index,
-                &self.next[range.clone()],
-                &mut self.buf,
-            );
-            self.write_block(device, self.layout.bitmap_sector(kind, index))?;
-            let disk = match kind {
-                BitmapKind::Copied => &mut self.disk_copied,
-                BitmapKind::Intent => &mut self.disk_intent,
-            };
-            for (d, n) in disk[range.clone()].iter_mut().zip(&self.next[range]) {
-                *d = *n;
-            }
-            written += 1;
+            Ok(written)
+        })();
+        self.words = words;
+        if result.is_ok() {
+            self.stale[which] = !whole;
+        } else if !whole {
+            self.stale[which] = true;
         }
-        Ok(written)
+        result
     }
 
     /// Word `word` of the copied bitmap as the device has it.
     pub(crate) fn disk_copied_word(&self, word: usize) -> u64 {
-        self.disk_copied.get(word).copied().unwrap_or(0)
+        if word < self.disk_copied.nr_words() {
+            self.disk_copied.word(word)
+        } else {
+            0
+        }
     }
 }

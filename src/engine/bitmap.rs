@@ -342,6 +342,119 @@ where
         exact
     }
 
+    /// Sets word `word` to `value` (bits past `nr_bits` dropped). A chunk that holds both set
+    /// and clear bits afterwards takes a page from `page`; returns false when none was at hand
+    /// (the word is then unchanged). A chunk left all set or all clear drops its page.
+    pub fn set_word(
+        &mut self,
+        word: usize,
+        value: u64,
+        page: &mut dyn FnMut() -> Option<P>,
+    ) -> bool {
+        let value = value & self.word_mask(word);
+        let old = self.word(word);
+        if old == value {
+            return true;
+        }
+        let chunk = word >> (self.chunk_shift - 6);
+        if !matches!(self.chunks[chunk], Chunk::Mixed { .. }) {
+            let set = matches!(self.chunks[chunk], Chunk::Set);
+            let Some(words) = page() else {
+                return false;
+            };
+            if set {
+                self.set_page(chunk, words);
+            } else {
+                self.clear_page(chunk, words);
+            }
+        }
+        let at = self.in_page(word);
+        let all = {
+            let bits = self.chunk_bits(chunk);
+            bits.end - bits.start
+        };
+        let Chunk::Mixed { words, set } = &mut self.chunks[chunk] else {
+            return false;
+        };
+        words[at] = value;
+        // Within the chunk: its count stays in 0..=all, which fits the u32 it is kept in.
+        let count = u64::from(*set) + u64::from(value.count_ones()) - u64::from(old.count_ones());
+        *set = count as u32;
+        self.nr_set = self.nr_set + u64::from(value.count_ones()) - u64::from(old.count_ones());
+        if count == 0 {
+            self.chunks[chunk] = Chunk::Clear;
+        } else if count == all {
+            self.chunks[chunk] = Chunk::Set;
+        }
+        true
+    }
+
+    /// Makes all-clear chunk `chunk` a page of zeros.
+    fn clear_page(&mut self, chunk: usize, mut words: P) {
+        words[..self.chunk_words].fill(0);
+        self.chunks[chunk] = Chunk::Mixed { words, set: 0 };
+    }
+
+    /// Makes this bitmap a copy of `other`, which has the same length and chunk size (else
+    /// nothing is copied and false returned). A chunk of `other` that holds both set and clear
+    /// bits takes a page from `page` (or reuses this bitmap's page of the same chunk); when none
+    /// is at hand it is copied as all set, and false is returned. For a pending bitmap that is
+    /// the safe side: a region recorded as pending is copied again.
+    pub fn copy_from<C2, P2>(
+        &mut self,
+        other: &ChunkedBitmap<C2, P2>,
+        page: &mut dyn FnMut() -> Option<P>,
+    ) -> bool
+    where
+        C2: DerefMut<Target = [Chunk<P2>]>,
+        P2: DerefMut<Target = [u64]>,
+    {
+        if other.nr_bits != self.nr_bits || other.chunk_words != self.chunk_words {
+            return false;
+        }
+        let mut exact = true;
+        let mut nr_set = 0;
+        for chunk in 0..self.chunks.len() {
+            let copied = match &other.chunks[chunk] {
+                Chunk::Clear => Chunk::Clear,
+                Chunk::Set => Chunk::Set,
+                Chunk::Mixed { words: theirs, set } => {
+                    let own = match core::mem::replace(&mut self.chunks[chunk], Chunk::Set) {
+                        Chunk::Mixed { words, .. } => Some(words),
+                        _ => page(),
+                    };
+                    match own {
+                        Some(mut words) => {
+                            // Word by word: `copy_from_slice`'s length check panics, which
+                            // the kernel's objtool takes for a fall-through.
+                            for (mine, theirs) in
+                                words.iter_mut().zip(theirs.iter()).take(self.chunk_words)
+                            {
+                                *mine = *theirs;
+                            }
+                            Chunk::Mixed { words, set: *set }
+                        }
+                        None => {
+                            exact = false;
+                            Chunk::Set
+                        }
+                    }
+                }
+            };
+            nr_set += match &copied {
+                Chunk::Clear => 0,
+                Chunk::Set => {
+                    let bits = self.chunk_bits(chunk);
+                    bits.end - bits.start
+                }
+                Chunk::Mixed { set, .. } => u64::from(*set),
+            };
+            self.chunks[chunk] = copied;
+        }
+        self.nr_set = nr_set;
+        exact
+    }
+
     /// The number of chunks that hold a page now.
     pub fn pages(&self) -> usize {
         self.chunks
@@ -456,6 +569,8 @@ mod tests {
         Clear(u64),
         Fill(bool),
         Load(Vec<u64>),
+        SetWord(usize, u64),
+        CopyFrom,
     }
 
     fn op(nr_bits: u64) -> impl Strategy<Value = Op> {
@@ -468,6 +583,9 @@ mod tests {
                 nr_bits.div_ceil(64) as usize
             )
             .prop_map(Op::Load),
+            3 => (0..nr_bits.div_ceil(64) as usize, prop_oneof![Just(0u64), Just(u64::MAX), any::<u64>()])
+                .prop_map(|(w, v)| Op::SetWord(w, v)),
+            1 => Just(Op::CopyFrom),
         ]
     }
 
@@ -512,6 +630,27 @@ mod tests {
                             prop_assert!(!exact || b.get(i as u64) == loaded);
                             *m = b.get(i as u64);
                         }
+                    }
+                    Op::SetWord(w, value) => {
+                        if b.set_word(w, value, &mut page) {
+                            let end = ((w + 1) * 64).min(nr_bits as usize);
+                            for (i, m) in model.iter_mut().enumerate().take(end).skip(w * 64) {
+                                *m = value & (1 << (i % 64)) != 0;
+                            }
+                        }
+                    }
+                    Op::CopyFrom => {
+                        // Into a bitmap with pages of its own in other chunks.
+                        let mut copy = bitmap(nr_bits, chunk_words);
+                        copy.fill(false);
+                        copy.set_word(3, 0b1010, &mut || Some(vec![0; chunk_words]));
+                        let exact = copy.copy_from(&b, &mut page);
+                        for i in 0..nr_bits {
+                            // A mixed chunk copied without a page is all set: never fewer bits.
+                            prop_assert!(copy.get(i) || !b.get(i));
+                            prop_assert!(!exact || copy.get(i) == b.get(i));
+                        }
+                        prop_assert_eq!(copy.count(), (0..nr_bits).filter(|&i| copy.get(i)).count() as u64);
                     }
                 }
                 for (i, &m) in model.iter().enumerate() {

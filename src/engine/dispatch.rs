@@ -110,16 +110,17 @@ pub struct Io {
 ///   the destination it would only be one more flush the switch has to wait for, and one that
 ///   could take a write-back error (which a loop device reports to one flush only) away from
 ///   the switch's flush.
-pub fn plan<C, P, B, S>(
+pub fn plan<C, P, IC, IP, S>(
     tracker: &Tracker<C, P>,
-    intent: Option<&mut IntentLog<B>>,
+    intent: Option<&mut IntentLog<IC, IP>>,
     behind: Option<&BehindLog<S>>,
     io: Io,
 ) -> Plan
 where
     C: DerefMut<Target = [Chunk<P>]>,
     P: DerefMut<Target = [u64]>,
-    B: DerefMut<Target = [u64]>,
+    IC: DerefMut<Target = [Option<IP>]>,
+    IP: DerefMut<Target = [u64]>,
     S: core::ops::Deref<Target = [Slot]>,
 {
     let Io {
@@ -232,14 +233,14 @@ mod tests {
         )
     }
 
-    fn log(words: usize) -> IntentLog<Vec<u64>> {
-        IntentLog::new(
-            vec![0; words],
-            vec![0; words],
-            vec![0; words],
-            vec![0; words],
-            vec![0; words],
-        )
+    fn log(words: usize) -> IntentLog<Vec<Option<Vec<u64>>>, Vec<u64>> {
+        let regions = words as u64 * 64;
+        let chunks = crate::intent::chunk_entries(regions) as usize;
+        let mut l = IntentLog::new(vec![None; chunks], regions).unwrap();
+        while l.spares_wanted() > 0 {
+            l.give(vec![0; crate::intent::CHUNK_WORDS]);
+        }
+        l
     }
 
     /// Copies every region, as the copier would, with no write in between.
@@ -257,11 +258,21 @@ mod tests {
     #[test]
     fn a_pending_region_takes_writes_on_the_origin_alone_counted_for_the_copier() {
         let t = tracker(4);
-        let p = plan::<_, _, Vec<u64>, Vec<Slot>>(&t, None, None, io(IoKind::Write, 0, 8, true));
+        let p = plan::<_, _, Vec<Option<Vec<u64>>>, Vec<u64>, Vec<Slot>>(
+            &t,
+            None,
+            None,
+            io(IoKind::Write, 0, 8, true),
+        );
         assert_eq!(p.route, Route::Origin);
         assert!(p.copy_write && !p.intent_write && !p.dest_flush && !p.mirrored_flush);
         assert_eq!(p.final_route, None);
-        let r = plan::<_, _, Vec<u64>, Vec<Slot>>(&t, None, None, io(IoKind::Read, 0, 8, false));
+        let r = plan::<_, _, Vec<Option<Vec<u64>>>, Vec<u64>, Vec<Slot>>(
+            &t,
+            None,
+            None,
+            io(IoKind::Read, 0, 8, false),
+        );
         assert_eq!(r.route, Route::Origin);
         assert!(!r.copy_write, "a read is not counted");
     }
@@ -272,13 +283,13 @@ mod tests {
         copy_all(&mut t);
         let mut l = log(1);
         let first =
-            plan::<_, _, _, Vec<Slot>>(&t, Some(&mut l), None, io(IoKind::Write, 8, 8, false));
+            plan::<_, _, _, _, Vec<Slot>>(&t, Some(&mut l), None, io(IoKind::Write, 8, 8, false));
         assert_eq!(first.route, Route::Defer);
         assert!(first.wake_metadata && !first.copy_write && !first.intent_write);
         assert!(l.start_send());
         l.sent();
         let again =
-            plan::<_, _, _, Vec<Slot>>(&t, Some(&mut l), None, io(IoKind::Write, 8, 8, true));
+            plan::<_, _, _, _, Vec<Slot>>(&t, Some(&mut l), None, io(IoKind::Write, 8, 8, true));
         assert_eq!(again.route, Route::Both);
         assert!(again.copy_write && again.intent_write);
         assert!(
@@ -286,8 +297,12 @@ mod tests {
             "a mirrored FUA write flushes the destination"
         );
         assert!(!again.mirrored_flush);
-        let no_meta =
-            plan::<_, _, Vec<u64>, Vec<Slot>>(&t, None, None, io(IoKind::Write, 8, 8, false));
+        let no_meta = plan::<_, _, Vec<Option<Vec<u64>>>, Vec<u64>, Vec<Slot>>(
+            &t,
+            None,
+            None,
+            io(IoKind::Write, 8, 8, false),
+        );
         assert_eq!(no_meta.route, Route::Both);
         assert!(no_meta.copy_write && !no_meta.intent_write && !no_meta.dest_flush);
     }
@@ -297,12 +312,22 @@ mod tests {
         let mut t = tracker(4);
         let behind = behind_log();
         let b = Some(&behind);
-        let big = plan::<_, _, Vec<u64>, Vec<Slot>>(&t, None, b, io(IoKind::Write, 0, 256, false));
+        let big = plan::<_, _, Vec<Option<Vec<u64>>>, Vec<u64>, Vec<Slot>>(
+            &t,
+            None,
+            b,
+            io(IoKind::Write, 0, 256, false),
+        );
         assert!(!big.wants_copy, "pending: no copy");
-        let pending = plan::<_, _, Vec<u64>, Vec<Slot>>(&t, None, b, io(IoKind::Write, 0, 8, true));
+        let pending = plan::<_, _, Vec<Option<Vec<u64>>>, Vec<u64>, Vec<Slot>>(
+            &t,
+            None,
+            b,
+            io(IoKind::Write, 0, 8, true),
+        );
         assert_eq!((pending.route, pending.behind_slot), (Route::Origin, None));
         copy_all(&mut t);
-        let uncopied = plan::<_, _, Vec<u64>, Vec<Slot>>(
+        let uncopied = plan::<_, _, Vec<Option<Vec<u64>>>, Vec<u64>, Vec<Slot>>(
             &t,
             None,
             b,
@@ -312,7 +337,7 @@ mod tests {
             },
         );
         assert!(uncopied.wants_copy && !uncopied.copy_write && uncopied.behind_slot.is_none());
-        let capped = plan::<_, _, Vec<u64>, Vec<Slot>>(
+        let capped = plan::<_, _, Vec<Option<Vec<u64>>>, Vec<u64>, Vec<Slot>>(
             &t,
             None,
             b,
@@ -326,12 +351,22 @@ mod tests {
             "128 KiB > 64 KiB cap"
         );
         assert_eq!(behind.stats().capped_total, 1);
-        let w = plan::<_, _, Vec<u64>, Vec<Slot>>(&t, None, b, io(IoKind::Write, 8, 8, true));
+        let w = plan::<_, _, Vec<Option<Vec<u64>>>, Vec<u64>, Vec<Slot>>(
+            &t,
+            None,
+            b,
+            io(IoKind::Write, 8, 8, true),
+        );
         assert_eq!((w.route, w.behind_slot), (Route::Both, Some(0)));
         assert!(w.copy_write && !w.dest_flush, "the copy goes without FUA");
-        let over = plan::<_, _, Vec<u64>, Vec<Slot>>(&t, None, b, io(IoKind::Write, 12, 1, false));
+        let over = plan::<_, _, Vec<Option<Vec<u64>>>, Vec<u64>, Vec<Slot>>(
+            &t,
+            None,
+            b,
+            io(IoKind::Write, 12, 1, false),
+        );
         assert!(over.wait_behind && !over.copy_write && over.behind_slot.is_none());
-        let zeroes = plan::<_, _, Vec<u64>, Vec<Slot>>(
+        let zeroes = plan::<_, _, Vec<Option<Vec<u64>>>, Vec<u64>, Vec<Slot>>(
             &t,
             None,
             b,
@@ -342,13 +377,28 @@ mod tests {
             },
         );
         assert_eq!((zeroes.route, zeroes.behind_slot), (Route::Both, None));
-        let f = plan::<_, _, Vec<u64>, Vec<Slot>>(&t, None, b, io(IoKind::Flush, 0, 0, false));
+        let f = plan::<_, _, Vec<Option<Vec<u64>>>, Vec<u64>, Vec<Slot>>(
+            &t,
+            None,
+            b,
+            io(IoKind::Flush, 0, 0, false),
+        );
         assert_eq!(f.route, Route::Origin);
         assert!(!f.mirrored_flush && !f.dest_flush);
         behind.set_mode(MirrorMode::Sync);
-        let f = plan::<_, _, Vec<u64>, Vec<Slot>>(&t, None, b, io(IoKind::Flush, 0, 0, false));
+        let f = plan::<_, _, Vec<Option<Vec<u64>>>, Vec<u64>, Vec<Slot>>(
+            &t,
+            None,
+            b,
+            io(IoKind::Flush, 0, 0, false),
+        );
         assert!(f.mirrored_flush, "sync mode mirrors flushes");
-        let s = plan::<_, _, Vec<u64>, Vec<Slot>>(&t, None, b, io(IoKind::Write, 24, 8, true));
+        let s = plan::<_, _, Vec<Option<Vec<u64>>>, Vec<u64>, Vec<Slot>>(
+            &t,
+            None,
+            b,
+            io(IoKind::Write, 24, 8, true),
+        );
         assert_eq!((s.route, s.behind_slot), (Route::Both, None));
         assert!(s.dest_flush);
     }
@@ -363,7 +413,7 @@ mod tests {
         copy_all(&mut t);
         let behind = behind_log();
         let epochs = WriteEpochs::new();
-        let p = plan::<_, _, Vec<u64>, Vec<Slot>>(
+        let p = plan::<_, _, Vec<Option<Vec<u64>>>, Vec<u64>, Vec<Slot>>(
             &t,
             None,
             Some(&behind),
@@ -411,21 +461,34 @@ mod tests {
     #[test]
     fn flushes_are_mirrored_until_the_switch_begins() {
         let mut t = tracker(2);
-        let f = plan::<_, _, Vec<u64>, Vec<Slot>>(&t, None, None, io(IoKind::Flush, 0, 0, false));
+        let f = plan::<_, _, Vec<Option<Vec<u64>>>, Vec<u64>, Vec<Slot>>(
+            &t,
+            None,
+            None,
+            io(IoKind::Flush, 0, 0, false),
+        );
         assert_eq!(f.route, Route::Both);
         assert!(f.mirrored_flush && f.dest_flush && !f.copy_write);
         copy_all(&mut t);
         assert!(t.begin_switch());
-        let during =
-            plan::<_, _, Vec<u64>, Vec<Slot>>(&t, None, None, io(IoKind::Flush, 0, 0, false));
+        let during = plan::<_, _, Vec<Option<Vec<u64>>>, Vec<u64>, Vec<Slot>>(
+            &t,
+            None,
+            None,
+            io(IoKind::Flush, 0, 0, false),
+        );
         assert_eq!(
             during.route,
             Route::Origin,
             "the switch's own flush covers the destination"
         );
         assert!(!during.mirrored_flush && !during.dest_flush);
-        let write =
-            plan::<_, _, Vec<u64>, Vec<Slot>>(&t, None, None, io(IoKind::Write, 0, 8, false));
+        let write = plan::<_, _, Vec<Option<Vec<u64>>>, Vec<u64>, Vec<Slot>>(
+            &t,
+            None,
+            None,
+            io(IoKind::Write, 0, 8, false),
+        );
         assert_eq!(
             write.route,
             Route::Defer,
@@ -438,7 +501,12 @@ mod tests {
     fn an_ended_migration_names_its_final_route() {
         let mut t = tracker(2);
         t.fail(FailReason::DestinationWrite);
-        let p = plan::<_, _, Vec<u64>, Vec<Slot>>(&t, None, None, io(IoKind::Write, 0, 8, false));
+        let p = plan::<_, _, Vec<Option<Vec<u64>>>, Vec<u64>, Vec<Slot>>(
+            &t,
+            None,
+            None,
+            io(IoKind::Write, 0, 8, false),
+        );
         assert_eq!(
             (p.route, p.final_route),
             (Route::Origin, Some(FinalRoute::Origin))
@@ -449,7 +517,12 @@ mod tests {
         assert!(s.begin_switch());
         let epochs = crate::epoch::WriteEpochs::new();
         assert!(s.switch(&epochs));
-        let p = plan::<_, _, Vec<u64>, Vec<Slot>>(&s, None, None, io(IoKind::Flush, 0, 0, false));
+        let p = plan::<_, _, Vec<Option<Vec<u64>>>, Vec<u64>, Vec<Slot>>(
+            &s,
+            None,
+            None,
+            io(IoKind::Flush, 0, 0, false),
+        );
         assert_eq!(
             (p.route, p.final_route),
             (Route::Destination, Some(FinalRoute::Destination))

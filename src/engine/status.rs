@@ -60,11 +60,18 @@ pub enum SysfsFile {
     /// Guest writes mirrored synchronously because the cap was reached, since the table was
     /// loaded.
     CappedWrites,
+    /// With a metadata device: the chunks of 6528 regions whose write-intent state is held in
+    /// memory now (a page each); the rest are clean and cost nothing.
+    IntentChunks,
+    /// With a metadata device: guest writes that found no spare page for their chunk's
+    /// write-intent state and waited for the metadata thread to allocate one, since the table
+    /// was loaded.
+    IntentPlaneWaits,
 }
 
 impl SysfsFile {
     /// Every file, in the order the target creates them.
-    pub const ALL: [SysfsFile; 14] = [
+    pub const ALL: [SysfsFile; 16] = [
         SysfsFile::State,
         SysfsFile::TotalBytes,
         SysfsFile::CopiedBytes,
@@ -79,10 +86,12 @@ impl SysfsFile {
         SysfsFile::BehindMaxBytes,
         SysfsFile::BehindWrites,
         SysfsFile::CappedWrites,
+        SysfsFile::IntentChunks,
+        SysfsFile::IntentPlaneWaits,
     ];
 
     /// The file names, in the order of [`SysfsFile::ALL`], as the kernel's sysfs takes them.
-    pub const C_NAMES: [&'static CStr; 14] = [
+    pub const C_NAMES: [&'static CStr; 16] = [
         c"state",
         c"total_bytes",
         c"copied_bytes",
@@ -97,6 +106,8 @@ impl SysfsFile {
         c"behind_max_bytes",
         c"behind_writes",
         c"capped_writes",
+        c"intent_chunks",
+        c"intent_plane_waits",
     ];
 
     /// The file's name.

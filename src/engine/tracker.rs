@@ -567,6 +567,26 @@ where
         }
     }
 
+    /// The pages the pending bitmap holds now: what a [`Tracker::snapshot_pending`] takes.
+    pub fn pending_pages(&self) -> usize {
+        self.pending.pages()
+    }
+
+    /// Copies the pending bitmap into `into` (of the same geometry), for a commit that records
+    /// it after a flush. A part of it that finds no page in `pages` is recorded as pending,
+    /// which only costs a copy again after a crash; returns whether every part found one.
+    pub fn snapshot_pending<C2, P2>(
+        &self,
+        into: &mut ChunkedBitmap<C2, P2>,
+        pages: &mut dyn FnMut() -> Option<P2>,
+    ) -> bool
+    where
+        C2: DerefMut<Target = [Chunk<P2>]>,
+        P2: DerefMut<Target = [u64]>,
+    {
+        into.copy_from(&self.pending, pages)
+    }
+
     /// The number of words of the bitmaps.
     pub fn nr_words(&self) -> usize {
         // Fits: checked in `new`.

@@ -42,11 +42,22 @@ impl Migrator {
         // memory than on the device, and a write to a region copied on the device would then go
         // to the origin alone, with no intent bit, to be lost by a crash before the next commit.
         let mut pages = KVec::new();
+        // The same for the intent log's planes: a chunk with a bit set on the device.
+        let mut planes = KVec::new();
         if loaded == Loaded::Copying {
             let needed =
                 bitmap::pages_needed(self.geometry.nr_regions, BITMAP_PAGE_WORDS, |word| {
                     store.pending_word(word)
                 });
+            let nr_words = self.geometry.nr_regions.div_ceil(64) as usize;
+            if self.metadata.is_some() {
+                for _ in 0..intent::chunks_needed(nr_words, |word| store.intent_word(word)) {
+                    let page = BitmapPage::new().map_err(|_| MetadataError::OutOfMemory)?;
+                    planes
+                        .push(Some(page), GFP_KERNEL)
+                        .map_err(|_| MetadataError::OutOfMemory)?;
+                }
+            }
             for _ in 0..needed {
                 let page = BitmapPage::new().map_err(|_| MetadataError::OutOfMemory)?;
                 pages
@@ -68,8 +79,12 @@ impl Migrator {
                     return Err(MetadataError::OutOfMemory);
                 }
                 if let Some(intent) = intent.as_mut() {
+                    let mut plane = || planes.iter_mut().find_map(Option::take);
                     for word in 0..tracker.nr_words() {
-                        intent.load(word, store.intent_word(word));
+                        if !intent.load(word, store.intent_word(word), &mut plane) {
+                            // Never: counted with the same rule, under the same mutex.
+                            return Err(MetadataError::OutOfMemory);
+                        }
                     }
                 }
             }
@@ -122,6 +137,11 @@ impl Migrator {
     pub(crate) fn meta_send(self: &Arc<Self>) {
         let Some(device) = &self.metadata else { return };
         let migration = &*self.migration;
+        // Spare planes for the intent log, allocated here where the thread may sleep: a write
+        // to a chunk with no planes takes one under the spinlock, or waits for this.
+        if self.give_intent_planes() {
+            self.release_deferred();
+        }
         let mut meta = migration.meta.lock();
         let Some(store) = meta.as_mut() else { return };
         {
@@ -141,13 +161,16 @@ impl Migrator {
             if !intent.start_send() {
                 return;
             }
-            for word in 0..tracker.nr_words() {
-                store.next[word] = intent.on_disk_word(word);
-            }
         }
-        if store.write_bitmap(device, BitmapKind::Intent).is_err() {
+        // Block by block, each under the spinlock: what a block holds when it is written is
+        // all the sending bits (set by the start above) and more, never less: until this send
+        // is recorded no bit can go (a clear is the commit's, under the phase lock held here),
+        // and writes only add wanted bits meanwhile, which the disk may hold early.
+        if let Err(e) = store.write_bitmap(device, BitmapKind::Intent, &mut |words, out| {
+            self.fill_intent(words, out)
+        }) {
             // The waiting writes go to the origin alone once the migration has failed.
-            return self.fail_locked(meta, FailReason::MetadataWrite);
+            return self.fail_locked(meta, write_failure(e));
         }
         drop(meta);
         if let Some(intent) = migration.shared.lock().intent.as_mut() {
@@ -169,36 +192,52 @@ impl Migrator {
         let Some(device) = &self.metadata else { return };
         let migration = &*self.migration;
         // One commit at a time; a cancel, a failure or a switch never waits for this lock.
-        let mut copied = migration.commit_copied.lock();
+        let mut snapshot = migration.commit_copied.lock();
+        let Some(copied) = snapshot.as_mut() else {
+            return;
+        };
+        // Pages for the snapshot's mixed parts (those the copy is in: a few), allocated here
+        // where the thread may sleep, and one for a part the copier may enter meanwhile; the
+        // snapshot's own pages from the last commit are used again. A part that finds none is
+        // recorded as pending, for the next commit to record.
+        let needed =
+            (migration.shared.lock().tracker.pending_pages() + 1).saturating_sub(copied.pages());
+        let mut pages = KVec::new();
+        for _ in 0..needed {
+            let Ok(page) = BitmapPage::new() else { break };
+            if pages.push(Some(page), GFP_KERNEL).is_err() {
+                break;
+            }
+        }
         let (epoch, writes_something, generation) = {
             let meta = migration.meta.lock();
             let Some(store) = meta.as_ref() else { return };
-            let mut shared = migration.shared.lock();
-            let Shared {
-                tracker, intent, ..
-            } = &mut *shared;
-            let Some(intent) = intent.as_mut() else {
-                return;
+            let (epoch, clearing) = {
+                let mut shared = migration.shared.lock();
+                let Shared {
+                    tracker, intent, ..
+                } = &mut *shared;
+                let Some(intent) = intent.as_mut() else {
+                    return;
+                };
+                if !tracker.is_active() {
+                    return;
+                }
+                tracker.snapshot_pending(copied, &mut || pages.iter_mut().find_map(Option::take));
+                if quiesced {
+                    intent.start_clear_all();
+                } else {
+                    intent.start_clear();
+                }
+                (migration.intent_epochs.flip(), intent.is_clearing())
             };
-            if !tracker.is_active() {
-                return;
-            }
-            let mut differs = false;
-            for (word, slot) in copied.iter_mut().enumerate().take(tracker.nr_words()) {
-                *slot = tracker.copied_word(word);
-                differs |= *slot != store.disk_copied_word(word);
-            }
-            if quiesced {
-                intent.start_clear_all();
-            } else {
-                intent.start_clear();
-            }
-            (
-                migration.intent_epochs.flip(),
-                differs || intent.is_clearing(),
-                store.generation(),
-            )
+            // Outside the spinlock: the snapshot is this commit's, and the device's bitmap
+            // changes only under the phase lock held here.
+            let differs = (0..copied.nr_words())
+                .any(|word| copied_word(copied, word) != store.disk_copied_word(word));
+            (epoch, differs || clearing, store.generation())
         };
+        drop(pages);
         // Also when there is nothing to write: a flip must be drained before the next one.
         self.drain_epochs(&migration.intent_epochs, epoch);
         if !writes_something {
@@ -245,27 +284,79 @@ impl Migrator {
             }
         }
         let Some(store) = meta.as_mut() else { return };
-        for (next, word) in store.next.iter_mut().zip(copied.iter()) {
-            *next = *word;
-        }
-        let mut result = store.write_bitmap(device, BitmapKind::Copied);
-        if result.is_ok() {
-            let mut shared = migration.shared.lock();
-            let Shared {
-                tracker, intent, ..
-            } = &mut *shared;
-            if let Some(intent) = intent.as_mut() {
-                intent.cleared();
-                for word in 0..tracker.nr_words() {
-                    store.next[word] = intent.on_disk_word(word);
+        let nr_words = copied.nr_words();
+        let mut result = store.write_bitmap(device, BitmapKind::Copied, &mut |words, out| {
+            for (slot, word) in out.iter_mut().zip(words) {
+                if word < nr_words {
+                    *slot = copied_word(copied, word);
                 }
             }
-            drop(shared);
-            result = store.write_bitmap(device, BitmapKind::Intent);
+        });
+        if result.is_ok() {
+            if let Some(intent) = migration.shared.lock().intent.as_mut() {
+                intent.cleared();
+            }
+            // As in `meta_send`: block by block, each under the spinlock; from the clear on,
+            // bits are only added (wanted) until the next commit, which this one holds off.
+            result = store.write_bitmap(device, BitmapKind::Intent, &mut |words, out| {
+                self.fill_intent(words, out)
+            });
         }
-        if result.is_err() {
-            self.fail_locked(meta, FailReason::MetadataWrite);
+        if let Err(e) = result {
+            self.fail_locked(meta, write_failure(e));
         }
+    }
+
+    /// Puts the intent bitmap's words `words` as the disk must have them now into `out`, under
+    /// the spinlock (one hold for one bitmap block).
+    fn fill_intent(&self, words: core::ops::Range<usize>, out: &mut [u64]) {
+        let shared = self.migration.shared.lock();
+        let nr_words = shared.tracker.nr_words();
+        if let Some(intent) = shared.intent.as_ref() {
+            for (slot, word) in out.iter_mut().zip(words) {
+                if word < nr_words {
+                    *slot = intent.on_disk_word(word);
+                }
+            }
+        }
+    }
+
+    /// Gives the intent log the spare planes it wants, from where the metadata thread may
+    /// sleep. Returns whether writes were waiting for planes and may now have them (given here,
+    /// or given back by a commit's clear): the caller routes the waiting writes again. An
+    /// allocation that fails is noted for [`Migrator::meta_wait`], which then waits a little
+    /// before the next try instead of spinning.
+    fn give_intent_planes(&self) -> bool {
+        let migration = &*self.migration;
+        loop {
+            let wanted = migration
+                .shared
+                .lock()
+                .intent
+                .as_ref()
+                .map_or(0, |i| i.spares_wanted());
+            if wanted == 0 {
+                migration.planes_short.store(false, Ordering::Relaxed);
+                break;
+            }
+            let Ok(page) = BitmapPage::new() else {
+                migration.planes_short.store(true, Ordering::Relaxed);
+                break;
+            };
+            let mut shared = migration.shared.lock();
+            let Some(intent) = shared.intent.as_mut() else {
+                return false;
+            };
+            if intent.give(page).is_some() {
+                break;
+            }
+        }
+        migration
+            .shared
+            .lock()
+            .intent
+            .as_mut()
+            .is_some_and(|i| i.end_starvation())
     }
 
     /// Sleeps up to `ms` milliseconds, or until a write waits for its intent, or the thread is
@@ -273,13 +364,41 @@ impl Migrator {
     pub(crate) fn meta_wait(&self, ms: u32) {
         let migration = &*self.migration;
         let shared = migration.shared.lock();
-        if shared.tracker.is_active() && shared.intent.as_ref().is_some_and(|i| i.has_wanted()) {
+        let intent = shared.intent.as_ref();
+        let starved = intent.is_some_and(|i| i.is_starved());
+        // A write waits for its intent, or for planes (unless their allocation just failed:
+        // then it is tried again in a while).
+        let short = starved && migration.planes_short.load(Ordering::Relaxed);
+        if shared.tracker.is_active() && intent.is_some_and(|i| i.has_wanted()) && !short {
             return;
         }
+        let ms = if short { ms.min(PLANES_RETRY_MS) } else { ms };
         // Read under the lock that `dispatch` signals under: a write that waits from now on
         // ends the sleep.
         let seen = migration.meta_event.count();
         drop(shared);
         migration.meta_event.wait(seen, ms.max(1), true);
+    }
+}
+
+/// How long the metadata thread waits before it tries again to allocate the intent log's
+/// planes for a write that waits for them.
+const PLANES_RETRY_MS: u32 = 10;
+
+/// Word `word` of the copied bitmap of a snapshot of the pending bitmap: the regions copied,
+/// none past the last.
+fn copied_word(pending: &PagedBitmap, word: usize) -> u64 {
+    let copied = !pending.word(word);
+    match pending.len().saturating_sub(word as u64 * 64) {
+        n if n >= 64 => copied,
+        n => copied & ((1u64 << n) - 1),
+    }
+}
+
+/// The failure a bitmap write that failed is recorded as.
+fn write_failure(e: MetadataError) -> FailReason {
+    match e {
+        MetadataError::OutOfMemory => FailReason::OutOfMemory,
+        _ => FailReason::MetadataWrite,
     }
 }

@@ -21,19 +21,17 @@ use crate::dm::device::Device;
 use crate::dm::event::Event;
 use crate::dm::target::{MapResult, TargetHandle};
 use crate::engine::behind::{BehindLog, Slot, SLOTS};
-use crate::engine::bitmap::{self, Chunk};
+use crate::engine::bitmap::{self, Chunk, ChunkedBitmap};
 use crate::engine::dispatch::{self, FinalRoute, Io};
 use crate::engine::epoch::{BioTag, Counted, Epoch, WriteEpochs};
-use crate::engine::intent::IntentLog;
+use crate::engine::intent::{self, IntentLog};
 use crate::engine::message::MessageError;
 use crate::engine::metadata::{BitmapKind, MetadataError, Phase};
 use crate::engine::phase::{decide, Decision, DestinationHealth, PhaseView, Request};
 use crate::engine::state::{FailReason, Progress, State};
 use crate::engine::table::{Geometry, Options, TableError};
 use crate::engine::throttle::GuestLoad;
-use crate::engine::tracker::{
-    bitmap_words, pending_chunks, CancelOutcome, Handover, IoKind, Route, Tracker,
-};
+use crate::engine::tracker::{pending_chunks, CancelOutcome, Handover, IoKind, Route, Tracker};
 use crate::persist::{Loaded, MetaStore};
 use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
 use kernel::prelude::*;
@@ -81,6 +79,31 @@ pub(crate) const BITMAP_PAGE_WORDS: usize = 512;
 /// The region tracker of the kernel: its chunk array from `kvmalloc`, pages from `kmalloc`.
 pub(crate) type KernelTracker = Tracker<KVVec<Chunk<BitmapPage>>, BitmapPage>;
 
+/// A bitmap in chunks with pages only where it is mixed (`engine::bitmap`): a commit's snapshot
+/// of the pending bitmap, and the metadata device's bitmaps as last written.
+pub(crate) type PagedBitmap = ChunkedBitmap<KVVec<Chunk<BitmapPage>>, BitmapPage>;
+
+/// The write-intent log of the kernel: a chunk's five planes in one [`BitmapPage`] (they take
+/// `intent::CHUNK_WORDS` of its words), only for chunks with a region not clean.
+pub(crate) type KernelIntentLog = IntentLog<KVVec<Option<BitmapPage>>, BitmapPage>;
+
+/// A paged bitmap of `nr_bits` bits, every bit clear, with no page yet.
+pub(crate) fn paged_bitmap(nr_bits: u64) -> Result<PagedBitmap, kernel::alloc::AllocError> {
+    let nr_chunks = usize::try_from(bitmap::nr_chunks(nr_bits, BITMAP_PAGE_WORDS))
+        .map_err(|_| kernel::alloc::AllocError)?;
+    let mut chunks = KVVec::with_capacity(nr_chunks, GFP_KERNEL)?;
+    for _ in 0..nr_chunks {
+        // Within the capacity: no allocation.
+        chunks.push(Chunk::Clear, GFP_KERNEL)?;
+    }
+    let mut bitmap =
+        ChunkedBitmap::new(chunks, BITMAP_PAGE_WORDS, nr_bits).ok_or(kernel::alloc::AllocError)?;
+    bitmap.fill(false);
+    Ok(bitmap)
+}
+
+const _: () = assert!(intent::CHUNK_WORDS <= BITMAP_PAGE_WORDS);
+
 /// A held phase lock (`Migration::meta`).
 type MetaGuard<'a> = Guard<'a, Option<MetaStore>, MutexBackend>;
 
@@ -89,7 +112,7 @@ type MetaGuard<'a> = Guard<'a, Option<MetaStore>, MutexBackend>;
 pub(crate) struct Shared {
     pub(crate) tracker: KernelTracker,
     /// Present when the migration keeps its state on a metadata device.
-    intent: Option<IntentLog<KVVec<u64>>>,
+    intent: Option<KernelIntentLog>,
     deferred: BioList,
     /// A reload's hand-over that changed this migration but is not yet on its metadata device
     /// (its write failed, and the table was refused): an identical table's retry writes it
@@ -159,10 +182,13 @@ pub(crate) struct Migration {
     /// flush, not the guest's. The next guest flush that goes to the origin fails instead
     /// (`Migrator::dispatch`), as the guest's own flush would have.
     owed_origin_flush_error: AtomicBool,
-    /// The copied bitmap a commit records, snapshotted under the phase lock and written after
-    /// the drains and flushes, which run without it. Held for a whole commit: one at a time.
+    /// The pending bitmap whose copied regions a commit records, snapshotted under the phase
+    /// lock and written after the drains and flushes, which run without it (with a metadata
+    /// device). Held for a whole commit: one at a time.
     #[pin]
-    commit_copied: Mutex<KVVec<u64>>,
+    commit_copied: Mutex<Option<PagedBitmap>>,
+    /// The metadata thread's last allocation of the intent log's planes failed.
+    planes_short: AtomicBool,
     /// Errors of mirrored destination writes.
     mirror_errors: AtomicU64,
     /// Where every bio goes once the migration has ended ([`FINAL_ORIGIN`], [`FINAL_DEST`]), or
@@ -175,23 +201,29 @@ impl Migration {
     /// A migration of `geometry` with every region pending.
     fn new(geometry: &Geometry, no_switch: bool, metadata: bool) -> Result<Arc<Self>, TableError> {
         use TableError::OutOfMemory;
-        // The intent log's bitmaps: one bit per region, from kvmalloc (no large contiguous
-        // allocation for large devices).
-        let words = usize::try_from(bitmap_words(geometry.nr_regions)).map_err(|_| OutOfMemory)?;
-        let new_bitmap = || KVVec::from_elem(0u64, words, GFP_KERNEL).map_err(|_| OutOfMemory);
+        // With a metadata device: the commit's snapshot, a page only where the copy is going
+        // on; the intent log, a chunk entry per 6528 regions and planes only for the chunks
+        // the guest wrote lately, with a few spares to begin with (issue 24: flat bitmaps took
+        // 16 MiB per TiB at 64 KiB regions).
         let commit_copied = if metadata {
-            new_bitmap()?
+            Some(paged_bitmap(geometry.nr_regions).map_err(|_| OutOfMemory)?)
         } else {
-            KVVec::new()
+            None
         };
         let intent = if metadata {
-            Some(IntentLog::new(
-                new_bitmap()?,
-                new_bitmap()?,
-                new_bitmap()?,
-                new_bitmap()?,
-                new_bitmap()?,
-            ))
+            let nr_chunks = usize::try_from(intent::chunk_entries(geometry.nr_regions))
+                .map_err(|_| OutOfMemory)?;
+            let mut chunks =
+                KVVec::with_capacity(nr_chunks, GFP_KERNEL).map_err(|_| OutOfMemory)?;
+            for _ in 0..nr_chunks {
+                // Within the capacity: no allocation.
+                chunks.push(None, GFP_KERNEL).map_err(|_| OutOfMemory)?;
+            }
+            let mut log = IntentLog::new(chunks, geometry.nr_regions).ok_or(OutOfMemory)?;
+            while log.spares_wanted() > 0 {
+                let _ = log.give(BitmapPage::new().map_err(|_| OutOfMemory)?);
+            }
+            Some(log)
         } else {
             None
         };
@@ -246,12 +278,23 @@ impl Migration {
                 dest_flush_drain <- new_mutex!((), "migrate:dest_flush_drain"),
                 owed_origin_flush_error: AtomicBool::new(false),
                 commit_copied <- new_mutex!(commit_copied, "migrate:commit_copied"),
+                planes_short: AtomicBool::new(false),
                 mirror_errors: AtomicU64::new(0),
                 final_route: AtomicU8::new(0),
             }),
             GFP_KERNEL,
         )
         .map_err(|_| OutOfMemory)
+    }
+
+    /// With a metadata device: the write-intent log's chunks held in memory now, and the
+    /// writes that waited for planes since the migration began (`None` without one).
+    pub(crate) fn intent_stats(&self) -> Option<(usize, u64)> {
+        let shared = self.shared.lock();
+        shared
+            .intent
+            .as_ref()
+            .map(|i| (i.chunks_in_use(), i.starved_total()))
     }
 
     /// Where the migration stands, as the status reports it.
