@@ -496,6 +496,12 @@ impl MetaStore {
         result
     }
 
+    /// Whether the store's copy of the copied bitmap may differ from the device (see
+    /// `stale`): a commit then writes it whole even when the snapshot equals the copy.
+    pub(crate) fn copied_stale(&self) -> bool {
+        self.stale[0]
+    }
+
     /// Word `word` of the copied bitmap as the device has it.
     pub(crate) fn disk_copied_word(&self, word: usize) -> u64 {
         if word < self.disk_copied.nr_words() {

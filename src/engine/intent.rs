@@ -274,7 +274,8 @@ where
     }
 
     /// Admissions that found no spare planes (and waited for the metadata thread to give
-    /// some), since the log was made.
+    /// some), since the log was made: a write routed again while the spares are still short
+    /// counts again.
     pub fn starved_total(&self) -> u64 {
         self.starved_total
     }
@@ -337,7 +338,8 @@ where
         self.nr_wanted > 0 || self.starved
     }
 
-    /// Whether an admission found no spare planes since the last [`IntentLog::give`].
+    /// Whether an admission found no spare planes, and no [`IntentLog::end_starvation`] has
+    /// routed the waiting writes again since.
     pub fn is_starved(&self) -> bool {
         self.starved
     }

@@ -233,8 +233,9 @@ impl Migrator {
             };
             // Outside the spinlock: the snapshot is this commit's, and the device's bitmap
             // changes only under the phase lock held here.
-            let differs = (0..copied.nr_words())
-                .any(|word| copied_word(copied, word) != store.disk_copied_word(word));
+            let differs = store.copied_stale()
+                || (0..copied.nr_words())
+                    .any(|word| copied_word(copied, word) != store.disk_copied_word(word));
             (epoch, differs || clearing, store.generation())
         };
         drop(pages);
