@@ -91,7 +91,7 @@ DEBUG_CI_TESTS := test_copier_out_of_memory.sh test_copier_stop_before_run.sh te
 	test_reload_continues.sh test_suspend_interrupted.sh test_switch_mirror_error.sh \
 	test_unload_busy.sh test_wait_failed_event.sh test_metadata_mirror_error.sh \
 	test_metadata_refused.sh test_metadata_thread_idle.sh test_metadata_write_error.sh \
-	test_skip_zeroes.sh test_min_rate_floor.sh test_async_mirror_drain.sh
+	test_skip_zeroes.sh test_min_rate_floor.sh test_async_mirror_drain.sh test_intent_planes.sh
 
 check-debug-ci:
 	@$(MAKE) check-debug TESTS="$(DEBUG_CI_TESTS)"
