@@ -54,10 +54,10 @@ impl<T: BehindDone> BehindSet<T> {
         if !bio.may_use(device) {
             return None;
         }
+        let (bio, bdev, set) = (bio.raw(), device.bdev(), self.ptr.as_ptr());
         // SAFETY: `bio` is a valid bio of ours whose data stays put while we hold it; the
         // device is one of its target's, open until after its last bio; the set is valid.
-        let raw =
-            unsafe { bindings::migrate_behind_copy(bio.raw(), device.bdev(), self.ptr.as_ptr()) };
+        let raw = unsafe { bindings::migrate_behind_copy(bio, bdev, set) };
         NonNull::new(raw).map(|ptr| BehindBio { ptr, set: self })
     }
 
