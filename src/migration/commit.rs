@@ -166,11 +166,14 @@ impl Migrator {
         // all the sending bits (set by the start above) and more, never less: until this send
         // is recorded no bit can go (a clear is the commit's, under the phase lock held here),
         // and writes only add wanted bits meanwhile, which the disk may hold early.
-        if let Err(e) = store.write_bitmap(device, BitmapKind::Intent, &mut |words, out| {
-            self.fill_intent(words, out)
-        }) {
+        if store
+            .write_bitmap(device, BitmapKind::Intent, &mut |words, out| {
+                self.fill_intent(words, out)
+            })
+            .is_err()
+        {
             // The waiting writes go to the origin alone once the migration has failed.
-            return self.fail_locked(meta, write_failure(e));
+            return self.fail_locked(meta, FailReason::MetadataWrite);
         }
         drop(meta);
         if let Some(intent) = migration.shared.lock().intent.as_mut() {
@@ -303,8 +306,8 @@ impl Migrator {
                 self.fill_intent(words, out)
             });
         }
-        if let Err(e) = result {
-            self.fail_locked(meta, write_failure(e));
+        if result.is_err() {
+            self.fail_locked(meta, FailReason::MetadataWrite);
         }
     }
 
@@ -393,13 +396,5 @@ fn copied_word(pending: &PagedBitmap, word: usize) -> u64 {
     match pending.len().saturating_sub(word as u64 * 64) {
         n if n >= 64 => copied,
         n => copied & ((1u64 << n) - 1),
-    }
-}
-
-/// The failure a bitmap write that failed is recorded as.
-fn write_failure(e: MetadataError) -> FailReason {
-    match e {
-        MetadataError::OutOfMemory => FailReason::OutOfMemory,
-        _ => FailReason::MetadataWrite,
     }
 }
