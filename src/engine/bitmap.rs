@@ -187,6 +187,12 @@ where
         }
     }
 
+    /// Word `word` with every bit flipped, none past `nr_bits`: of a pending bitmap, the
+    /// regions copied.
+    pub fn complement_word(&self, word: usize) -> u64 {
+        !self.word(word) & self.word_mask(word)
+    }
+
     /// Whether bit `bit` is set.
     pub fn get(&self, bit: u64) -> bool {
         self.word((bit / 64) as usize) & (1 << (bit % 64)) != 0
@@ -659,6 +665,11 @@ mod tests {
                 prop_assert_eq!(b.count(), model.iter().filter(|&&m| m).count() as u64);
                 for w in 0..b.nr_words() {
                     prop_assert_eq!(b.word(w) & !b.word_mask(w), 0);
+                    // The complement against the model: the clear bits, none past the end.
+                    let expect = (0..64)
+                        .filter(|i| w * 64 + i < nr_bits as usize && !model[w * 64 + i])
+                        .fold(0u64, |word, i| word | 1 << i);
+                    prop_assert_eq!(b.complement_word(w), expect, "complement of word {}", w);
                 }
                 for from in [0u64, 63, 64, 130, 699] {
                     let expect = (from..nr_bits).find(|&i| model[i as usize]);

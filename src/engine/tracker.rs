@@ -559,12 +559,7 @@ where
 
     /// Word `word` of the copied bitmap: the regions whose copy landed.
     pub fn copied_word(&self, word: usize) -> u64 {
-        let copied = !self.pending.word(word);
-        let first = word as u64 * 64;
-        match self.nr_regions.saturating_sub(first) {
-            n if n >= 64 => copied,
-            n => copied & ((1u64 << n) - 1),
-        }
+        self.pending.complement_word(word)
     }
 
     /// The pages the pending bitmap holds now: what a [`Tracker::snapshot_pending`] takes.

@@ -238,7 +238,7 @@ impl Migrator {
             // changes only under the phase lock held here.
             let differs = store.copied_stale()
                 || (0..copied.nr_words())
-                    .any(|word| copied_word(copied, word) != store.disk_copied_word(word));
+                    .any(|word| copied.complement_word(word) != store.disk_copied_word(word));
             (epoch, differs || clearing, store.generation())
         };
         drop(pages);
@@ -292,7 +292,7 @@ impl Migrator {
         let mut result = store.write_bitmap(device, BitmapKind::Copied, &mut |words, out| {
             for (slot, word) in out.iter_mut().zip(words) {
                 if word < nr_words {
-                    *slot = copied_word(copied, word);
+                    *slot = copied.complement_word(word);
                 }
             }
         });
@@ -388,13 +388,3 @@ impl Migrator {
 /// How long the metadata thread waits before it tries again to allocate the intent log's
 /// planes for a write that waits for them.
 const PLANES_RETRY_MS: u32 = 10;
-
-/// Word `word` of the copied bitmap of a snapshot of the pending bitmap: the regions copied,
-/// none past the last.
-fn copied_word(pending: &PagedBitmap, word: usize) -> u64 {
-    let copied = !pending.word(word);
-    match pending.len().saturating_sub(word as u64 * 64) {
-        n if n >= 64 => copied,
-        n => copied & ((1u64 << n) - 1),
-    }
-}

@@ -389,29 +389,29 @@ mod tests {
         assert_eq!(parse_attrs(&bytes).len(), 1);
     }
 
+    /// A netlink message of `kind` with sequence number `seq` and body `body`, as the kernel
+    /// sends it.
+    fn message(kind: u16, seq: u32, body: &[u8]) -> Vec<u8> {
+        let mut data = Vec::new();
+        data.extend_from_slice(&(16 + body.len() as u32).to_ne_bytes());
+        data.extend_from_slice(&kind.to_ne_bytes());
+        data.extend_from_slice(&0u16.to_ne_bytes());
+        data.extend_from_slice(&seq.to_ne_bytes());
+        data.extend_from_slice(&0u32.to_ne_bytes());
+        data.extend_from_slice(body);
+        data
+    }
+
     #[test]
     fn a_short_error_message_is_an_error_not_an_acknowledgement() {
         // An NLMSG_ERROR whose body is too short for its code: before a8aee5f it parsed as
         // error 0, the acknowledgement, and a failed request passed for done.
-        let mut data = Vec::new();
-        data.extend_from_slice(&18u32.to_ne_bytes());
-        data.extend_from_slice(&NLMSG_ERROR.to_ne_bytes());
-        data.extend_from_slice(&0u16.to_ne_bytes());
-        data.extend_from_slice(&7u32.to_ne_bytes());
-        data.extend_from_slice(&0u32.to_ne_bytes());
-        data.extend_from_slice(&[0xff, 0xff]);
-        let messages = parse_messages(&data);
+        let messages = parse_messages(&message(NLMSG_ERROR, 7, &[0xff, 0xff]));
         assert_eq!(messages.len(), 1);
         assert_eq!(messages[0].kind, NLMSG_ERROR);
         assert_eq!(messages[0].error, -nix::libc::EIO);
         // The acknowledgement itself: a whole code of 0.
-        let mut ack = Vec::new();
-        ack.extend_from_slice(&20u32.to_ne_bytes());
-        ack.extend_from_slice(&NLMSG_ERROR.to_ne_bytes());
-        ack.extend_from_slice(&0u16.to_ne_bytes());
-        ack.extend_from_slice(&8u32.to_ne_bytes());
-        ack.extend_from_slice(&0u32.to_ne_bytes());
-        ack.extend_from_slice(&0i32.to_ne_bytes());
+        let ack = message(NLMSG_ERROR, 8, &0i32.to_ne_bytes());
         assert_eq!(parse_messages(&ack)[0].error, 0);
     }
 }
